@@ -1,0 +1,119 @@
+"""The results schema: the one place that says what a results row holds.
+
+Every row a study writes, whatever the method, has exactly these columns
+(long format: one row per trial x epoch x generation x role x exit). A
+column that does not apply to a row is null. `SCHEMA_VERSION` is stored in
+every row and in each Parquet file's metadata; readers refuse other versions.
+
+Columns
+-------
+Identity
+  schema_version   int16   version of this schema
+  study            string  study name from the spec
+  stage            string  teachers | baseline | search | confirm
+  trial_id         string  Ray Tune trial id (or a local id outside Ray)
+  method           string  registered method name (scratch, kd, rkd, trikd, ...)
+  dataset          string  dataset name (mnist1d, cifar10, cifar100, ...)
+  seed             int64   seed of the trial (data order, init, augmentation)
+  role             string  student | teacher (which model the metrics are of)
+  generation       int32   curriculum generation (TriKD); 0 for other methods
+  exit             int32   exit index of a multi-exit model; null otherwise
+  exit_flops       float64 cumulative forward FLOPs per sample up to that exit
+  epoch            int32   1-based epoch within the generation
+  status           string  ok | diverged
+Models
+  student_family, student_arch (string), student_params (int64), student_flops (float64)
+  teacher_family, teacher_arch (string), teacher_params (int64), teacher_flops (float64)
+  teacher_size     float64 the teacher's size knob (ladder position)
+  teacher_acc      float64 the (frozen or online) teacher's own test accuracy
+  assistant_arch   string  TAKD teacher assistant
+  teacher_epoch    int32   ESKD: epoch of the teacher checkpoint distilled from
+Hyperparameters (null where the method has no such parameter)
+  lr, weight_decay, batch_size, epochs, temperature, alpha,
+  rkd_distance_weight, rkd_angle_weight, anchor_weight, mutual_weight,
+  generations, distill_weight, temperature_factor, maxprob
+  hparams_json     string  every hyperparameter of the trial as JSON
+Metrics
+  train_loss, train_acc, val_loss, val_acc, test_loss, test_acc (float64, accuracy in [0, 1])
+  temperature_now  float64 temperature in force at the end of the epoch (multi-exit schedule)
+  loss_terms_json  string  mean of each named loss term over the epoch, as JSON
+Timing and provenance
+  epoch_time_s, total_time_s (float64), timestamp (timestamp[us, UTC])
+  node             string  Ray node IP (or hostname) the epoch ran on
+  device           string  cpu | cuda:N
+  code_version     string  kdstudy version and git revision
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+_ID = [
+    ("schema_version", pa.int16()),
+    ("study", pa.string()),
+    ("stage", pa.string()),
+    ("trial_id", pa.string()),
+    ("method", pa.string()),
+    ("dataset", pa.string()),
+    ("seed", pa.int64()),
+    ("role", pa.string()),
+    ("generation", pa.int32()),
+    ("exit", pa.int32()),
+    ("exit_flops", pa.float64()),
+    ("epoch", pa.int32()),
+    ("status", pa.string()),
+]
+_MODELS = [
+    ("student_family", pa.string()),
+    ("student_arch", pa.string()),
+    ("student_params", pa.int64()),
+    ("student_flops", pa.float64()),
+    ("teacher_family", pa.string()),
+    ("teacher_arch", pa.string()),
+    ("teacher_params", pa.int64()),
+    ("teacher_flops", pa.float64()),
+    ("teacher_size", pa.float64()),
+    ("teacher_acc", pa.float64()),
+    ("assistant_arch", pa.string()),
+    ("teacher_epoch", pa.int32()),
+]
+#: hyperparameter columns; a method's declared hyperparameters must be among these
+HPARAM_COLUMNS = [
+    "lr", "weight_decay", "batch_size", "epochs", "temperature", "alpha",
+    "rkd_distance_weight", "rkd_angle_weight", "anchor_weight", "mutual_weight",
+    "generations", "distill_weight", "temperature_factor", "maxprob",
+]
+_HPARAMS = [(name, pa.float64()) for name in HPARAM_COLUMNS] + [("hparams_json", pa.string())]
+METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
+_METRICS = [(name, pa.float64()) for name in METRIC_COLUMNS] + [
+    ("temperature_now", pa.float64()),
+    ("loss_terms_json", pa.string()),
+]
+_PROVENANCE = [
+    ("epoch_time_s", pa.float64()),
+    ("total_time_s", pa.float64()),
+    ("timestamp", pa.timestamp("us", tz="UTC")),
+    ("node", pa.string()),
+    ("device", pa.string()),
+    ("code_version", pa.string()),
+]
+
+SCHEMA = pa.schema(
+    [pa.field(n, t) for n, t in _ID + _MODELS + _HPARAMS + _METRICS + _PROVENANCE],
+    metadata={b"kdstudy_schema_version": str(SCHEMA_VERSION).encode()},
+)
+COLUMNS = SCHEMA.names
+#: the columns that identify a row; no two rows of a results dataset share them
+ROW_KEY = ["study", "stage", "trial_id", "generation", "role", "exit", "epoch"]
+
+
+def rows_to_table(rows: list[dict]) -> pa.Table:
+    """Build a table of exactly SCHEMA from row dicts; unknown keys are an error."""
+    unknown = sorted({k for r in rows for k in r} - set(COLUMNS))
+    if unknown:
+        raise ValueError(f"row has columns not in the results schema: {unknown}")
+    data = {name: [r.get(name) for r in rows] for name in COLUMNS}
+    data["schema_version"] = [SCHEMA_VERSION] * len(rows)
+    return pa.Table.from_pydict(data, schema=SCHEMA)

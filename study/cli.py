@@ -1,0 +1,155 @@
+"""The `kdstudy` command line.
+
+  kdstudy run [SPEC] [--storage URI] [--address ADDR]   run a study (default: the quickstart)
+  kdstudy validate SPEC...                              check specs, print every problem
+  kdstudy resume PATH [--address ADDR]                  continue an interrupted study
+  kdstudy report PATH [--out DIR] [--no-png]            write report.html and PNGs
+  kdstudy status PATH                                   table of stages, trials, best results
+  kdstudy bench [...]                                   training speed on synthetic data (no Ray)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "studies" / "quickstart.yaml"
+
+
+def _quickstart_path() -> Path:
+    if QUICKSTART.exists():
+        return QUICKSTART
+    from importlib.resources import files
+
+    return Path(str(files("studies") / "quickstart.yaml"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kdstudy", description="Knowledge-distillation studies on Ray.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run a study spec (default: the quickstart on embedded data)")
+    r.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
+    r.add_argument("--storage", help="override the spec's storage (local path or URI)")
+    r.add_argument("--name", help="override the study name")
+    r.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
+    r.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    v = sub.add_parser("validate", help="check specs and print every problem")
+    v.add_argument("specs", nargs="+")
+    rs = sub.add_parser("resume", help="continue an interrupted study from its folder")
+    rs.add_argument("path", help="the study folder (<storage>/<name>)")
+    rs.add_argument("--address")
+    rp = sub.add_parser("report", help="write report.html (and a PNG per figure) for a study")
+    rp.add_argument("path")
+    rp.add_argument("--out", help="output folder (default: <study>/report)")
+    rp.add_argument("--no-png", action="store_true")
+    st = sub.add_parser("status", help="print stages, trials and best results of a study")
+    st.add_argument("path")
+    b = sub.add_parser("bench", help="training throughput on synthetic data, without Ray")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except KeyboardInterrupt:
+        print("interrupted; `kdstudy resume <study folder>` continues where it stopped", file=sys.stderr)
+        return 130
+
+
+def _load(path, overrides=None):
+    from .spec import SpecError, load_spec
+
+    try:
+        return load_spec(path, overrides)
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
+def cmd_validate(args) -> int:
+    bad = 0
+    for path in args.specs:
+        spec = _load(path)
+        if spec is None:
+            bad += 1
+        else:
+            print(f"{path}: ok ({', '.join(spec.methods)}; storage {spec.storage})")
+    return 1 if bad else 0
+
+
+def cmd_run(args) -> int:
+    spec = _load(args.spec or _quickstart_path(), {"storage": args.storage, "name": args.name})
+    if spec is None:
+        return 2
+    return _run(spec, args.address, report=not args.no_report)
+
+
+def cmd_resume(args) -> int:
+    from trainables import storage
+
+    from .spec import SpecError, parse_spec
+
+    spec_uri = storage.join(args.path, "spec.json")
+    if not storage.exists(spec_uri):
+        print(f"{args.path} is not a kdstudy study folder (no spec.json)", file=sys.stderr)
+        return 2
+    try:
+        spec = parse_spec(json.loads(storage.read_bytes(spec_uri)), source=spec_uri)
+    except (SpecError, json.JSONDecodeError) as exc:
+        print(f"cannot resume: {exc}", file=sys.stderr)
+        return 2
+    # the study folder is authoritative: the study lives where it was found
+    parent = args.path.rstrip("/").rsplit("/", 1)
+    spec.storage = parent[0] if len(parent) == 2 else "."
+    return _run(spec, args.address, report=True)
+
+
+def _run(spec, address, report: bool) -> int:
+    from .runner import run_study
+
+    root = run_study(spec, address=address)
+    if report:
+        _report(root, None, spec.report_png)
+    print(f"results: {root}/results (Parquet)")
+    return 0
+
+
+def _report(path, out, png: bool) -> None:
+    from analysis import status_table, write_report
+
+    html = write_report(path, out_dir=out, png=png)
+    print(status_table(path))
+    print(f"report: {html}")
+
+
+def cmd_report(args) -> int:
+    try:
+        _report(args.path, args.out, not args.no_png)
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_status(args) -> int:
+    from analysis import status_table
+
+    try:
+        print(status_table(args.path))
+    except FileNotFoundError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from trainables.bench import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
+            "status": cmd_status, "bench": cmd_bench}
+
+if __name__ == "__main__":
+    sys.exit(main())

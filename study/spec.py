@@ -1,0 +1,459 @@
+"""The study spec: one YAML file, validated completely before Ray starts.
+
+`load_spec(path)` returns a typed `Spec` or raises `SpecError` listing every
+problem, each naming the field and what is allowed. Inner code trusts the
+`Spec` it gets. An annotated example is `studies/quickstart.yaml`; the
+fields are:
+
+    name: str                      study name (letters, digits, - and _)
+    storage: str                   results root: a local path or a URI (s3://, gs://, file://)
+    dataset: {name, root, download, num_samples, val_fraction, split_seed, train_subset}
+    student: {family, size, ...model options}
+    teachers: {family, sizes: [..], seeds, epochs, export_epochs: [..], ...model options}
+    train: {epochs, batch_size, optimizer, lr, weight_decay, momentum, nesterov,
+            schedule, milestones, gamma, grad_clip}
+    baseline: {seeds}
+    search: {budget: stratified | joint, scheduler: asha | none, grace_period,
+             max_concurrent, seed}
+    methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
+                       assistant_sizes: [..]}}
+    confirm: {seeds}
+    resources: {cpu, gpu}
+    runtime: {device, precision, compile, channels_last}
+    failure: {max_failures}
+    report: {png}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.data import available_datasets
+from trainables.loop import OPTIMIZERS, SCHEDULES
+from trainables.methods import HParam, available_methods
+from trainables.models import available_families, build_model, family_sizes_hint
+
+#: hyperparameters every method can search besides its own
+COMMON_HPARAMS = {
+    "lr": HParam(3e-3, "float", 1e-5, 1.0, log=True, help="learning rate"),
+    "weight_decay": HParam(5e-4, "float", 0.0, 0.1, help="weight decay"),
+}
+BUDGETS = ("stratified", "joint")
+SCHEDULERS = ("asha", "none")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+class SpecError(ValueError):
+    """The spec has problems; `problems` lists one message per problem."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class Range:
+    """One searched parameter: a numeric range or a list of choices."""
+
+    kind: str  # float | int | categorical
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+
+@dataclass
+class MethodSpec:
+    name: str
+    trials: int
+    search: dict[str, Range]      # parameters Optuna samples
+    fixed: dict[str, Any]         # parameters held constant
+    assistant_sizes: list = field(default_factory=list)
+    cls: type | None = field(default=None, repr=False)  # the registered Method class
+
+
+@dataclass
+class Spec:
+    name: str
+    storage: str
+    dataset: dict
+    student: dict
+    teachers: dict | None
+    train: dict
+    baseline_seeds: int
+    budget: str
+    scheduler: str
+    grace_period: int
+    max_concurrent: int
+    search_seed: int
+    methods: dict[str, MethodSpec]
+    confirm_seeds: int
+    resources: dict
+    runtime: dict
+    max_failures: int
+    report_png: bool
+    raw: dict = field(repr=False, default_factory=dict)
+
+    @property
+    def teacher_sizes(self) -> list:
+        return list(self.teachers["sizes"]) if self.teachers else []
+
+    @property
+    def study_uri(self) -> str:
+        return self.storage.rstrip("/") + "/" + self.name
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, overrides: dict | None = None) -> Spec:
+    """Read and validate a YAML spec (overrides replace top-level fields)."""
+    path = Path(path)
+    if not path.exists():
+        raise SpecError([f"spec file {path} does not exist"], str(path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpecError([f"not valid YAML: {exc}"], str(path)) from None
+    if overrides:
+        raw = {**(raw or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_spec(raw, source=str(path))
+
+
+def parse_spec(raw: Any, source: str = "spec") -> Spec:
+    v = _Validator(source)
+    spec = v.spec(raw)
+    if v.problems:
+        raise SpecError(v.problems, source)
+    return spec
+
+
+class _Validator:
+    """Collects one message per problem instead of stopping at the first."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.problems: list[str] = []
+
+    def err(self, where: str, msg: str) -> None:
+        self.problems.append(f"{where}: {msg}")
+
+    # -- small typed getters ------------------------------------------------------
+    def section(self, raw: dict, key: str, required=False) -> dict:
+        val = raw.get(key)
+        if val is None:
+            if required:
+                self.err(key, "is required")
+            return {}
+        if not isinstance(val, dict):
+            self.err(key, f"must be a mapping, got {type(val).__name__}")
+            return {}
+        return val
+
+    def unknown(self, where: str, given: dict, allowed) -> None:
+        for k in given:
+            if k not in allowed:
+                self.err(f"{where}.{k}" if where else str(k), f"unknown field; allowed: {', '.join(sorted(allowed))}")
+
+    def num(self, where, val, default, *, kind=float, low=None, high=None):
+        if val is None:
+            return default
+        if isinstance(val, bool) or not isinstance(val, (int, float)) or (kind is int and int(val) != val):
+            self.err(where, f"must be {'an integer' if kind is int else 'a number'}, got {val!r}")
+            return default
+        if low is not None and val < low:
+            self.err(where, f"must be at least {low}, got {val!r}")
+            return default
+        if high is not None and val > high:
+            self.err(where, f"must be at most {high}, got {val!r}")
+            return default
+        return kind(val)
+
+    def choice(self, where, val, default, allowed):
+        if val is None:
+            return default
+        if val not in allowed:
+            self.err(where, f"must be one of {', '.join(map(str, allowed))}; got {val!r}")
+            return default
+        return val
+
+    def boolean(self, where, val, default):
+        if val is None:
+            return default
+        if not isinstance(val, bool):
+            self.err(where, f"must be true or false, got {val!r}")
+            return default
+        return val
+
+    def text(self, where, val, default=None, required=False):
+        if val is None:
+            if required:
+                self.err(where, "is required")
+            return default
+        if not isinstance(val, str) or not val:
+            self.err(where, f"must be a non-empty string, got {val!r}")
+            return default
+        return val
+
+    # -- sections -------------------------------------------------------------------
+    def spec(self, raw) -> Spec | None:
+        if not isinstance(raw, dict):
+            self.err("spec", f"must be a YAML mapping of fields, got {type(raw).__name__}")
+            return None
+        self.unknown("", raw, {"name", "storage", "dataset", "student", "teachers", "train", "baseline",
+                               "search", "methods", "confirm", "resources", "runtime", "failure", "report",
+                               "description"})
+        name = self.text("name", raw.get("name"), required=True)
+        if name and not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+            self.err("name", f"may contain only letters, digits, '-' and '_'; got {name!r}")
+        storage = self.text("storage", raw.get("storage"), "./kdstudy_results")
+        dataset = self.dataset(self.section(raw, "dataset", required=True))
+        student = self.model("student", self.section(raw, "student", required=True), dataset)
+        train = self.train(self.section(raw, "train"))
+        methods = self.methods(self.section(raw, "methods", required=True))
+        teachers = self.teachers(raw.get("teachers"), dataset, train, methods)
+        baseline = self.section(raw, "baseline")
+        self.unknown("baseline", baseline, {"seeds"})
+        search = self.section(raw, "search")
+        self.unknown("search", search, {"budget", "scheduler", "grace_period", "max_concurrent", "seed"})
+        confirm = self.section(raw, "confirm")
+        self.unknown("confirm", confirm, {"seeds"})
+        resources = self.section(raw, "resources")
+        self.unknown("resources", resources, {"cpu", "gpu"})
+        runtime = self.section(raw, "runtime")
+        self.unknown("runtime", runtime, {"device", "precision", "compile", "channels_last"})
+        failure = self.section(raw, "failure")
+        self.unknown("failure", failure, {"max_failures"})
+        report = self.section(raw, "report")
+        self.unknown("report", report, {"png"})
+        budget = self.choice("search.budget", search.get("budget"), "stratified", BUDGETS)
+        if budget == "joint" and teachers and len(teachers["sizes"]) > 1:
+            for m in methods.values():
+                if m.trials < len(teachers["sizes"]):
+                    self.err(f"methods.{m.name}.trials", f"with budget 'joint' needs at least one trial per "
+                             f"teacher size ({len(teachers['sizes'])}); got {m.trials}")
+        return Spec(
+            name=name or "", storage=storage, dataset=dataset, student=student, teachers=teachers, train=train,
+            baseline_seeds=self.num("baseline.seeds", baseline.get("seeds"), 2, kind=int, low=0, high=100),
+            budget=budget,
+            scheduler=self.choice("search.scheduler", search.get("scheduler"), "asha", SCHEDULERS),
+            grace_period=self.num("search.grace_period", search.get("grace_period"), 2, kind=int, low=1),
+            max_concurrent=self.num("search.max_concurrent", search.get("max_concurrent"), 2, kind=int, low=1),
+            search_seed=self.num("search.seed", search.get("seed"), 0, kind=int, low=0),
+            methods=methods,
+            confirm_seeds=self.num("confirm.seeds", confirm.get("seeds"), 0, kind=int, low=0, high=100),
+            resources={"cpu": self.num("resources.cpu", resources.get("cpu"), 1.0, low=0.01, high=512),
+                       "gpu": self.num("resources.gpu", resources.get("gpu"), 0.0, low=0.0, high=8)},
+            runtime={"device": self.choice("runtime.device", runtime.get("device"), "auto", DEVICES),
+                     "precision": self.choice("runtime.precision", runtime.get("precision"), "auto", PRECISIONS),
+                     "compile": self.boolean("runtime.compile", runtime.get("compile"), False),
+                     "channels_last": self.choice("runtime.channels_last", runtime.get("channels_last"), "auto",
+                                                  ("auto", True, False))},
+            max_failures=self.num("failure.max_failures", failure.get("max_failures"), 2, kind=int, low=0, high=100),
+            report_png=self.boolean("report.png", report.get("png"), True),
+            raw=raw,
+        )
+
+    def dataset(self, d: dict) -> dict:
+        self.unknown("dataset", d, {"name", "root", "download", "num_samples", "val_fraction", "split_seed",
+                                    "train_subset", "synthetic_size"})
+        name = self.choice("dataset.name", d.get("name"), None, available_datasets())
+        if d.get("name") is None:
+            self.err("dataset.name", f"is required; one of {', '.join(available_datasets())}")
+        out = {"name": name}
+        if d.get("root") is not None:
+            out["root"] = self.text("dataset.root", d.get("root"))
+        out["download"] = self.boolean("dataset.download", d.get("download"), False)
+        out["val_fraction"] = self.num("dataset.val_fraction", d.get("val_fraction"), 0.1, low=0.01, high=0.5)
+        out["split_seed"] = self.num("dataset.split_seed", d.get("split_seed"), 0, kind=int, low=0)
+        for key, low in (("num_samples", 200), ("train_subset", 10), ("synthetic_size", 64)):
+            if d.get(key) is not None:
+                out[key] = self.num(f"dataset.{key}", d.get(key), None, kind=int, low=low)
+        return out
+
+    def model(self, where: str, d: dict, dataset: dict, sizes_key="size") -> dict:
+        fams = available_families()
+        family = d.get("family")
+        if family is None:
+            self.err(f"{where}.family", f"is required; one of {', '.join(fams)}")
+            return {}
+        if family not in fams:
+            self.err(f"{where}.family", f"must be one of {', '.join(fams)}; got {family!r}")
+            return {}
+        cfg = {k: v for k, v in d.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
+        sizes = d.get(sizes_key)
+        if sizes_key == "sizes":
+            if not isinstance(sizes, list) or not sizes:
+                self.err(f"{where}.sizes", "must be a non-empty list of sizes")
+                return cfg
+            if len(set(map(str, sizes))) != len(sizes):
+                self.err(f"{where}.sizes", f"has repeated sizes: {sizes}")
+        else:
+            sizes = [sizes]
+        for s in sizes:
+            self.check_model(f"{where}.{sizes_key}", {**cfg, "size": s}, dataset)
+        return cfg if sizes_key == "sizes" else {**cfg, "size": sizes[0]}
+
+    def check_model(self, where: str, cfg: dict, dataset: dict) -> None:
+        if cfg.get("size") is None:
+            self.err(where, f"is required ({family_sizes_hint(cfg['family'])})")
+            return
+        in_shape = (3, 32, 32) if dataset.get("name") in ("cifar10", "cifar100", "synthetic_image") else (1, 40)
+        try:
+            build_model(cfg, in_shape, 10)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.err(where, f"{cfg['family']} of size {cfg.get('size')!r} cannot be built: {exc}")
+
+    def train(self, d: dict) -> dict:
+        self.unknown("train", d, {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov",
+                                  "schedule", "milestones", "gamma", "grad_clip"})
+        out = {
+            "epochs": self.num("train.epochs", d.get("epochs"), 10, kind=int, low=1, high=10000),
+            "batch_size": self.num("train.batch_size", d.get("batch_size"), 128, kind=int, low=1, high=65536),
+            "optimizer": self.choice("train.optimizer", d.get("optimizer"), "adamw", OPTIMIZERS),
+            "lr": self.num("train.lr", d.get("lr"), 3e-3, low=1e-7, high=10),
+            "weight_decay": self.num("train.weight_decay", d.get("weight_decay"), 5e-4, low=0, high=1),
+            "momentum": self.num("train.momentum", d.get("momentum"), 0.9, low=0, high=1),
+            "nesterov": self.boolean("train.nesterov", d.get("nesterov"), True),
+            "schedule": self.choice("train.schedule", d.get("schedule"), "onecycle", SCHEDULES),
+            "gamma": self.num("train.gamma", d.get("gamma"), 0.1, low=0, high=1),
+        }
+        if d.get("milestones") is not None:
+            ms = d["milestones"]
+            if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms):
+                self.err("train.milestones", f"must be a list of fractions of training in (0, 1); got {ms!r}")
+            else:
+                out["milestones"] = list(ms)
+        if d.get("grad_clip") is not None:
+            out["grad_clip"] = self.num("train.grad_clip", d["grad_clip"], None, low=0)
+        return out
+
+    def teachers(self, raw, dataset, train, methods) -> dict | None:
+        needed = any(m.cls.needs_teacher or m.cls.online_teacher for m in methods.values())
+        if raw is None:
+            if needed:
+                self.err("teachers", "is required by the methods "
+                         + ", ".join(n for n, m in methods.items()
+                                     if m.cls.needs_teacher or m.cls.online_teacher))
+            return None
+        if not isinstance(raw, dict):
+            self.err("teachers", f"must be a mapping, got {type(raw).__name__}")
+            return None
+        allowed = {"family", "sizes", "seeds", "epochs", "export_epochs", "width", "depth"}
+        self.unknown("teachers", {k: v for k, v in raw.items()}, allowed)
+        cfg = self.model("teachers", {k: v for k, v in raw.items() if k in allowed}, dataset, sizes_key="sizes")
+        out = {k: v for k, v in cfg.items() if k != "sizes"}
+        out["sizes"] = list(raw.get("sizes") or [])
+        out["seeds"] = self.num("teachers.seeds", raw.get("seeds"), 1, kind=int, low=1, high=100)
+        out["epochs"] = self.num("teachers.epochs", raw.get("epochs"), train["epochs"], kind=int, low=1)
+        ee = raw.get("export_epochs") or []
+        if not isinstance(ee, list) or not all(isinstance(e, int) and 1 <= e <= out["epochs"] for e in ee):
+            self.err("teachers.export_epochs", f"must be a list of epochs between 1 and {out['epochs']}; got {ee!r}")
+            ee = []
+        out["export_epochs"] = sorted(set(ee))
+        if "eskd" in methods and not out["export_epochs"]:
+            self.err("teachers.export_epochs", "method eskd needs the teacher epochs to keep (e.g. [5, 10])")
+        return out
+
+    def methods(self, d: dict) -> dict[str, MethodSpec]:
+        known = available_methods()
+        out = {}
+        if not d:
+            self.err("methods", f"must name at least one method; known: {', '.join(known)}")
+        for name, m in d.items():
+            where = f"methods.{name}"
+            if name not in known:
+                self.err(where, f"unknown method; known: {', '.join(known)}")
+                continue
+            if m is None:
+                m = {}
+            if not isinstance(m, dict):
+                self.err(where, f"must be a mapping, got {type(m).__name__}")
+                continue
+            self.unknown(where, m, {"trials", "space", "assistant_sizes"})
+            cls = known[name]
+            trials = self.num(f"{where}.trials", m.get("trials"), 8, kind=int, low=1, high=100000)
+            params = {**COMMON_HPARAMS, **cls.hparams}
+            search, fixed = {}, {}
+            space = m.get("space") or {}
+            if not isinstance(space, dict):
+                self.err(f"{where}.space", "must be a mapping of parameter -> value or range")
+                space = {}
+            for p, val in space.items():
+                pw = f"{where}.space.{p}"
+                if p not in params:
+                    self.err(pw, f"is not a parameter of {name}; its parameters: {', '.join(sorted(params))}")
+                    continue
+                r = self.range(pw, val, params[p])
+                if isinstance(r, Range):
+                    search[p] = r
+                elif r is not None:
+                    fixed[p] = r
+            for p, hp in cls.hparams.items():  # unmentioned parameters: searched over their declared range
+                if p in search or p in fixed or not hp.searched:
+                    continue
+                if hp.kind == "categorical" and hp.choices:
+                    search[p] = Range("categorical", choices=tuple(hp.choices))
+                elif hp.low is not None and hp.high is not None:
+                    search[p] = Range(hp.kind, hp.low, hp.high, hp.log)
+            ms = MethodSpec(name=name, trials=trials, search=search, fixed=fixed, cls=cls)
+            if name == "takd":
+                sizes = m.get("assistant_sizes")
+                if not isinstance(sizes, list) or not sizes:
+                    self.err(f"{where}.assistant_sizes", "must list the teacher-assistant sizes to try")
+                else:
+                    ms.assistant_sizes = sizes
+            elif m.get("assistant_sizes") is not None:
+                self.err(f"{where}.assistant_sizes", "applies only to method takd")
+            out[name] = ms
+        return out
+
+    def range(self, where: str, val, hp: HParam):
+        """A fixed value (returned as is), a Range, or None after an error."""
+        if isinstance(val, dict):
+            self.unknown(where, val, {"low", "high", "log", "choices"})
+            if "choices" in val:
+                ch = val["choices"]
+                if not isinstance(ch, list) or not ch:
+                    self.err(f"{where}.choices", "must be a non-empty list")
+                    return None
+                for c in ch:
+                    msg = hp.check(where.rsplit(".", 1)[-1], c)
+                    if msg:
+                        self.err(where, msg)
+                        return None
+                return Range("categorical", choices=tuple(ch))
+            if hp.kind == "categorical":
+                self.err(where, f"takes choices from {list(hp.choices or ())}, not a range")
+                return None
+            low, high = val.get("low"), val.get("high")
+            if low is None or high is None:
+                self.err(where, "a range needs both low and high (or give choices: [...])")
+                return None
+            pname = where.rsplit(".", 1)[-1]
+            for bound in (low, high):
+                msg = hp.check(pname, bound)
+                if msg:
+                    self.err(where, msg)
+                    return None
+            if not low < high:
+                self.err(where, f"low ({low}) must be below high ({high})")
+                return None
+            log = self.boolean(f"{where}.log", val.get("log"), False)
+            if log and low <= 0:
+                self.err(where, f"a log range needs low > 0, got {low}")
+                return None
+            return Range(hp.kind, float(low) if hp.kind == "float" else int(low),
+                         float(high) if hp.kind == "float" else int(high), log)
+        msg = hp.check(where.rsplit(".", 1)[-1], val)
+        if msg:
+            self.err(where, msg)
+            return None
+        return val

@@ -1,0 +1,464 @@
+"""The shared training loop: one trial of any method, with or without Ray.
+
+`run_trial(config, hooks)` builds the data, the method (and through it the
+models), then trains generation by generation, epoch by epoch. Each epoch it
+evaluates every model the method reports on the validation and test splits,
+builds the results rows, and hands rows, scalar metrics and a checkpoint
+state to `hooks.report`. Ray Tune's trainable (`trainables.trainable`) is one
+set of hooks; `LocalHooks` runs the same loop in a plain process (tests,
+benchmarks, debugging).
+
+Config keys (a resolved dict, see `trainables.config.resolve`):
+  study, stage, method, seed, role ("student", or "teacher" when training a
+  teacher), dataset (see `trainables.data.load_dataset`), student / teacher /
+  assistant (model configs: family, size, options; frozen ones carry
+  `checkpoint`, and `arch`, `params`, `flops`, `acc`, `size` from the zoo),
+  hp (the method's hyperparameters),
+  train: epochs, batch_size, optimizer (sgd | adamw), lr, weight_decay,
+         momentum, nesterov, schedule (onecycle | cosine | step | constant),
+         milestones (fractions of training for `step`), gamma, grad_clip
+  runtime: device (auto | cpu | cuda), precision (auto | fp32 | bf16),
+         channels_last, compile, gpu_fraction, eval_batch_size
+  export: {"uri": where to write the trained model's weights and meta,
+           "epochs": epochs whose weights are also kept (ESKD)} or null
+  code_version: string recorded in every row.
+
+Selection is honest: the "best" checkpoint of a trial is the epoch of best
+validation accuracy; the test split is evaluated and recorded, never used to
+choose.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from . import data as data_mod
+from . import models as models_mod
+from . import storage
+from .methods import Context, Method, get_method
+
+SCHEDULES = ("onecycle", "cosine", "step", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class TrialDiverged(RuntimeError):
+    """The training loss became NaN or infinite; the trial stops and is recorded as diverged."""
+
+
+class Hooks(Protocol):
+    trial_id: str
+
+    def load_checkpoint(self) -> dict | None: ...
+
+    def report(self, metrics: dict, rows: list[dict], state: dict | None) -> None: ...
+
+
+@dataclass
+class LocalHooks:
+    """Run a trial in this process: keep rows and the latest checkpoint in memory."""
+
+    trial_id: str = "local"
+    rows: list[dict] = field(default_factory=list)
+    metrics: list[dict] = field(default_factory=list)
+    state: dict | None = None
+
+    def load_checkpoint(self):
+        return self.state
+
+    def report(self, metrics, rows, state):
+        self.metrics.append(metrics)
+        self.rows.extend(rows)
+        if state is not None:
+            self.state = state
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def pick_device(runtime: dict) -> torch.device:
+    want = runtime.get("device", "auto")
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cpu")  # a GPU trial placed on a CPU-only node still runs
+    return torch.device(want)
+
+
+def _autocast(device: torch.device, runtime: dict):
+    precision = runtime.get("precision", "auto")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def model_facts(cfg: dict | None, in_shape, num_classes) -> dict:
+    """arch, params and flops of a model config (building it once on the CPU)."""
+    if not cfg:
+        return {}
+    if "arch" in cfg and "params" in cfg and "flops" in cfg:
+        return cfg
+    model = models_mod.build_model(cfg, in_shape, num_classes)
+    return {
+        **cfg,
+        "arch": models_mod.arch_name(cfg),
+        "params": models_mod.count_params(model),
+        "flops": models_mod.count_flops(model, in_shape),
+    }
+
+
+def build_optimizer(params, train: dict, device: torch.device):
+    name = train.get("optimizer", "adamw")
+    lr, wd = float(train.get("lr", 1e-3)), float(train.get("weight_decay", 0.0))
+    fused = {"fused": True} if device.type == "cuda" else {}
+    params = [p for p in params if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(train.get("momentum", 0.9)),
+                               nesterov=bool(train.get("nesterov", True)), **fused)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def build_schedule(opt, train: dict, steps_per_epoch: int):
+    """A per-step LR schedule over the generation's whole training."""
+    name = train.get("schedule", "onecycle")
+    total = max(1, int(train["epochs"]) * steps_per_epoch)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if name == "step":
+        milestones = [int(f * total) for f in train.get("milestones", (0.5, 0.75))]
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=float(train.get("gamma", 0.1)))
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
+    """{(role, exit): (loss, acc)} of every reported model on one split."""
+    method.eval()
+    bs = int(runtime.get("eval_batch_size", 1024))
+    sums: dict = {}
+    n = 0
+    for xb, yb in data_mod.DeviceBatches(x, y, bs, shuffle=False, generator=None, augment=False,
+                                         mean=splits.mean, std=splits.std,
+                                         channels_last=_channels_last(runtime, device, splits)):
+        with _autocast(device, runtime):
+            outs = method.eval_logits(xb)
+        for key, logits in outs.items():
+            logits = logits.float()
+            loss = F.cross_entropy(logits, yb, reduction="sum")
+            correct = (logits.argmax(1) == yb).sum()
+            if key in sums:
+                sums[key][0] += loss
+                sums[key][1] += correct
+            else:
+                sums[key] = [loss, correct]
+        n += yb.numel()
+    method.train()
+    return {k: (float(v[0]) / n, float(v[1]) / n) for k, v in sums.items()}
+
+
+def _channels_last(runtime, device, splits) -> bool:
+    want = runtime.get("channels_last", "auto")
+    if want == "auto":
+        return device.type == "cuda" and splits.kind == "image"
+    return bool(want)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
+    """Train one trial to the end (or until it diverges); returns the hooks."""
+    hooks = hooks or LocalHooks()
+    runtime = config.get("runtime", {})
+    train = config["train"]
+    device = pick_device(runtime)
+    if device.type == "cuda":
+        frac = runtime.get("gpu_fraction")
+        if frac and 0 < float(frac) < 1:
+            torch.cuda.set_per_process_memory_fraction(float(frac), device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    seed = int(config.get("seed", 0))
+
+    splits = data_mod.load_dataset(config["dataset"])
+    in_shape, num_classes = splits.input_shape, splits.num_classes
+    train_xy = data_mod.to_device(splits.train, device)
+    val_xy = data_mod.to_device(splits.val, device)
+    test_xy = data_mod.to_device(splits.test, device)
+    channels_last = _channels_last(runtime, device, splits)
+
+    def build(cfg: dict) -> torch.nn.Module:
+        model = models_mod.build_model(cfg, in_shape, num_classes).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if runtime.get("compile"):
+            model.compile()
+        return model
+
+    def load(cfg: dict) -> torch.nn.Module:
+        if not cfg.get("checkpoint"):
+            raise ValueError(f"model {cfg.get('arch', cfg)} has no checkpoint to load")
+        model = models_mod.build_model(cfg, in_shape, num_classes)
+        model.load_state_dict(storage.load_state(cfg["checkpoint"])["model"])
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if runtime.get("compile"):
+            model.compile()
+        return model
+
+    student_cfg = config["student"]
+    teacher_cfg = config.get("teacher")
+    facts = {
+        "student": model_facts(student_cfg, in_shape, num_classes),
+        "teacher": model_facts(teacher_cfg, in_shape, num_classes),
+        "assistant": model_facts(config.get("assistant"), in_shape, num_classes),
+    }
+    ctx = Context(student=student_cfg, teacher=teacher_cfg, num_classes=num_classes,
+                  build_model=build, load_model=load,
+                  extra={"assistant": config.get("assistant"), "in_shape": in_shape, "device": device})
+
+    torch.manual_seed(seed)
+    method = get_method(config["method"])(ctx, config.get("hp", {}))
+    state = hooks.load_checkpoint()
+    if state is not None and state.get("diverged"):
+        raise TrialDiverged(f"trial {hooks.trial_id} diverged at epoch {state['epoch']} (restored)")
+
+    gen0, epoch0 = (state["generation"], state["epoch"]) if state else (0, 0)
+    total_time = state["total_time_s"] if state else 0.0
+    best = state["best"] if state else {}
+    last_rows = json.loads(state["last_rows"]) if state and state.get("last_rows") else []
+    gen_gen = torch.Generator(device="cpu")
+    epochs = int(train["epochs"])
+    bs = int(train.get("batch_size", 128))
+    steps_per_epoch = max(1, math.ceil(len(train_xy[1]) / bs))
+    grad_clip = train.get("grad_clip")
+
+    for generation in range(gen0, method.generations):
+        torch.manual_seed(seed * 1000 + generation)
+        method.start_generation(generation)
+        method.to(device)
+        opt = build_optimizer(method.trainable_parameters(), train, device)
+        sched = build_schedule(opt, train, steps_per_epoch)
+        start_epoch = 0
+        if state is not None and generation == gen0:
+            method.load_state_dict(state["method"])
+            if epoch0 < epochs:
+                opt.load_state_dict(state["optimizer"])
+                sched.load_state_dict(state["schedule"])
+            gen_gen.set_state(state["rng"])
+            start_epoch = epoch0
+        else:
+            gen_gen.manual_seed(seed * 1000 + generation)
+        method.train()
+
+        for epoch in range(start_epoch + 1, epochs + 1):
+            t0 = time.perf_counter()
+            term_sums: dict[str, torch.Tensor] = {}
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            seen = 0
+            for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
+                                                 augment=splits.kind == "image", mean=splits.mean,
+                                                 std=splits.std, drop_last=False, channels_last=channels_last):
+                with _autocast(device, runtime):
+                    step = method.training_step(xb, yb)
+                loss = sum(step.terms.values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(list(method.trainable_parameters()), float(grad_clip))
+                opt.step()
+                sched.step()
+                method.after_step(step)
+                n = yb.numel()
+                seen += n
+                loss_sum += loss.detach().float() * n
+                correct += (step.logits.detach().argmax(1) == yb).sum()
+                for k, v in step.terms.items():
+                    term_sums[k] = term_sums.get(k, 0) + v.detach().float() * n
+            train_loss = float(loss_sum) / seen
+            epoch_time = time.perf_counter() - t0
+            total_time += epoch_time
+            if not math.isfinite(train_loss):
+                rows = _diverged_rows(last_rows, epoch, epoch_time, total_time)
+                hooks.report({"status": "diverged", "epoch": epoch, "generation": generation,
+                              "best_val_acc": best.get("val_acc", 0.0), "best_test_acc": best.get("test_acc", 0.0)},
+                             rows, {"diverged": True, "generation": generation, "epoch": epoch})
+                raise TrialDiverged(f"trial {hooks.trial_id}: loss became {train_loss} at generation "
+                                    f"{generation} epoch {epoch}")
+            terms = {k: float(v) / seen for k, v in term_sums.items()}
+            val = evaluate(method, *val_xy, splits, device, runtime)
+            test = evaluate(method, *test_xy, splits, device, runtime)
+            rows = _rows(config, hooks.trial_id, facts, method, generation, epoch, val, test,
+                         {"train_loss": train_loss, "train_acc": float(correct) / seen},
+                         terms, epoch_time, total_time, device)
+            last_rows = rows
+            main_key = _main_key(val)
+            best = _update_best(best, generation, epoch, val[main_key][1], test[main_key][1])
+            metrics = {
+                "val_acc": val[main_key][1], "test_acc": test[main_key][1],
+                "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"],
+                "train_loss": train_loss, "generation": generation, "epoch": epoch, "status": "ok",
+            }
+            _export(config, method, generation, epoch, val[main_key][1], test[main_key][1], best, facts)
+            ckpt = {
+                "generation": generation, "epoch": epoch, "method": method.state_dict(),
+                "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "rng": gen_gen.get_state(),
+                "total_time_s": total_time, "best": best, "last_rows": _jsonable_rows(rows),
+            }
+            hooks.report(metrics, rows, ckpt)
+        state = None
+    _export_final(config, best, facts)
+    return hooks
+
+
+def _main_key(val: dict):
+    """The model selection tracks: the student's final exit."""
+    student = [k for k in val if k[0] == "student"]
+    return max(student, key=lambda k: -1 if k[1] is None else k[1])
+
+
+def _update_best(best: dict, generation, epoch, val_acc, test_acc) -> dict:
+    if not best or val_acc > best["val_acc"]:
+        return {"val_acc": val_acc, "test_acc": test_acc, "generation": generation, "epoch": epoch}
+    return best
+
+
+def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_metrics, terms, epoch_time,
+          total_time, device) -> list[dict]:
+    now = datetime.now(timezone.utc)
+    trained_role = config.get("role", "student")
+    student, teacher = facts["student"], facts["teacher"]
+    hp = {**config.get("hp", {}), **method.hp}  # the values in force, defaults included
+    train = config["train"]
+    hparams = {**{k: train.get(k) for k in ("lr", "weight_decay", "batch_size", "epochs")}, **hp}
+    if config.get("teacher_epoch"):
+        hparams["teacher_epoch"] = config["teacher_epoch"]
+    base = {
+        "study": config.get("study", "adhoc"), "stage": config.get("stage", "adhoc"), "trial_id": trial_id,
+        "method": config["method"], "dataset": config["dataset"]["name"],
+        "seed": int(config.get("seed", 0)), "generation": generation, "epoch": epoch, "status": "ok",
+        "hparams": hparams,
+        "assistant_arch": facts["assistant"].get("arch"), "teacher_epoch": config.get("teacher_epoch"),
+        "loss_terms_json": json.dumps(terms, sort_keys=True),
+        "temperature_now": method.current_temperature(),
+        "epoch_time_s": epoch_time, "total_time_s": total_time, "timestamp": now,
+        "node": _node(), "device": str(device), "code_version": config.get("code_version", "unknown"),
+    }
+    model_cols = {}
+    if trained_role == "teacher":  # a teacher-stage trial: the trained model is a teacher
+        model_cols.update(_model_cols("teacher", student))
+    else:
+        model_cols.update(_model_cols("student", student))
+        model_cols.update(_model_cols("teacher", teacher))
+        if teacher:
+            model_cols["teacher_acc"] = teacher.get("acc")
+    rows = []
+    main_key = _main_key(val)
+    for key in sorted(val, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+        role, exit_ = key
+        row = {**base, **model_cols, "role": trained_role if role == "student" else role, "exit": exit_,
+               "val_loss": val[key][0], "val_acc": val[key][1],
+               "test_loss": test[key][0], "test_acc": test[key][1]}
+        row.update(method.row_facts(role, exit_))
+        if key == main_key:
+            row.update(train_metrics)
+        rows.append(row)
+    return rows
+
+
+def _model_cols(prefix: str, facts: dict) -> dict:
+    if not facts:
+        return {}
+    cols = {f"{prefix}_family": facts.get("family"), f"{prefix}_arch": facts.get("arch"),
+            f"{prefix}_params": facts.get("params"), f"{prefix}_flops": facts.get("flops")}
+    if prefix == "teacher":
+        cols["teacher_size"] = float(facts["size"]) if facts.get("size") is not None else None
+    return cols
+
+
+def _diverged_rows(last_rows, epoch, epoch_time, total_time) -> list[dict]:
+    """Rows recording divergence: the last good metrics, marked diverged, at the failing epoch."""
+    rows = []
+    for r in last_rows:
+        rows.append({**r, "epoch": epoch, "status": "diverged", "train_loss": float("nan"),
+                     "epoch_time_s": epoch_time, "total_time_s": total_time,
+                     "timestamp": datetime.now(timezone.utc)})
+    return rows
+
+
+def _jsonable_rows(rows) -> str:
+    """Rows as JSON, a form a weights-only checkpoint can hold (timestamps become strings)."""
+    return json.dumps(rows, default=str)
+
+
+def _node() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.util.get_node_ip_address()
+    except Exception:  # Ray absent or not in a worker: the hostname will do
+        pass
+    return socket.gethostname()
+
+
+# --------------------------------------------------------------------------- export (teacher zoo)
+
+
+def _export(config, method, generation, epoch, val_acc, test_acc, best, facts) -> None:
+    """Write the trained model's weights where the study asked (best epoch, chosen epochs)."""
+    export = config.get("export")
+    if not export:
+        return
+    model = method.student
+    weights = {"model": {k: v.detach().cpu() for k, v in _plain_state(model).items()}}
+    if best.get("epoch") == epoch and best.get("generation") == generation:
+        storage.save_state(weights, storage.join(export["uri"], "model.pt"))
+    if epoch in set(export.get("epochs", ())):
+        storage.save_state(weights, storage.join(export["uri"], f"epoch-{epoch}.pt"))
+        meta = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
+        storage.write_bytes(storage.join(export["uri"], f"epoch-{epoch}.json"), json.dumps(meta).encode())
+
+
+def _export_final(config, best, facts) -> None:
+    """meta.json last: its presence marks a complete zoo entry."""
+    export = config.get("export")
+    if not export:
+        return
+    s = facts["student"]
+    meta = {
+        "family": s.get("family"), "size": s.get("size"), "arch": s.get("arch"), "params": s.get("params"),
+        "flops": s.get("flops"), "val_acc": best.get("val_acc"), "acc": best.get("test_acc"),
+        "best_epoch": best.get("epoch"), "epochs": config["train"]["epochs"], "seed": config.get("seed", 0),
+        "options": {k: v for k, v in s.items() if k not in ("arch", "params", "flops", "checkpoint")},
+        "epoch_checkpoints": {
+            str(e): {"checkpoint": storage.join(export["uri"], f"epoch-{e}.pt"),
+                     **json.loads(storage.read_bytes(storage.join(export["uri"], f"epoch-{e}.json")))}
+            for e in export.get("epochs", ()) if storage.exists(storage.join(export["uri"], f"epoch-{e}.json"))
+        },
+    }
+    storage.write_bytes(storage.join(export["uri"], "meta.json"), json.dumps(meta, indent=1).encode())
+
+
+def _plain_state(model: torch.nn.Module) -> dict:
+    """A state dict without torch.compile's wrapper prefix."""
+    return {k.replace("_orig_mod.", ""): v for k, v in model.state_dict().items()}

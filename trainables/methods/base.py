@@ -1,0 +1,183 @@
+"""What a distillation method is, and the registry that finds one by name.
+
+A method owns the models it trains (as submodules, so `.to(device)` and
+`state_dict()` cover them), declares its hyperparameters, and turns one
+batch into named loss terms. The shared loop (`trainables.loop`) sums the
+terms, steps the optimizer over `trainable_parameters()`, evaluates every
+model in `eval_logits()`, checkpoints `state_dict()` and reports. Adding a
+method never touches the loop: write one file in this package and decorate
+its class with `@register("name")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HParam:
+    """One searchable hyperparameter: its default and its search range.
+
+    kind is "float", "int" or "categorical"; low/high (and log) bound the
+    numeric kinds; choices lists a categorical's values.
+    """
+
+    default: Any
+    kind: str = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+    help: str = ""
+    #: searched by default when a spec does not mention it (False: held at its default)
+    searched: bool = True
+
+    def check(self, name: str, value: Any) -> str | None:
+        """Return an error message if `value` is not allowed, else None."""
+        if self.kind == "categorical":
+            if value not in (self.choices or ()):
+                return f"{name}={value!r} is not one of {list(self.choices or ())}"
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number, got {value!r}"
+        if self.kind == "int" and int(value) != value:
+            return f"{name} must be an integer, got {value!r}"
+        if self.low is not None and value < self.low:
+            return f"{name}={value} is below its minimum {self.low}"
+        if self.high is not None and value > self.high:
+            return f"{name}={value} is above its maximum {self.high}"
+        return None
+
+
+@dataclass
+class Step:
+    """What a method returns for one training batch.
+
+    terms: named scalar loss terms; the loop minimises their sum and logs each.
+    logits: the student's logits on the batch (for training accuracy).
+    """
+
+    terms: dict[str, torch.Tensor]
+    logits: torch.Tensor
+
+
+@dataclass
+class Context:
+    """Everything a method needs to build its models; given by the loop.
+
+    build_model(model_cfg) -> nn.Module builds a fresh, randomly initialised
+    model of the dataset's input shape and class count (seeded by the loop).
+    load_teacher(model_cfg) -> nn.Module builds a model and loads the frozen
+    pretrained weights named in model_cfg["checkpoint"].
+    """
+
+    student: dict
+    teacher: dict | None
+    num_classes: int
+    build_model: Callable[[dict], nn.Module]
+    load_model: Callable[[dict], nn.Module]
+    extra: dict = field(default_factory=dict)
+
+
+class Method(nn.Module):
+    """Base class of a distillation method (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    #: hyperparameters of the method (names must be results-schema columns)
+    hparams: ClassVar[dict[str, HParam]] = {}
+    #: True if the method distils from a frozen pretrained teacher (from the zoo)
+    needs_teacher: ClassVar[bool] = False
+    #: True if the method trains its own teacher alongside the student (DML, TriKD);
+    #: the study then passes a teacher config without a checkpoint
+    online_teacher: ClassVar[bool] = False
+    #: True if the method trains a multi-exit student (reports one row per exit)
+    multi_exit: ClassVar[bool] = False
+    def __init__(self, ctx: Context, hp: dict):
+        super().__init__()
+        self.ctx = ctx
+        self.hp = {k: hp.get(k, spec.default) for k, spec in self.hparams.items()}
+
+    # -- what the loop calls -------------------------------------------------
+    @property
+    def generations(self) -> int:
+        """How many generations to train (each gets the full epoch budget)."""
+        return 1
+
+    def start_generation(self, generation: int) -> None:
+        """Called before generation `generation` (0-based) starts training."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters the optimizer updates (default: the student's)."""
+        return self.student.parameters()
+
+    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Step:
+        raise NotImplementedError
+
+    def after_step(self, step: Step) -> None:
+        """Called after each optimizer step (e.g. to adapt a temperature)."""
+
+    def eval_logits(self, x: torch.Tensor) -> dict[tuple[str, int | None], torch.Tensor]:
+        """Logits of every reported model: {(role, exit or None): logits}."""
+        return {("student", None): self.student(x)}
+
+    def train(self, mode: bool = True):
+        """Frozen models (teacher, anchor) stay in eval mode."""
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Models that never learn in this method (kept in eval mode, no grad)."""
+        return []
+
+    def current_temperature(self) -> float | None:
+        """The temperature in force now, for methods that schedule it."""
+        return None
+
+    def row_facts(self, role: str, exit: int | None) -> dict:
+        """Extra results columns for the rows of (role, exit), e.g. an exit's FLOPs."""
+        return {}
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a Method available under `name`."""
+
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def get_method(name: str) -> type[Method]:
+    from . import _load_all  # noqa: F401  (imports every method file once)
+
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {sorted(_REGISTRY)}") from None
+
+
+def available_methods() -> dict[str, type[Method]]:
+    from . import _load_all  # noqa: F401
+
+    return dict(sorted(_REGISTRY.items()))
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Put a model in eval mode with gradients off (a frozen teacher or anchor)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
