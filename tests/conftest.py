@@ -1,0 +1,49 @@
+"""Shared fixtures: one real local Ray instance per test session, tiny specs."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="kdray-"))
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """A dataset cache shared by the session's tests (MNIST-1D is generated once)."""
+    root = tmp_path_factory.mktemp("data")
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A real local Ray instance (no dashboard, a few CPUs), started once."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def micro_spec(tmp_path, data_root, **over) -> dict:
+    """A study spec small enough to run end to end in seconds."""
+    spec = {
+        "name": "micro",
+        "storage": str(tmp_path / "results"),
+        "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
+        "student": {"family": "mlp", "size": 16},
+        "teachers": {"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 3},
+        "train": {"epochs": 3, "batch_size": 128, "lr": 0.01},
+        "baseline": {"seeds": 1},
+        "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 2},
+        "methods": {"kd": {"trials": 2}},
+        "confirm": {"seeds": 0},
+    }
+    spec.update(over)
+    return spec
