@@ -1,0 +1,305 @@
+"""Model families: shapes, features/head contract, sizes, FLOPs, multi-exit, names."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.models import (
+    arch_name,
+    available_families,
+    build_model,
+    count_flops,
+    count_params,
+    exit_flops,
+    family_options,
+    family_sizes_hint,
+    supports_multi_exit,
+)
+
+IMG = (3, 32, 32)
+SIG = (1, 40)
+
+# (cfg, in_shape) for every family at a couple of sizes
+CASES = [
+    ({"family": "mlp", "size": 32}, SIG),
+    ({"family": "mlp", "size": 64, "depth": 3}, IMG),
+    ({"family": "cnn1d", "size": 4}, SIG),
+    ({"family": "cnn1d", "size": 16, "depth": 4}, SIG),
+    ({"family": "cifar_resnet", "size": 8}, IMG),
+    ({"family": "cifar_resnet", "size": 14, "width": 2}, IMG),
+    ({"family": "wrn", "size": 10, "width": 1}, IMG),
+    ({"family": "wrn", "size": 16, "width": 2}, IMG),
+    ({"family": "plain_cnn", "size": 2}, IMG),
+    ({"family": "plain_cnn", "size": 10}, IMG),
+]
+
+
+def _seeded(cfg, in_shape, num_classes=10):
+    torch.manual_seed(0)
+    return build_model(cfg, in_shape, num_classes)
+
+
+def test_all_families_registered():
+    assert available_families() == sorted(["mlp", "cnn1d", "cifar_resnet", "wrn", "plain_cnn"])
+    for fam in available_families():
+        assert isinstance(family_sizes_hint(fam), str) and family_sizes_hint(fam)
+    assert supports_multi_exit("cnn1d") and supports_multi_exit("cifar_resnet")
+    assert not supports_multi_exit("wrn")
+    assert family_options("wrn") == {"width": 2, "dropout": 0.0}
+
+
+@pytest.mark.parametrize("cfg,in_shape", CASES, ids=lambda v: arch_name(v) if isinstance(v, dict) else None)
+def test_shapes_and_features_head(cfg, in_shape):
+    m = _seeded(cfg, in_shape, num_classes=7).eval()
+    x = torch.randn(3, *in_shape)
+    with torch.no_grad():
+        logits = m(x)
+        f = m.features(x)
+        assert logits.shape == (3, 7)
+        assert f.shape == (3, m.embedding_dim)
+        torch.testing.assert_close(m.head(f), logits)
+    assert m.multi_exit is False
+
+
+def test_features_head_in_train_mode_gives_same_logits_and_gradients():
+    m = _seeded({"family": "cifar_resnet", "size": 8}, IMG).train()
+    x = torch.randn(4, *IMG)
+    torch.manual_seed(1)
+    f = m.features(x)
+    logits = m.head(f)
+    logits.sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+    # BN in train mode uses batch statistics: forward on the same batch gives the same logits
+    torch.testing.assert_close(m(x), logits)
+
+
+def test_channels_last_and_bf16_autocast():
+    m = _seeded({"family": "cifar_resnet", "size": 8}, IMG).eval()
+    x = torch.randn(2, *IMG)
+    with torch.no_grad():
+        ref = m(x)
+        m_cl = m.to(memory_format=torch.channels_last)
+        out = m_cl(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = m_cl(x.to(memory_format=torch.channels_last))
+        assert low.shape == ref.shape and torch.isfinite(low).all()
+
+
+def test_cnn1d_accepts_flat_signals():
+    m = _seeded({"family": "cnn1d", "size": 4}, (40,)).eval()
+    assert m(torch.randn(5, 40)).shape == (5, 10)
+
+
+# ----- parameter counts -------------------------------------------------------------------
+
+
+def test_mlp_param_count_by_formula():
+    d_in, h, c, depth = 40, 32, 10, 3
+    m = build_model({"family": "mlp", "size": h, "depth": depth}, (1, d_in), c)
+    expected = (d_in * h + h) + (depth - 1) * (h * h + h) + (h * c + c)
+    assert count_params(m) == expected
+
+
+def test_cnn1d_param_count_by_formula():
+    w, length, c = 16, 40, 10
+    m = build_model({"family": "cnn1d", "size": w}, (1, length), c)
+    expected = (1 * w * 5 + w) + 2 * (w * w * 5 + w) + (w * length * c + c)
+    assert count_params(m) == expected
+    assert m.embedding_dim == w * length
+
+
+def _resnet_params_by_hand(depth, width, num_classes, in_ch=3):
+    """Stem conv+BN, basic blocks (two 3x3 conv+BN, 1x1 conv+BN projection on shape change), fc."""
+    n = (depth - 2) // 6
+    widths = [16 * width, 32 * width, 64 * width]
+    total = in_ch * widths[0] * 9 + 2 * widths[0]
+    cin = widths[0]
+    for w in widths:
+        for _ in range(n):
+            total += 9 * cin * w + 9 * w * w + 4 * w
+            if cin != w:
+                total += cin * w + 2 * w
+            cin = w
+    return total + cin * num_classes + num_classes
+
+
+@pytest.mark.parametrize(
+    "cfg,approx",
+    [
+        ({"family": "cifar_resnet", "size": 20}, 0.27e6),
+        ({"family": "cifar_resnet", "size": 56}, 0.86e6),
+        ({"family": "wrn", "size": 40, "width": 2}, 2.25e6),
+        ({"family": "cifar_resnet", "size": 32, "width": 4}, 7.43e6),
+    ],
+)
+def test_known_param_counts_cifar100(cfg, approx):
+    m = build_model(cfg, IMG, 100)
+    assert abs(count_params(m) - approx) / approx < 0.04, count_params(m)
+
+
+@pytest.mark.parametrize("depth,width", [(8, 1), (20, 1), (32, 4)])
+def test_resnet_param_count_by_formula(depth, width):
+    m = build_model({"family": "cifar_resnet", "size": depth, "width": width}, IMG, 100)
+    assert count_params(m) == _resnet_params_by_hand(depth, width, 100)
+
+
+def test_count_params_includes_frozen():
+    m = build_model({"family": "mlp", "size": 8}, (4,), 2)
+    total = count_params(m)
+    for p in m.parameters():
+        p.requires_grad_(False)
+    assert count_params(m) == total
+
+
+# ----- FLOPs ------------------------------------------------------------------------------
+
+
+def test_mlp_flops_by_formula():
+    d_in, h, c = 40, 32, 10
+    m = build_model({"family": "mlp", "size": h}, (1, d_in), c)
+    m.train()
+    assert count_flops(m, (1, d_in)) == pytest.approx(2 * (d_in * h + h * h + h * c))
+    assert m.training  # restored
+
+
+def test_cnn1d_flops_by_formula():
+    w, length, c = 8, 40, 10
+    m = build_model({"family": "cnn1d", "size": w}, (1, length), c)
+    conv = 2 * length * 5 * (1 * w + 2 * w * w)
+    assert count_flops(m, (1, length)) == pytest.approx(conv + 2 * w * length * c)
+
+
+@pytest.mark.parametrize(
+    "family,sizes,shape,extra",
+    [
+        ("mlp", [16, 64, 256], SIG, {}),
+        ("cnn1d", [4, 16, 64], SIG, {}),
+        ("cifar_resnet", [8, 14, 20], IMG, {}),
+        ("wrn", [10, 16], IMG, {"width": 1}),
+        ("plain_cnn", [2, 4, 6, 8, 10], IMG, {}),
+    ],
+)
+def test_flops_and_params_grow_with_size(family, sizes, shape, extra):
+    flops, params = [], []
+    for s in sizes:
+        m = build_model({"family": family, "size": s, **extra}, shape, 10)
+        flops.append(count_flops(m, shape))
+        params.append(count_params(m))
+    assert all(a < b for a, b in zip(flops, flops[1:])), flops
+    assert all(a < b for a, b in zip(params, params[1:])), params
+
+
+def test_resnet_width_multiplier_scales_flops():
+    f1 = count_flops(build_model({"family": "cifar_resnet", "size": 8}, IMG, 10), IMG)
+    f4 = count_flops(build_model({"family": "cifar_resnet", "size": 8, "width": 4}, IMG, 10), IMG)
+    assert 12 < f4 / f1 < 17  # convs scale with width^2 (the stem only with width)
+
+
+# ----- multi-exit -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg,shape,n_exits",
+    [
+        ({"family": "cnn1d", "size": 8, "multi_exit": True}, SIG, 3),
+        ({"family": "cnn1d", "size": 8, "depth": 5, "multi_exit": True}, SIG, 5),
+        ({"family": "cifar_resnet", "size": 8, "multi_exit": True}, IMG, 3),
+    ],
+)
+def test_multi_exit(cfg, shape, n_exits):
+    m = _seeded(cfg, shape, num_classes=6).eval()
+    assert m.multi_exit and m.num_exits == n_exits
+    x = torch.randn(2, *shape)
+    with torch.no_grad():
+        outs = m(x)
+        assert isinstance(outs, list) and len(outs) == n_exits
+        assert all(o.shape == (2, 6) for o in outs)
+        f = m.features(x)
+        assert f.shape == (2, m.embedding_dim)
+        torch.testing.assert_close(m.head(f), outs[-1])
+        # running only up to an exit gives that exit's logits
+        torch.testing.assert_close(m.forward_exits(x, 0)[-1], outs[0])
+
+    ef = exit_flops(m, shape)
+    assert len(ef) == n_exits
+    assert all(a < b for a, b in zip(ef, ef[1:])), ef
+    assert ef[-1] == pytest.approx(count_flops(m, shape), rel=0.05)
+
+
+def test_multi_exit_final_exit_matches_single_exit_architecture():
+    single = build_model({"family": "cifar_resnet", "size": 14}, IMG, 10)
+    multi = build_model({"family": "cifar_resnet", "size": 14, "multi_exit": True}, IMG, 10)
+    extra_heads = (16 + 1) * 10 + (32 + 1) * 10
+    assert count_params(multi) == count_params(single) + extra_heads
+    assert multi.embedding_dim == single.embedding_dim == 64
+
+
+def test_exit_flops_rejects_single_exit():
+    m = build_model({"family": "mlp", "size": 8}, SIG, 10)
+    with pytest.raises(ValueError, match="multi-exit"):
+        exit_flops(m, SIG)
+
+
+@pytest.mark.parametrize("family,size", [("wrn", 16), ("plain_cnn", 4), ("mlp", 8)])
+def test_multi_exit_unsupported_family(family, size):
+    with pytest.raises(ValueError, match="multi_exit is not supported.*cifar_resnet"):
+        build_model({"family": family, "size": size, "multi_exit": True}, IMG, 10)
+
+
+# ----- validation -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg,match",
+    [
+        ({"family": "cifar_resnet", "size": 21}, r"6n\+2.*20, 32, 44, 56, 110.*got 21"),
+        ({"family": "cifar_resnet", "size": 2}, r"6n\+2"),
+        ({"family": "wrn", "size": 20, "width": 2}, r"6n\+4.*16, 28, 40.*got 20"),
+        ({"family": "plain_cnn", "size": 11}, r"2\.\.10"),
+        ({"family": "plain_cnn", "size": 1}, r"2\.\.10"),
+        ({"family": "cifar_resnet", "size": 20, "width": 0}, r"width"),
+        ({"family": "mlp", "size": 0}, r"positive integer"),
+        ({"family": "mlp", "size": 8, "depth": 0}, r"depth"),
+        ({"family": "resnet", "size": 20}, r"unknown model family 'resnet'.*cifar_resnet"),
+        ({"size": 20}, r"'family'"),
+    ],
+)
+def test_bad_configs_raise_helpful_value_error(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(cfg, IMG, 10)
+
+
+def test_image_families_reject_signal_input():
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        build_model({"family": "cifar_resnet", "size": 8}, SIG, 10)
+
+
+def test_unrelated_keys_are_ignored():
+    m = build_model({"family": "mlp", "size": 8, "checkpoint": "/nowhere.pt"}, SIG, 10)
+    assert m(torch.randn(2, *SIG)).shape == (2, 10)
+
+
+# ----- names ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "cfg,name",
+    [
+        ({"family": "mlp", "size": 32}, "mlp-2x32"),
+        ({"family": "mlp", "size": 128, "depth": 3}, "mlp-3x128"),
+        ({"family": "cnn1d", "size": 16}, "cnn1d-w16"),
+        ({"family": "cnn1d", "size": 16, "depth": 4}, "cnn1d-w16-d4"),
+        ({"family": "cnn1d", "size": 64, "multi_exit": True}, "cnn1d-w64-me"),
+        ({"family": "cifar_resnet", "size": 56}, "resnet56"),
+        ({"family": "cifar_resnet", "size": 32, "width": 4}, "resnet32x4"),
+        ({"family": "cifar_resnet", "size": 8, "width": 4}, "resnet8x4"),
+        ({"family": "cifar_resnet", "size": 20, "multi_exit": True}, "resnet20-me"),
+        ({"family": "wrn", "size": 40, "width": 2}, "wrn-40-2"),
+        ({"family": "wrn", "size": 16}, "wrn-16-2"),
+        ({"family": "plain_cnn", "size": 10}, "plain_cnn-10"),
+    ],
+)
+def test_arch_name(cfg, name):
+    assert arch_name(cfg) == name
