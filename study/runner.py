@@ -161,7 +161,7 @@ class StudyRunner:
             base["teachers"] = teacher_table(s, self.zoo)
         if m.cls.online_teacher:
             opts = {k: v for k, v in s.teachers.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
-            base["teachers"] = {size_key(z): {**opts, "size": z} for z in s.teacher_sizes}
+            base["teachers"] = {size_key(z): {**opts, "size": z} for z in m.teacher_sizes}
         if m.assistant_sizes:
             opts = {k: v for k, v in s.student.items() if k != "size"}
             base["assistants"] = {size_key(z): {**opts, "size": z} for z in m.assistant_sizes}
@@ -184,14 +184,14 @@ class StudyRunner:
             export_epochs = s.teachers["export_epochs"] if s.teachers else []
             if uses_teacher and s.budget == "stratified":
                 per = []
-                for size in s.teacher_sizes:
+                for size in m.teacher_sizes:
                     space = method_params(m, None, export_epochs)
                     exp = Experiment("search", f"{m.name}-t{size_key(size)}", base, space=space,
                                      constants={"teacher_size": size}, trials=m.trials, max_t=self._max_t(m, base))
                     per.extend(self.run_experiment(exp))
                 results = per
             else:
-                space = method_params(m, s.teacher_sizes if uses_teacher else None, export_epochs)
+                space = method_params(m, m.teacher_sizes if uses_teacher else None, export_epochs)
                 exp = Experiment("search", m.name, base, space=space, trials=m.trials, max_t=self._max_t(m, base))
                 results = self.run_experiment(exp)
             best.extend(_best_per_teacher(m.name, results))
@@ -201,13 +201,14 @@ class StudyRunner:
         s = self.spec
         if s.confirm_seeds <= 0 or not best:
             return
-        for b in best:
-            m = s.methods[b["method"]]
+        for m in s.methods.values():  # one experiment per method: every best config x every seed
+            mine = [b for b in best if b["method"] == m.name]
+            if not mine:
+                continue
             base = self.method_base("confirm", m)
-            sampled = {k: v for k, v in b["config"].items() if k != "seed"}
-            jobs = [{**sampled, "seed": seed} for seed in range(s.confirm_seeds)]
-            label = m.name + (f"-t{size_key(b['teacher_size'])}" if b.get("teacher_size") is not None else "")
-            self.run_experiment(Experiment("confirm", label, base, grid=jobs, max_t=self._max_t(m, base)))
+            jobs = [{**{k: v for k, v in b["config"].items() if k != "seed"}, "seed": seed}
+                    for b in mine for seed in range(s.confirm_seeds)]
+            self.run_experiment(Experiment("confirm", m.name, base, grid=jobs, max_t=self._max_t(m, base)))
 
     # ---------------------------------------------------------------- one experiment
     def marker_uri(self, exp: Experiment) -> str:
@@ -268,7 +269,7 @@ class StudyRunner:
     def tune_config(self, exp: Experiment) -> tune.TuneConfig:
         s = self.spec
         if exp.grid is not None:
-            return tune.TuneConfig(num_samples=1)
+            return tune.TuneConfig(num_samples=1, reuse_actors=True)
         from optuna.samplers import TPESampler
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
@@ -281,7 +282,7 @@ class StudyRunner:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.max_t,
                                       grace_period=s.grace_period, reduction_factor=3)
         return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=METRIC, mode=MODE,
-                               num_samples=exp.trials, max_concurrent_trials=s.max_concurrent)
+                               num_samples=exp.trials, max_concurrent_trials=s.max_concurrent, reuse_actors=True)
 
     def optuna_storage(self, exp: Experiment):
         """A file-based Optuna storage beside the results (local studies), for optuna-dashboard."""

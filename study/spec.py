@@ -36,7 +36,7 @@ import yaml
 from trainables.data import available_datasets
 from trainables.loop import OPTIMIZERS, SCHEDULES
 from trainables.methods import HParam, available_methods
-from trainables.models import available_families, build_model, family_sizes_hint
+from trainables.models import available_families, build_model, family_options, family_sizes_hint
 
 #: hyperparameters every method can search besides its own
 COMMON_HPARAMS = {
@@ -76,6 +76,7 @@ class MethodSpec:
     search: dict[str, Range]      # parameters Optuna samples
     fixed: dict[str, Any]         # parameters held constant
     assistant_sizes: list = field(default_factory=list)
+    teacher_sizes: list | None = None  # a subset of the ladder (frozen teachers) or own sizes (online)
     cls: type | None = field(default=None, repr=False)  # the registered Method class
 
 
@@ -234,11 +235,22 @@ class _Validator:
         report = self.section(raw, "report")
         self.unknown("report", report, {"png"})
         budget = self.choice("search.budget", search.get("budget"), "stratified", BUDGETS)
-        if budget == "joint" and teachers and len(teachers["sizes"]) > 1:
-            for m in methods.values():
-                if m.trials < len(teachers["sizes"]):
-                    self.err(f"methods.{m.name}.trials", f"with budget 'joint' needs at least one trial per "
-                             f"teacher size ({len(teachers['sizes'])}); got {m.trials}")
+        for m in methods.values():
+            if not teachers or not (m.cls.needs_teacher or m.cls.online_teacher):
+                continue
+            if m.teacher_sizes is None:
+                m.teacher_sizes = list(teachers["sizes"])
+            elif m.cls.needs_teacher:
+                extra = [z for z in m.teacher_sizes if z not in teachers["sizes"]]
+                if extra:
+                    self.err(f"methods.{m.name}.teacher_sizes", f"{extra} not in teachers.sizes {teachers['sizes']}")
+            else:
+                for z in m.teacher_sizes:
+                    self.check_model(f"methods.{m.name}.teacher_sizes", {**{k: v for k, v in teachers.items()
+                                     if k not in ("sizes", "seeds", "epochs", "export_epochs")}, "size": z}, dataset)
+            if budget == "joint" and len(m.teacher_sizes) > 1 and m.trials < len(m.teacher_sizes):
+                self.err(f"methods.{m.name}.trials", f"with budget 'joint' needs at least one trial per "
+                         f"teacher size ({len(m.teacher_sizes)}); got {m.trials}")
         return Spec(
             name=name or "", storage=storage, dataset=dataset, student=student, teachers=teachers, train=train,
             baseline_seeds=self.num("baseline.seeds", baseline.get("seeds"), 2, kind=int, low=0, high=100),
@@ -263,7 +275,7 @@ class _Validator:
 
     def dataset(self, d: dict) -> dict:
         self.unknown("dataset", d, {"name", "root", "download", "num_samples", "val_fraction", "split_seed",
-                                    "train_subset", "synthetic_size"})
+                                    "train_subset", "synthetic_size", "data_seed"})
         name = self.choice("dataset.name", d.get("name"), None, available_datasets())
         if d.get("name") is None:
             self.err("dataset.name", f"is required; one of {', '.join(available_datasets())}")
@@ -273,7 +285,7 @@ class _Validator:
         out["download"] = self.boolean("dataset.download", d.get("download"), False)
         out["val_fraction"] = self.num("dataset.val_fraction", d.get("val_fraction"), 0.1, low=0.01, high=0.5)
         out["split_seed"] = self.num("dataset.split_seed", d.get("split_seed"), 0, kind=int, low=0)
-        for key, low in (("num_samples", 200), ("train_subset", 10), ("synthetic_size", 64)):
+        for key, low in (("num_samples", 200), ("train_subset", 10), ("synthetic_size", 64), ("data_seed", 0)):
             if d.get(key) is not None:
                 out[key] = self.num(f"dataset.{key}", d.get(key), None, kind=int, low=low)
         return out
@@ -305,6 +317,11 @@ class _Validator:
         if cfg.get("size") is None:
             self.err(where, f"is required ({family_sizes_hint(cfg['family'])})")
             return
+        allowed = {"family", "size", *family_options(cfg["family"])}
+        for key in cfg:
+            if key not in allowed:
+                self.err(f"{where.rsplit('.', 1)[0]}.{key}", f"is not an option of {cfg['family']}; "
+                         f"options: {', '.join(sorted(allowed - {'family'}))}")
         in_shape = (3, 32, 32) if dataset.get("name") in ("cifar10", "cifar100", "synthetic_image") else (1, 40)
         try:
             build_model(cfg, in_shape, 10)
@@ -377,7 +394,7 @@ class _Validator:
             if not isinstance(m, dict):
                 self.err(where, f"must be a mapping, got {type(m).__name__}")
                 continue
-            self.unknown(where, m, {"trials", "space", "assistant_sizes"})
+            self.unknown(where, m, {"trials", "space", "assistant_sizes", "teacher_sizes"})
             cls = known[name]
             trials = self.num(f"{where}.trials", m.get("trials"), 8, kind=int, low=1, high=100000)
             params = {**COMMON_HPARAMS, **cls.hparams}
@@ -404,6 +421,14 @@ class _Validator:
                 elif hp.low is not None and hp.high is not None:
                     search[p] = Range(hp.kind, hp.low, hp.high, hp.log)
             ms = MethodSpec(name=name, trials=trials, search=search, fixed=fixed, cls=cls)
+            ts = m.get("teacher_sizes")
+            if ts is not None:
+                if not isinstance(ts, list) or not ts:
+                    self.err(f"{where}.teacher_sizes", "must be a non-empty list of teacher sizes")
+                elif not (cls.needs_teacher or cls.online_teacher):
+                    self.err(f"{where}.teacher_sizes", f"method {name} uses no teacher")
+                else:
+                    ms.teacher_sizes = ts
             if name == "takd":
                 sizes = m.get("assistant_sizes")
                 if not isinstance(sizes, list) or not sizes:
