@@ -245,7 +245,9 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     total_time = state["total_time_s"] if state else 0.0
     best = state["best"] if state else {}
     last_rows = json.loads(state["last_rows"]) if state and state.get("last_rows") else []
-    gen_gen = torch.Generator(device="cpu")
+    # the batch generator lives on the trial's device: drawn on the CPU, every step's crop/flip
+    # offsets would need a blocking host->device copy (a stream synchronisation per step on CUDA)
+    gen_gen = torch.Generator(device=device)
     epochs = int(train["epochs"])
     bs = int(train.get("batch_size", 128))
     steps_per_epoch = max(1, math.ceil(len(train_xy[1]) / bs))
@@ -263,7 +265,10 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             if epoch0 < epochs:
                 opt.load_state_dict(state["optimizer"])
                 sched.load_state_dict(state["schedule"])
-            gen_gen.set_state(state["rng"])
+            if state["rng"].numel() == gen_gen.get_state().numel():
+                gen_gen.set_state(state["rng"])
+            else:  # checkpoint from another device type (CPU <-> CUDA): reseed deterministically
+                gen_gen.manual_seed(seed * 1000 + generation + 7919 * epoch0)
             start_epoch = epoch0
         else:
             gen_gen.manual_seed(seed * 1000 + generation)
@@ -312,10 +317,13 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                          terms, epoch_time, total_time, device)
             last_rows = rows
             main_key = _main_key(val)
-            best = _update_best(best, generation, epoch, val[main_key][1], test[main_key][1])
+            if main_key[0] == "student":  # only a student's accuracy can be the trial's best
+                best = _update_best(best, generation, epoch, val[main_key][1], test[main_key][1])
+            # a generation that trains no student (TAKD's assistant) reports its model until a student exists
+            shown = best or {"val_acc": val[main_key][1], "test_acc": test[main_key][1]}
             metrics = {
                 "val_acc": val[main_key][1], "test_acc": test[main_key][1],
-                "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"],
+                "best_val_acc": shown["val_acc"], "best_test_acc": shown["test_acc"],
                 "train_loss": train_loss, "generation": generation, "epoch": epoch, "status": "ok",
             }
             _export(config, method, generation, epoch, val[main_key][1], test[main_key][1], best, facts)
@@ -331,8 +339,9 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
 
 
 def _main_key(val: dict):
-    """The model selection tracks: the student's final exit."""
-    student = [k for k in val if k[0] == "student"]
+    """The model selection tracks: the student's final exit (or, in a generation that trains
+    no student, such as TAKD's assistant generation, the model that generation reports)."""
+    student = [k for k in val if k[0] == "student"] or list(val)
     return max(student, key=lambda k: -1 if k[1] is None else k[1])
 
 
@@ -411,11 +420,18 @@ def _jsonable_rows(rows) -> str:
 
 
 def _node() -> str:
+    """`<node IP>/<first 12 hex digits of the Ray node id>`, or the hostname outside Ray.
+
+    The node id is part of it because several Ray nodes can share one IP
+    (containers, a loopback test cluster); the IP keeps it readable.
+    """
     try:
         import ray
 
         if ray.is_initialized():
-            return ray.util.get_node_ip_address()
+            ip = ray.util.get_node_ip_address()
+            node_id = ray.get_runtime_context().get_node_id() or ""
+            return f"{ip}/{node_id[:12]}" if node_id else ip
     except Exception:  # Ray absent or not in a worker: the hostname will do
         pass
     return socket.gethostname()

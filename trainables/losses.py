@@ -1,7 +1,15 @@
 """Distillation losses as plain functions, each with its formula and source.
 
-Every function takes logits (not probabilities) and returns a scalar mean
-over the batch, so the loop can sum terms from any method.
+Every loss takes logits (not probabilities) — or, for RKD, penultimate
+embeddings — and returns a scalar mean over the batch (or a dict of named
+scalar terms), so the loop can sum terms from any method. Probability and
+relation maths run in float32 even under bf16 autocast.
+
+  Hinton KD ............ soft_kl, hinton_kd
+  RKD (Park 2019) ...... pairwise_distances, rkd_distance, angle_potentials, rkd_angle
+  DML / TriKD .......... mutual_terms
+  multi-exit (Phuong & Lampert 2019)
+                         soft_cross_entropy, multi_exit_distillation, multi_exit_ce, adapt_temperature
 """
 
 from __future__ import annotations
@@ -32,3 +40,176 @@ def hinton_kd(student_logits, teacher_logits, labels, temperature: float, alpha:
         "ce": (1.0 - alpha) * F.cross_entropy(student_logits.float(), labels),
         "kd": alpha * soft_kl(student_logits, teacher_logits.detach(), temperature),
     }
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _no_autocast(t: torch.Tensor):
+    """A context that turns autocast off, so relation and probability maths run in float32."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CE(s, y) = mean_b −log softmax(s)_y, in float32."""
+    return F.cross_entropy(logits.float(), labels)
+
+
+# --------------------------------------------------------------------------- RKD (Park et al., CVPR 2019)
+
+
+def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """ψ_D before normalisation: the N×N matrix of ‖e_i − e_j‖₂ (float32).
+
+    Computed as in the authors' code (lenscloth/RKD `pdist`): from the Gram
+    matrix, ‖e_i‖² + ‖e_j‖² − 2 e_i·e_j clamped at `eps` before the square
+    root; the diagonal is set to exactly 0. One reading of ours: pairs whose
+    squared distance is ≤ eps (coincident points) are also set to exactly 0,
+    where the authors' code leaves sqrt(eps) = 1e-6, so that "the mean of the
+    non-zero distances" (paper, Eq. 4) excludes them; the gradient through
+    such a pair is 0 rather than the clamp's.
+    """
+    with _no_autocast(e):
+        e = e.float().flatten(1)
+        sq = e.pow(2).sum(dim=1)
+        raw = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())
+        keep = (raw > eps) & ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        return raw.clamp(min=eps).sqrt() * keep
+
+
+def _mean_normalised(d: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """d / μ with μ the mean of the non-zero entries of d (μ = 1 if there are none)."""
+    nonzero = (d > 0).sum().clamp(min=1)
+    mu = d.sum() / nonzero  # zeros add nothing to the sum: this is the mean of the non-zero entries
+    return d / torch.where(mu > eps, mu, torch.ones_like(mu))
+
+
+def rkd_distance(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    """RKD distance loss (Park et al., CVPR 2019, Eqs. 3–5).
+
+    ψ_D(t_i, t_j) = ‖t_i − t_j‖₂ / μ with μ the mean of the non-zero pairwise
+    distances of the mini-batch, computed separately for teacher and student
+    embeddings (which may have different dimensions); the loss is the Huber
+    (smooth L1, δ = 1) loss between the two N×N potential matrices, averaged
+    over all N² entries (diagonal included, where both are 0), as
+    `F.smooth_l1_loss(..., reduction="mean")` does in the authors' code.
+    The teacher's relations are a fixed target (detached).
+    """
+    with _no_autocast(student_emb):
+        t = _mean_normalised(pairwise_distances(teacher_emb.detach()))
+        s = _mean_normalised(pairwise_distances(student_emb))
+        return F.smooth_l1_loss(s, t, reduction="mean", beta=1.0)
+
+
+def angle_potentials(e: torch.Tensor) -> torch.Tensor:
+    """ψ_A for every triplet, flattened (N³ values, float32).
+
+    As in the authors' code: diff[a, b] = e_b − e_a, unit vectors
+    u[a, b] = diff[a, b] / ‖diff[a, b]‖ (a zero vector stays 0), and
+    ψ[a, b, c] = ⟨u[a, b], u[a, c]⟩ = cos∠(e_b, e_a, e_c), the cosine of the
+    angle at the vertex e_a (batched with `bmm`). Degenerate triplets (b = a
+    or c = a) give 0 for teacher and student alike.
+    Memory is N²·D for the difference vectors (as in the authors' code).
+    """
+    with _no_autocast(e):
+        e = e.float().flatten(1)
+        diff = e.unsqueeze(0) - e.unsqueeze(1)
+        unit = F.normalize(diff, p=2, dim=2)
+        return torch.bmm(unit, unit.transpose(1, 2)).reshape(-1)
+
+
+def rkd_angle(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.Tensor:
+    """RKD angle loss (Park et al., CVPR 2019, Eqs. 6–7).
+
+    ψ_A(t_i, t_j, t_k) = cos∠t_i t_j t_k = ⟨e_ij, e_kj⟩ with
+    e_ij = (t_i − t_j)/‖t_i − t_j‖; Huber (smooth L1, δ = 1) between the
+    student's and the teacher's potentials, averaged over all N³ triplets
+    (degenerate ones included, where both are 0), as in the authors' code.
+    The teacher's relations are a fixed target (detached).
+    """
+    with _no_autocast(student_emb):
+        t = angle_potentials(teacher_emb.detach())
+        s = angle_potentials(student_emb)
+        return F.smooth_l1_loss(s, t, reduction="mean", beta=1.0)
+
+
+# --------------------------------------------------------------------------- online mutual learning (DML, TriKD)
+
+
+def mutual_terms(logits, peer_logits, labels, temperature: float, mutual_weight: float,
+                 anchor_logits=None, anchor_weight: float = 0.0) -> dict[str, torch.Tensor]:
+    """One model's terms in online distillation (DML; TriKD with an anchor).
+
+    ce     = CE(z, y)
+    mutual = w_m · T² · KL(softmax(z_peer/T) ‖ softmax(z/T))     (peer detached)
+    anchor = w_a · T² · KL(softmax(z_anchor/T) ‖ softmax(z/T))   (only if an anchor is given)
+
+    Deep Mutual Learning (Zhang et al., CVPR 2018, Eq. 2/3) is L_Θ1 = L_C1 +
+    D_KL(p2 ‖ p1) at T = 1 with weight 1; the T² factor (Hinton et al. 2015)
+    keeps the gradient scale when T ≠ 1 and is 1 at T = 1. Targets are
+    detached: each model learns only from its own loss.
+    """
+    terms = {
+        "ce": cross_entropy(logits, labels),
+        "mutual": mutual_weight * soft_kl(logits, peer_logits.detach(), temperature),
+    }
+    if anchor_logits is not None:
+        terms["anchor"] = anchor_weight * soft_kl(logits, anchor_logits.detach(), temperature)
+    return terms
+
+
+# --------------------------------------------------------------------------- multi-exit (Phuong & Lampert, ICCV 2019)
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · mean_b( −Σ_c softmax(t/T)_c · log_softmax(s/T)_c ).
+
+    Cross-entropy with a soft target, as in the authors' code
+    (mary-phuong/multiexit-distillation, `DistillationBasedLoss`):
+    KL(softmax(t/T) ‖ softmax(s/T)) plus the target's entropy, a constant for
+    the student. The target is used as given: detach it where it must not
+    receive gradients. `temperature` may be a 0-d tensor.
+    """
+    t = temperature
+    with _no_autocast(student_logits):
+        p_t = F.softmax(target_logits.float() / t, dim=1)
+        log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
+        return -(p_t * log_p_s).sum(dim=1).mean() * (t * t)
+
+
+def multi_exit_distillation(exit_logits: list[torch.Tensor], labels: torch.Tensor, temperature,
+                            distill_weight: float, global_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Phuong & Lampert 2019, Eq. (5) as in the authors' `DistillationBasedLoss`, as named terms.
+
+    For the last exit K:        ce_K = g·(1−C)·CE(z_K, y)
+    For every earlier exit k:   ce_k = g·(1−C)·CE(z_k, y)
+                                distill_k = g·C·T²·CE(softmax(z_K/T).detach(), log_softmax(z_k/T))
+    with C = distill_weight and g = global_scale; the sum of the terms is the loss.
+    """
+    c, g = float(distill_weight), float(global_scale)
+    target = exit_logits[-1].detach()
+    terms = {}
+    for k, z in enumerate(exit_logits):
+        terms[f"ce_{k}"] = g * (1.0 - c) * cross_entropy(z, labels)
+        if k < len(exit_logits) - 1:
+            terms[f"distill_{k}"] = g * c * soft_cross_entropy(z, target, temperature)
+    return terms
+
+
+def multi_exit_ce(exit_logits: list[torch.Tensor], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The baseline ("classification only" in the authors' code): Σ_k CE(z_k, y), one term per exit."""
+    return {f"ce_{k}": cross_entropy(z, labels) for k, z in enumerate(exit_logits)}
+
+
+def adapt_temperature(temperature: torch.Tensor, last_logits: torch.Tensor, maxprob: float,
+                      factor: float) -> torch.Tensor:
+    """The multi-exit temperature rule (authors' `DistillationBasedLoss`).
+
+    With p = softmax(z_K / T) of the last exit on the batch at the current T:
+    T ← T·factor if mean_b max_c p > maxprob, else T unchanged (so T never
+    decreases for factor ≥ 1). Tensor in, tensor out: no host synchronisation.
+    """
+    with _no_autocast(last_logits):
+        p = F.softmax(last_logits.detach().float() / temperature, dim=1)
+        too_sure = p.max(dim=1).values.mean() > maxprob
+        return torch.where(too_sure, temperature * factor, temperature)

@@ -1,0 +1,274 @@
+"""Every loss against values computed here by hand (explicit formulas and loops, not the library)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables import losses
+
+
+def np_softmax(z, T=1.0):
+    z = np.asarray(z, dtype=np.float64) / T
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_kl_batchmean(p, q):
+    """Σ_c p log(p/q), mean over rows."""
+    return float(np.mean([sum(pi * math.log(pi / qi) for pi, qi in zip(pr, qr)) for pr, qr in zip(p, q)]))
+
+
+def np_ce(z, y):
+    p = np_softmax(z)
+    return float(np.mean([-math.log(p[i][y[i]]) for i in range(len(y))]))
+
+
+def huber(d):
+    d = abs(d)
+    return 0.5 * d * d if d < 1.0 else d - 0.5
+
+
+S = [[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]]
+Tl = [[3.0, 1.0, 0.0], [0.0, 2.0, -1.0]]
+Y = [2, 1]
+
+
+# --------------------------------------------------------------------------- Hinton KD
+
+
+def test_soft_kl_matches_hand_computed_2x3():
+    T = 2.0
+    expected = T * T * np_kl_batchmean(np_softmax(Tl, T), np_softmax(S, T))
+    got = losses.soft_kl(torch.tensor(S), torch.tensor(Tl), T)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # first row by hand: softmax([1.5, .5, 0]) ‖ softmax([.5, 1, 1.5]), times 4
+    pt = [math.exp(1.5), math.exp(0.5), 1.0]
+    ps = [math.exp(0.5), math.exp(1.0), math.exp(1.5)]
+    pt = [v / sum(pt) for v in pt]
+    ps = [v / sum(ps) for v in ps]
+    row0 = sum(a * math.log(a / b) for a, b in zip(pt, ps))
+    assert losses.soft_kl(torch.tensor(S[:1]), torch.tensor(Tl[:1]), T).item() == pytest.approx(4 * row0, rel=1e-5)
+
+
+def test_hinton_kd_terms():
+    T, alpha = 4.0, 0.7
+    terms = losses.hinton_kd(torch.tensor(S), torch.tensor(Tl), torch.tensor(Y), T, alpha)
+    assert terms["ce"].item() == pytest.approx((1 - alpha) * np_ce(S, Y), rel=1e-5)
+    kd = alpha * T * T * np_kl_batchmean(np_softmax(Tl, T), np_softmax(S, T))
+    assert terms["kd"].item() == pytest.approx(kd, rel=1e-5)
+
+
+# --------------------------------------------------------------------------- RKD
+
+
+def ref_distance_potential(pts):
+    n = len(pts)
+    d = np.zeros((n, n))
+    for i in range(n):
+        for j in range(n):
+            d[i, j] = math.dist(pts[i], pts[j])
+    mu = d[d > 0].mean()
+    return d / mu
+
+
+def ref_rkd_distance(s, t):
+    ds, dt = ref_distance_potential(s), ref_distance_potential(t)
+    n = len(s)
+    return sum(huber(ds[i, j] - dt[i, j]) for i in range(n) for j in range(n)) / (n * n)
+
+
+def ref_angle(pts, a, b, c):
+    """cos of the angle at vertex a between b and c; 0 for degenerate triplets."""
+    u = np.subtract(pts[b], pts[a])
+    v = np.subtract(pts[c], pts[a])
+    if not np.linalg.norm(u) or not np.linalg.norm(v):
+        return 0.0
+    return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+
+def ref_rkd_angle(s, t):
+    n = len(s)
+    total = sum(huber(ref_angle(s, a, b, c) - ref_angle(t, a, b, c))
+                for a in range(n) for b in range(n) for c in range(n))
+    return total / n ** 3
+
+
+def test_pairwise_distances_3_4_5_triangle():
+    d = losses.pairwise_distances(torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]))
+    assert torch.allclose(d, torch.tensor([[0.0, 3, 4], [3, 0, 5], [4, 5, 0]]), atol=1e-5)
+    assert torch.all(d.diagonal() == 0)
+
+
+def test_rkd_distance_hand_values():
+    s = [[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]]  # distances 3, 4, 5: mean 4 -> 0.75, 1, 1.25
+    t = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]  # distances 1, 1, √2: mean (2+√2)/3
+    mu_t = (2 + math.sqrt(2)) / 3
+    pairs = [(0.75, 1 / mu_t), (1.0, 1 / mu_t), (1.25, math.sqrt(2) / mu_t)]
+    expected = 2 * sum(huber(a - b) for a, b in pairs) / 9
+    assert expected == pytest.approx(ref_rkd_distance(s, t))
+    got = losses.rkd_distance(torch.tensor(s), torch.tensor(t))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_rkd_distance_excludes_zero_distances_from_the_mean():
+    t = [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]  # a coincident pair: mean of non-zero = 2 (not 8/6)
+    s = [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # 1, 2, 1: mean 4/3 -> .75, 1.5, .75
+    # teacher potentials: 0, 1, 1
+    expected = 2 * (huber(0.75 - 0.0) + huber(1.5 - 1.0) + huber(0.75 - 1.0)) / 9
+    assert expected == pytest.approx(0.875 / 9)
+    assert expected == pytest.approx(ref_rkd_distance(s, t))
+    got = losses.rkd_distance(torch.tensor(s), torch.tensor(t))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # the same configuration at another scale has the same relations: zero loss, finite gradient
+    fs = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]], requires_grad=True)
+    loss = losses.rkd_distance(fs, torch.tensor(t))
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.isfinite(fs.grad).all()
+
+
+def test_rkd_distance_different_dims_and_large_values():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(5, 3, generator=g) * 10
+    t = torch.randn(5, 7, generator=g)
+    expected = ref_rkd_distance(s.double().numpy(), t.double().numpy())
+    assert losses.rkd_distance(s, t).item() == pytest.approx(expected, rel=1e-4)
+
+
+def test_angle_potentials_of_a_square():
+    sq = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    psi = losses.angle_potentials(sq).view(4, 4, 4)
+    r = math.sqrt(2) / 2
+    assert psi[0, 1, 3].item() == pytest.approx(0.0, abs=1e-6)  # right angle at the corner
+    assert psi[0, 1, 2].item() == pytest.approx(r, rel=1e-6)  # 45° between side and diagonal
+    assert psi[1, 0, 2].item() == pytest.approx(0.0, abs=1e-6)
+    assert psi[2, 0, 1].item() == pytest.approx(r, rel=1e-6)
+    assert psi[0, 2, 2].item() == pytest.approx(1.0, rel=1e-6)  # same point: angle 0
+    assert psi[0, 0, 2].item() == 0.0  # degenerate (vertex repeated)
+    for a in range(4):
+        for b in range(4):
+            for c in range(4):
+                assert psi[a, b, c].item() == pytest.approx(ref_angle(sq.numpy(), a, b, c), abs=1e-6)
+
+
+def test_rkd_angle_hand_values():
+    t = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]  # square
+    s = [[0.0, 0.0], [2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]  # a different quadrilateral
+    expected = ref_rkd_angle(s, t)
+    assert expected > 0.01
+    got = losses.rkd_angle(torch.tensor(s), torch.tensor(t))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # an equilateral triangle against a right isosceles one: the angles are 60° vs 90°/45°
+    eq = [[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]]
+    ri = [[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]
+    # angle cosines at each vertex between the two other points (both orders), squared errors / 2
+    pairs = [(0.5, 0.0), (0.5, r := math.sqrt(2) / 2), (0.5, r)]
+    by_hand = 2 * sum(huber(a - b) for a, b in pairs) / 27  # b == c entries are 1 for both, degenerate are 0
+    assert losses.rkd_angle(torch.tensor(eq), torch.tensor(ri)).item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_rkd_angle_is_invariant_to_rotation_scale_and_shift():
+    t = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.3, 0.7]])
+    rot = torch.tensor([[0.6, -0.8], [0.8, 0.6]])
+    s = (t @ rot.t()) * 3.0 + torch.tensor([5.0, -2.0])
+    assert losses.rkd_angle(s, t).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.rkd_distance(s, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- DML / TriKD
+
+
+def test_mutual_terms_dml_and_trikd():
+    A = [[0.2, -0.3, 1.0], [2.0, 0.0, -2.0]]
+    T = 3.0
+    s = torch.tensor(S, requires_grad=True)
+    t = torch.tensor(Tl, requires_grad=True)
+    a = torch.tensor(A)
+    terms = losses.mutual_terms(s, t, torch.tensor(Y), T, 0.5, a, 2.0)
+    assert set(terms) == {"ce", "mutual", "anchor"}
+    assert terms["ce"].item() == pytest.approx(np_ce(S, Y), rel=1e-5)
+    assert terms["mutual"].item() == pytest.approx(
+        0.5 * T * T * np_kl_batchmean(np_softmax(Tl, T), np_softmax(S, T)), rel=1e-5)
+    assert terms["anchor"].item() == pytest.approx(
+        2.0 * T * T * np_kl_batchmean(np_softmax(A, T), np_softmax(S, T)), rel=1e-5)
+    sum(terms.values()).backward()
+    assert t.grad is None  # the peer's prediction is a detached target
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    # DML: no anchor term at all; T = 1 and weight 1 is the paper's KL(p2 ‖ p1)
+    dml = losses.mutual_terms(torch.tensor(S), torch.tensor(Tl), torch.tensor(Y), 1.0, 1.0)
+    assert set(dml) == {"ce", "mutual"}
+    assert dml["mutual"].item() == pytest.approx(np_kl_batchmean(np_softmax(Tl), np_softmax(S)), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- multi-exit
+
+
+EXITS = [
+    [[0.1, 0.4, -0.2], [1.0, 0.0, 0.3]],
+    [[0.5, 0.5, 0.0], [-1.0, 2.0, 0.1]],
+    [[2.0, -1.0, 0.0], [0.0, 3.0, 1.0]],  # the last exit
+]
+
+
+def test_multi_exit_distillation_hand_values():
+    T, C, g = 1.5, 0.5, 2.0 * 5 / 3
+    y = [0, 1]
+    terms = losses.multi_exit_distillation([torch.tensor(z) for z in EXITS], torch.tensor(y), T, C, g)
+    assert set(terms) == {"ce_0", "ce_1", "ce_2", "distill_0", "distill_1"}
+    p_last = np_softmax(EXITS[-1], T)
+    total = g * (1 - C) * np_ce(EXITS[-1], y)
+    for k in range(2):
+        logp = np.log(np_softmax(EXITS[k], T))
+        soft_ce = np.mean([-(p_last[i] * logp[i]).sum() for i in range(2)])
+        assert terms[f"ce_{k}"].item() == pytest.approx(g * (1 - C) * np_ce(EXITS[k], y), rel=1e-5)
+        assert terms[f"distill_{k}"].item() == pytest.approx(g * C * T * T * soft_ce, rel=1e-5)
+        total += g * ((1 - C) * np_ce(EXITS[k], y) + C * T * T * soft_ce)
+    assert sum(terms.values()).item() == pytest.approx(total, rel=1e-5)
+    # soft cross-entropy = KL + the target's entropy
+    ent = -np.mean([(p_last[i] * np.log(p_last[i])).sum() for i in range(2)])
+    kl = np_kl_batchmean(p_last, np_softmax(EXITS[0], T))
+    sce = losses.soft_cross_entropy(torch.tensor(EXITS[0]), torch.tensor(EXITS[-1]), T).item()
+    assert sce == pytest.approx(T * T * (kl + ent), rel=1e-5)
+
+
+def test_multi_exit_distillation_target_is_detached():
+    zs = [torch.tensor(z, requires_grad=True) for z in EXITS]
+    terms = losses.multi_exit_distillation(zs, torch.tensor([0, 1]), 2.0, 1.0)  # C = 1: distillation only
+    assert terms["ce_2"].item() == 0.0
+    sum(terms.values()).backward()
+    assert zs[-1].grad is None or zs[-1].grad.abs().sum() == 0
+    assert zs[0].grad.abs().sum() > 0
+
+
+def test_multi_exit_ce_baseline():
+    y = [2, 0]
+    terms = losses.multi_exit_ce([torch.tensor(z) for z in EXITS], torch.tensor(y))
+    assert sum(terms.values()).item() == pytest.approx(sum(np_ce(z, y) for z in EXITS), rel=1e-5)
+
+
+def test_temperature_rule():
+    T = torch.tensor(1.0)
+    sure = torch.tensor([[6.0, 0.0, 0.0], [0.0, 5.0, 0.0]])  # max prob ≈ 0.99 > 0.5
+    unsure = torch.tensor([[0.1, 0.0, 0.0], [0.0, 0.2, 0.1]])  # max prob ≈ 0.36 < 0.5
+    T1 = losses.adapt_temperature(T, sure, 0.5, 1.05)
+    assert T1.item() == pytest.approx(1.05, rel=1e-7)
+    assert losses.adapt_temperature(T1, unsure, 0.5, 1.05).item() == T1.item()
+    # the rule uses the probabilities at the current T: at T = 20 even `sure` is soft, so T stays
+    mp = np_softmax(sure.numpy(), 20.0).max(axis=1).mean()
+    assert mp < 0.5
+    assert losses.adapt_temperature(torch.tensor(20.0), sure, 0.5, 1.05).item() == 20.0
+    # grows by exactly the factor each time it is exceeded, never decreases
+    t, history = torch.tensor(1.0), []
+    for z in [sure, sure, unsure, sure, unsure, unsure]:
+        t = losses.adapt_temperature(t, z, 0.5, 1.05)
+        history.append(t.item())
+    expected = [1.05, 1.05 ** 2, 1.05 ** 2, 1.05 ** 3, 1.05 ** 3, 1.05 ** 3]
+    assert history == pytest.approx(expected, rel=1e-6)
+    assert all(b >= a for a, b in zip(history, history[1:]))
+    # exactly at the threshold: not exceeded, no change
+    half = torch.tensor([[0.0, 0.0]])  # max prob 0.5
+    assert losses.adapt_temperature(torch.tensor(1.0), half, 0.5, 1.05).item() == 1.0

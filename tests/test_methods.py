@@ -1,0 +1,315 @@
+"""Each method builds, learns on a fixed batch, keeps its contracts, and runs end to end in the loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from analysis.schema import HPARAM_COLUMNS, rows_to_table
+from study.results import to_schema_row
+from trainables import models
+from trainables.loop import LocalHooks, run_trial
+from trainables.methods import Context, available_methods, get_method
+
+IN_SHAPE, NC = (1, 40), 10
+MINE = ("rkd", "dml", "trikd", "multiexit", "multiexit_ce", "takd", "eskd")
+
+
+def make_ctx(student, teacher=None, assistant=None) -> Context:
+    def build(cfg):
+        return models.build_model(cfg, IN_SHAPE, NC)
+
+    def load(cfg):  # a "pretrained" stand-in: fixed weights, independent of the global RNG
+        with torch.random.fork_rng():
+            torch.manual_seed(1234)
+            return models.build_model(cfg, IN_SHAPE, NC)
+
+    return Context(student=student, teacher=teacher, num_classes=NC, build_model=build, load_model=load,
+                   extra={"assistant": assistant, "in_shape": IN_SHAPE, "device": torch.device("cpu")})
+
+
+def batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *IN_SHAPE, generator=g), torch.randint(0, NC, (n,), generator=g)
+
+
+def fit(method, x, y, steps=50, lr=1e-2):
+    """Train on one fixed batch as the loop does; returns the per-step term dicts."""
+    method.train()
+    opt = torch.optim.Adam([p for p in method.trainable_parameters() if p.requires_grad], lr=lr)
+    history = []
+    for _ in range(steps):
+        step = method.training_step(x, y)
+        loss = sum(step.terms.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        method.after_step(step)
+        history.append({k: float(v.detach()) for k, v in step.terms.items()})
+    return history
+
+
+def total(terms, prefix=None):
+    return sum(v for k, v in terms.items() if prefix is None or k.startswith(prefix))
+
+
+MLP8, MLP16, CNN8 = {"family": "mlp", "size": 8}, {"family": "mlp", "size": 16}, {"family": "cnn1d", "size": 8}
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def test_registered_with_schema_hparams():
+    methods = available_methods()
+    for name in MINE:
+        cls = methods[name]
+        assert cls.name == name
+        for hp, spec in cls.hparams.items():
+            assert hp in HPARAM_COLUMNS, (name, hp)
+            assert spec.check(hp, spec.default) is None, (name, hp)
+    assert methods["dml"].online_teacher and methods["trikd"].online_teacher
+    assert methods["rkd"].needs_teacher and methods["takd"].needs_teacher and methods["eskd"].needs_teacher
+    assert methods["multiexit"].multi_exit and methods["multiexit_ce"].multi_exit
+    assert methods["rkd"].hparams["rkd_distance_weight"].default == 25.0
+    assert methods["rkd"].hparams["rkd_angle_weight"].default == 50.0
+    assert methods["multiexit"].hparams["temperature_factor"].default == 1.05
+    assert methods["trikd"].hparams["generations"].default == 3
+
+
+# --------------------------------------------------------------------------- learning on a fixed batch
+
+
+def test_rkd_learns_with_teacher_of_other_width():
+    torch.manual_seed(0)
+    m = get_method("rkd")(make_ctx(MLP8, MLP16), {})
+    x, y = batch()
+    h = fit(m, x, y)
+    assert set(h[0]) == {"ce", "rkd_distance", "rkd_angle"}  # alpha 0: no KD term
+    assert total(h[-1]) < 0.7 * total(h[0])
+    assert all(not p.requires_grad for p in m.teacher.parameters())
+    m2 = get_method("rkd")(make_ctx(MLP8, MLP16), {"alpha": 0.5, "temperature": 4.0})
+    terms = m2.training_step(x, y).terms
+    assert set(terms) == {"ce", "rkd_distance", "rkd_angle", "kd"}
+
+
+def test_dml_trains_both_and_reports_both():
+    torch.manual_seed(0)
+    m = get_method("dml")(make_ctx(MLP8, MLP16), {})
+    teacher0 = copy.deepcopy(m.teacher.state_dict())
+    x, y = batch()
+    h = fit(m, x, y)
+    assert set(h[0]) == {"ce", "mutual", "teacher_ce", "teacher_mutual"}
+    assert total(h[-1]) < 0.7 * total(h[0])
+    assert h[-1]["teacher_ce"] < h[0]["teacher_ce"]
+    assert any(not torch.equal(teacher0[k], v) for k, v in m.teacher.state_dict().items())
+    assert set(m.eval_logits(x)) == {("student", None), ("teacher", None)}
+
+
+def test_trikd_curriculum_anchor_is_previous_student_and_frozen():
+    torch.manual_seed(0)
+    m = get_method("trikd")(make_ctx(MLP8, MLP16), {"generations": 2})
+    assert m.generations == 2
+    x, y = batch()
+    m.start_generation(0)
+    h0 = fit(m, x, y, steps=30)
+    assert set(h0[0]) == {"ce", "mutual", "teacher_ce", "teacher_mutual"}  # no anchor in generation 0
+    assert total(h0[-1]) < 0.7 * total(h0[0])
+    student0 = copy.deepcopy(m.student.state_dict())
+    teacher0 = copy.deepcopy(m.teacher.state_dict())
+
+    torch.manual_seed(1)
+    m.start_generation(1)
+    anchor = m.anchor
+    assert anchor is not None
+    for k, v in anchor.state_dict().items():
+        assert torch.equal(v, student0[k]), k
+    assert all(not p.requires_grad for p in anchor.parameters())
+    # teacher and student restart from a fresh random initialisation
+    assert any(not torch.equal(student0[k], v) for k, v in m.student.state_dict().items())
+    assert any(not torch.equal(teacher0[k], v) for k, v in m.teacher.state_dict().items())
+    assert not {id(p) for p in anchor.parameters()} & {id(p) for p in m.trainable_parameters()}
+    h1 = fit(m, x, y, steps=30)
+    assert {"anchor", "teacher_anchor"} <= set(h1[0])
+    assert total(h1[-1]) < total(h1[0])
+    assert not anchor.training
+    for k, v in anchor.state_dict().items():
+        assert torch.equal(v, student0[k]), k
+    assert "anchor.body.0.weight" in m.state_dict()
+    assert set(m.eval_logits(x)) == {("student", None), ("teacher", None)}
+
+
+def test_trikd_resume_rebuilds_the_anchor_for_the_checkpoint():
+    torch.manual_seed(0)
+    m = get_method("trikd")(make_ctx(MLP8, MLP16), {"generations": 3})
+    m.start_generation(0)
+    m.start_generation(1)
+    state = copy.deepcopy(m.state_dict())
+    fresh = get_method("trikd")(make_ctx(MLP8, MLP16), {"generations": 3})
+    fresh.start_generation(1)  # as the loop does on resume, before loading
+    fresh.load_state_dict(state)  # strict: the anchor exists and matches
+    for k, v in state.items():
+        assert torch.equal(fresh.state_dict()[k], v)
+
+
+def test_multiexit_learns_adapts_temperature_and_reports_each_exit():
+    torch.manual_seed(0)
+    m = get_method("multiexit")(make_ctx(CNN8), {})
+    assert m.student.num_exits == 3
+    assert m.current_temperature() == 1.0
+    x, y = batch()
+    h = fit(m, x, y, steps=40, lr=1e-2)
+    assert set(h[0]) == {"ce_0", "ce_1", "ce_2", "distill_0", "distill_1"}
+    assert total(h[-1], "ce") < 0.7 * total(h[0], "ce")
+    assert m.current_temperature() > 1.0  # a batch it fits is predicted confidently: T went up
+    k = round(math.log(m.current_temperature()) / math.log(1.05))
+    assert m.current_temperature() == pytest.approx(1.05 ** k, rel=1e-5)  # only ever multiplied by 1.05
+    assert "temperature" in m.state_dict()
+    assert m.global_scale == pytest.approx(10 / 3)
+    out = m.eval_logits(x)
+    assert set(out) == {("student", 0), ("student", 1), ("student", 2)}
+    flops = [m.row_facts("student", e)["exit_flops"] for e in range(3)]
+    assert flops[0] < flops[1] < flops[2]
+    assert flops[2] == pytest.approx(models.count_flops(m.student, IN_SHAPE))
+
+
+def test_multiexit_ce_baseline():
+    torch.manual_seed(0)
+    m = get_method("multiexit_ce")(make_ctx(CNN8), {})
+    x, y = batch()
+    h = fit(m, x, y, lr=1e-2)
+    assert set(h[0]) == {"ce_0", "ce_1", "ce_2"}
+    assert total(h[-1]) < 0.7 * total(h[0])
+    assert m.current_temperature() is None
+    assert len(m.eval_logits(x)) == 3
+
+
+def test_takd_trains_assistant_then_student():
+    torch.manual_seed(0)
+    m = get_method("takd")(make_ctx(MLP8, {**MLP16, "checkpoint": "x"}, {"family": "mlp", "size": 12}), {})
+    assert m.generations == 2
+    x, y = batch()
+    m.start_generation(0)
+    assert {id(p) for p in m.trainable_parameters()} == {id(p) for p in m.assistant.parameters()}
+    h0 = fit(m, x, y)
+    assert total(h0[-1]) < 0.85 * total(h0[0])
+    assert set(m.eval_logits(x)) == {("assistant", None)}
+    assistant0 = copy.deepcopy(m.assistant.state_dict())
+    m.start_generation(1)
+    assert {id(p) for p in m.trainable_parameters()} == {id(p) for p in m.student.parameters()}
+    h1 = fit(m, x, y)
+    assert total(h1[-1]) < 0.85 * total(h1[0])
+    assert all(not p.requires_grad for p in m.assistant.parameters())
+    for k, v in m.assistant.state_dict().items():
+        assert torch.equal(v, assistant0[k])
+    assert set(m.eval_logits(x)) == {("student", None)}
+
+
+def test_eskd_is_kd_under_its_own_name():
+    torch.manual_seed(0)
+    m = get_method("eskd")(make_ctx(MLP8, MLP16), {"temperature": 4.0, "alpha": 0.5})
+    assert m.name == "eskd" and get_method("kd").name == "kd"
+    x, y = batch()
+    h = fit(m, x, y)
+    assert set(h[0]) == {"ce", "kd"}
+    assert total(h[-1]) < 0.85 * total(h[0])
+
+
+# --------------------------------------------------------------------------- end to end in the shared loop
+
+
+def trial_cfg(data_root, method, student=MLP8, **over):
+    cfg = {
+        "study": "t", "stage": "adhoc", "method": method, "seed": 0,
+        "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
+        "student": student, "train": {"epochs": 2, "batch_size": 64, "lr": 0.01},
+        "runtime": {"device": "cpu"}, "hp": {},
+    }
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(data_root, tmp_path_factory):
+    uri = str(tmp_path_factory.mktemp("zoo") / "teacher")
+    cfg = trial_cfg(data_root, "scratch", {"family": "mlp", "size": 16}, role="teacher",
+                    export={"uri": uri, "epochs": [1]})
+    run_trial(cfg)
+    return uri
+
+
+def check_rows(rows):
+    table = rows_to_table([to_schema_row(r) for r in rows])
+    assert table.num_rows == len(rows)
+    for r in rows:
+        assert r["status"] == "ok" and 0.0 <= r["val_acc"] <= 1.0
+
+
+def test_end_to_end_frozen_teacher_methods(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    for method in ("rkd", "eskd"):
+        t = teacher if method != "eskd" else {**teacher, "checkpoint": f"{teacher_ckpt}/epoch-1.pt"}
+        extra = {"teacher_epoch": 1} if method == "eskd" else {}
+        hooks = run_trial(trial_cfg(data_root, method, teacher=t, **extra))
+        assert [r["epoch"] for r in hooks.rows] == [1, 2]
+        assert {r["role"] for r in hooks.rows} == {"student"}
+        check_rows(hooks.rows)
+    assert hooks.rows[-1]["teacher_epoch"] == 1
+
+
+def test_end_to_end_takd(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    hooks = run_trial(trial_cfg(data_root, "takd", teacher=teacher, assistant={"family": "mlp", "size": 12}))
+    assert [(r["generation"], r["role"]) for r in hooks.rows] == [(0, "assistant")] * 2 + [(1, "student")] * 2
+    assert hooks.rows[0]["assistant_arch"] == "mlp-2x12"
+    assert hooks.metrics[-1]["best_val_acc"] == max(r["val_acc"] for r in hooks.rows if r["role"] == "student")
+    check_rows(hooks.rows)
+
+
+def test_end_to_end_online_teacher_methods(data_root):
+    hooks = run_trial(trial_cfg(data_root, "dml", teacher=MLP16))
+    assert {(r["epoch"], r["role"]) for r in hooks.rows} == {(e, role) for e in (1, 2) for role in ("student", "teacher")}
+    check_rows(hooks.rows)
+    train = {"epochs": 1, "batch_size": 64, "lr": 0.01}
+    hooks = run_trial(trial_cfg(data_root, "trikd", teacher=MLP16, hp={"generations": 2}, train=train))
+    assert sorted((r["generation"], r["role"]) for r in hooks.rows) == [
+        (0, "student"), (0, "teacher"), (1, "student"), (1, "teacher")]
+    assert "anchor" in hooks.rows[-1]["loss_terms_json"] and "anchor" not in hooks.rows[0]["loss_terms_json"]
+    check_rows(hooks.rows)
+
+
+def test_end_to_end_trikd_resumes_in_an_anchor_generation(data_root):
+    train = {"epochs": 2, "batch_size": 64, "lr": 0.01}
+    cfg = trial_cfg(data_root, "trikd", teacher=MLP16, hp={"generations": 2}, train=train)
+    full = run_trial(cfg)
+
+    class StopAfter(LocalHooks):
+        def report(self, metrics, rows, state):
+            super().report(metrics, rows, state)
+            if metrics["generation"] == 1 and metrics["epoch"] == 1:
+                raise KeyboardInterrupt
+
+    first = StopAfter()
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, first)
+    resumed = run_trial(cfg, LocalHooks(state=first.state))
+    assert [(r["generation"], r["epoch"]) for r in resumed.rows if r["role"] == "student"] == [(1, 2)]
+    want = [r for r in full.rows if r["generation"] == 1 and r["epoch"] == 2]
+    for a, b in zip(sorted(want, key=lambda r: r["role"]), sorted(resumed.rows, key=lambda r: r["role"])):
+        assert a["role"] == b["role"]
+        assert math.isclose(a["val_acc"], b["val_acc"])
+        assert math.isclose(a.get("train_loss", 0.0), b.get("train_loss", 0.0), rel_tol=1e-5)
+
+
+def test_end_to_end_multiexit(data_root):
+    for method in ("multiexit", "multiexit_ce"):
+        hooks = run_trial(trial_cfg(data_root, method, CNN8))
+        last = [r for r in hooks.rows if r["epoch"] == 2]
+        assert sorted(r["exit"] for r in last) == [0, 1, 2]
+        flops = [r["exit_flops"] for r in sorted(last, key=lambda r: r["exit"])]
+        assert flops[0] < flops[1] < flops[2]
+        assert "train_loss" in [r for r in last if r["exit"] == 2][0]
+        check_rows(hooks.rows)
+    assert hooks.rows[-1]["temperature_now"] is None

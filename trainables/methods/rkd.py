@@ -1,0 +1,67 @@
+"""`rkd`: Relational Knowledge Distillation (Park, Kim, Lu & Cho, CVPR 2019).
+
+The student learns the *relations* among the teacher's embeddings of a
+mini-batch rather than the embeddings themselves, on the penultimate
+embeddings (`features(x)`, before the classifier):
+
+    loss = (1−α)·CE(s, y) + λ_D·L_dist(f_s, f_t) + λ_A·L_angle(f_s, f_t) [+ α·T²·KL(softmax(t/T) ‖ softmax(s/T))]
+
+* L_dist (Eq. 5): Huber (smooth L1, δ = 1) between the pairwise-distance
+  matrices, each divided by the mean of its own non-zero pairwise distances;
+* L_angle (Eq. 7): Huber between the cosines of the angles of all triplets
+  (normalised difference vectors and `bmm`, as in lenscloth/RKD);
+  both in `trainables.losses`.
+
+Defaults follow the authors' classification setting and RepDistiller:
+λ_D = 25, λ_A = 50 on the last pooled feature, unnormalised. The authors'
+classification code also adds Hinton KD (T = 4); here that term is optional
+(α = 0 turns it off and leaves CE at weight 1, the RepDistiller "RKD" row);
+α and T are held at their defaults unless a spec searches them.
+Teacher and student embeddings may differ in dimension: RKD compares
+relations, so no projection is needed. Each model runs one forward pass
+(features, then head); the frozen teacher's under no_grad.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..losses import cross_entropy, rkd_angle, rkd_distance, soft_kl
+from .base import HParam, Method, Step, freeze, register
+
+
+@register("rkd")
+class RelationalKD(Method):
+    hparams = {
+        "rkd_distance_weight": HParam(25.0, "float", 1.0, 100.0, log=True, help="weight λ_D of the distance loss"),
+        "rkd_angle_weight": HParam(50.0, "float", 2.0, 200.0, log=True, help="weight λ_A of the angle loss"),
+        "alpha": HParam(0.0, "float", 0.0, 1.0, searched=False,
+                        help="weight of an optional Hinton KD term (0: off, CE at weight 1)"),
+        "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, searched=False,
+                              help="temperature of the optional KD term"),
+    }
+    needs_teacher = True
+
+    def __init__(self, ctx, hp):
+        super().__init__(ctx, hp)
+        self.student = ctx.build_model(ctx.student)
+        self.teacher = freeze(ctx.load_model(ctx.teacher))
+
+    def frozen_modules(self):
+        return [self.teacher]
+
+    def training_step(self, x, y):
+        with torch.no_grad():
+            ft = self.teacher.features(x)
+            t_logits = self.teacher.head(ft)
+        fs = self.student.features(x)
+        s_logits = self.student.head(fs)
+        alpha = float(self.hp["alpha"])
+        terms = {
+            "ce": (1.0 - alpha) * cross_entropy(s_logits, y),
+            "rkd_distance": self.hp["rkd_distance_weight"] * rkd_distance(fs, ft),
+            "rkd_angle": self.hp["rkd_angle_weight"] * rkd_angle(fs, ft),
+        }
+        if alpha > 0:
+            terms["kd"] = alpha * soft_kl(s_logits, t_logits.detach(), self.hp["temperature"])
+        return Step(terms=terms, logits=s_logits)
