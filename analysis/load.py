@@ -1,0 +1,156 @@
+"""Read a study's Parquet results into one DataFrame, and reduce trials to their best epoch.
+
+Results live at ``<storage>/<study>/results/<stage>/*.parquet``. `load` accepts
+the study directory, its ``results`` directory, or a URI (``s3://``, ``gs://``,
+``file://``...) resolved with :func:`pyarrow.fs.FileSystem.from_uri`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from .schema import ROW_KEY, SCHEMA, SCHEMA_VERSION
+
+_META_KEY = b"kdstudy_schema_version"
+#: the keys that identify one trial's selectable result
+TRIAL_KEY = ["stage", "trial_id", "generation", "role", "exit"]
+
+
+class SchemaVersionError(ValueError):
+    """A results file was written with another schema version than this reader's."""
+
+
+class ResultsFileError(ValueError):
+    """A results file could not be read (corrupt or not Parquet)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a study's results are: a filesystem, its results dir and its study dir."""
+
+    fs: pafs.FileSystem
+    results_dir: str
+    study_dir: str
+    is_local: bool
+
+
+def locate(path) -> Location:
+    """Resolve a study dir, results dir or URI to a :class:`Location`."""
+    text = os.fspath(path)
+    if "://" in text:
+        fs, base = pafs.FileSystem.from_uri(text)
+    else:
+        fs, base = pafs.LocalFileSystem(), os.path.abspath(text)
+    base = base.rstrip("/") or "/"
+    is_local = isinstance(fs, pafs.LocalFileSystem)
+    if fs.get_file_info(posixpath.join(base, "results")).type == pafs.FileType.Directory:
+        return Location(fs, posixpath.join(base, "results"), base, is_local)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"no such results folder: {text}")
+    study_dir = posixpath.dirname(base) if posixpath.basename(base) == "results" else base
+    return Location(fs, base, study_dir, is_local)
+
+
+def _result_files(loc: Location) -> list[str]:
+    """Parquet files under the results dir, skipping hidden/in-progress files."""
+    infos = loc.fs.get_file_info(pafs.FileSelector(loc.results_dir, recursive=True))
+    files = []
+    for info in infos:
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        rel = posixpath.relpath(info.path, loc.results_dir)
+        if any(part.startswith((".", "_")) for part in rel.split("/")):
+            continue
+        files.append(info.path)
+    return sorted(files)
+
+
+def _check_fragment(fragment) -> None:
+    """Raise if a file is unreadable or has another schema version than SCHEMA_VERSION."""
+    path = fragment.path
+    try:
+        physical = fragment.physical_schema
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsFileError(f"cannot read results file {path}: {exc}") from exc
+    meta = (physical.metadata or {}).get(_META_KEY)
+    if meta is None or meta.decode() != str(SCHEMA_VERSION):
+        found = None if meta is None else meta.decode()
+        raise SchemaVersionError(
+            f"results file {path} has schema version {found} in its metadata; "
+            f"this reader expects version {SCHEMA_VERSION}"
+        )
+    if "schema_version" not in physical.names:
+        raise SchemaVersionError(f"results file {path} has no schema_version column; expected {SCHEMA_VERSION}")
+    try:
+        col = fragment.to_table(columns=["schema_version"]).column("schema_version")
+    except (pa.ArrowException, OSError) as exc:
+        raise ResultsFileError(f"cannot read results file {path}: {exc}") from exc
+    bad = sorted({v for v in col.to_pylist() if v != SCHEMA_VERSION}, key=str)
+    if bad:
+        raise SchemaVersionError(
+            f"results file {path} has rows with schema version {bad}; this reader expects version {SCHEMA_VERSION}"
+        )
+
+
+def load(path) -> pd.DataFrame:
+    """Load every results row of a study as a DataFrame with the columns of SCHEMA.
+
+    Every file's schema version (file metadata and ``schema_version`` column)
+    must equal SCHEMA_VERSION, else :class:`SchemaVersionError` names the file
+    and both versions; an unreadable file raises :class:`ResultsFileError`
+    naming it. Rows repeating a ROW_KEY (e.g. a sink re-writing after a resume)
+    are dropped, keeping the last written (by timestamp, then file order).
+    """
+    loc = locate(path)
+    files = _result_files(loc)
+    if not files:
+        raise FileNotFoundError(f"no results (*.parquet) under {loc.results_dir}")
+    dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=loc.fs)
+    tables = []
+    for fragment in dataset.get_fragments():
+        _check_fragment(fragment)
+        try:
+            tables.append(fragment.to_table(schema=SCHEMA))
+        except (pa.ArrowException, OSError) as exc:
+            raise ResultsFileError(f"cannot read results file {fragment.path}: {exc}") from exc
+    table = pa.concat_tables(tables)
+    if table.num_rows == 0:
+        raise FileNotFoundError(f"results files under {loc.results_dir} hold no rows")
+    df = table.to_pandas()
+    df["_order"] = range(len(df))
+    df = df.sort_values(["timestamp", "_order"], na_position="first", kind="stable")
+    df = df.drop_duplicates(subset=ROW_KEY, keep="last")
+    df = df.sort_values(["stage", "trial_id", "generation", "role", "exit", "epoch"], kind="stable")
+    return df.drop(columns="_order").reset_index(drop=True)
+
+
+def trial_summary(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (stage, trial_id, generation, role, exit): the epoch of best val_acc.
+
+    The returned row is that epoch's row (so test_acc is the test accuracy at
+    the epoch chosen on validation), plus ``best_epoch``, ``n_epochs`` (last
+    epoch reached) and ``diverged`` (any epoch diverged). A group with no
+    finite val_acc falls back to its last epoch. Ties go to the earliest epoch.
+    """
+    if df.empty:
+        return df.assign(best_epoch=pd.Series(dtype=int), n_epochs=pd.Series(dtype=int), diverged=pd.Series(dtype=bool))
+    work = df.sort_values(TRIAL_KEY + ["epoch"], kind="stable").reset_index(drop=True)
+    groups = work.groupby(TRIAL_KEY, dropna=False, sort=False)
+    n_epochs = groups["epoch"].transform("max")
+    diverged = groups["status"].transform(lambda s: bool((s == "diverged").any()))
+    score = work["val_acc"].where(work["val_acc"].notna(), -1.0)
+    # rows with no val_acc rank below any real one; among them the last epoch wins
+    score = score + (work["val_acc"].isna() * work["epoch"] * 1e-9)
+    best_idx = score.groupby([work[k] for k in TRIAL_KEY], dropna=False, sort=False).idxmax()
+    out = work.loc[best_idx.values].copy()
+    out["best_epoch"] = out["epoch"]
+    out["n_epochs"] = n_epochs.loc[best_idx.values].values
+    out["diverged"] = diverged.loc[best_idx.values].astype(bool).values
+    return out.reset_index(drop=True)

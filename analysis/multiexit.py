@@ -1,0 +1,56 @@
+"""Multi-exit networks: test accuracy per exit against cumulative FLOPs, distillation vs exit-wise CE.
+
+Each (trial, exit) is taken at its best-val epoch for that exit. Runs come from
+``confirm`` when it has these methods, else from every stage holding them; per
+method the configuration with the best mean final-exit val_acc is kept, and
+its seeds give mean and 95% CI.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .select import best_config, reported_stage
+from .stats import summarize
+
+METHODS = ("multiexit", "multiexit_ce")
+
+
+def exit_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per (method, exit): exit_flops, mean, low, high, n of test_acc; plus the stage used."""
+    rows, stage = reported_stage(summary, METHODS)
+    rows = rows[(rows["role"] == "student") & rows["exit"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=["method", "exit", "mean", "low", "high", "n", "exit_flops"]), stage
+    last_exit = rows.groupby("trial_id")["exit"].transform("max")
+    rows = best_config(rows, ["method"], rows["exit"] == last_exit)
+    out = summarize(rows, ["method", "exit"], "test_acc")
+    flops = rows.groupby(["method", "exit"])["exit_flops"].median().rename("exit_flops").reset_index()
+    return out.merge(flops, on=["method", "exit"], how="left"), stage
+
+
+def figure(summary: pd.DataFrame) -> go.Figure | None:
+    """Accuracy vs cumulative FLOPs per exit; None without multi-exit rows."""
+    data, stage = exit_data(summary)
+    if data.empty:
+        return None
+    use_flops = data["exit_flops"].notna().all()
+    xcol = "exit_flops" if use_flops else "exit"
+    names = {"multiexit": "distillation (multiexit)", "multiexit_ce": "exit-wise CE (multiexit_ce)"}
+    fig = go.Figure()
+    for method, grp in data.groupby("method", sort=True):
+        grp = grp.sort_values("exit")
+        fig.add_trace(go.Scatter(
+            x=grp[xcol], y=100 * grp["mean"], mode="lines+markers", name=names.get(method, method),
+            error_y=dict(type="data", symmetric=False, array=100 * (grp["high"] - grp["mean"]).fillna(0),
+                         arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),
+            customdata=grp[["exit", "n"]],
+            hovertemplate="exit %{customdata[0]}<br>%{x:.3s} FLOPs<br>%{y:.2f}%<br>n=%{customdata[1]}",
+        ))
+    fig.update_layout(title=f"Multi-exit: test accuracy per exit (stage: {stage}; mean ± 95% CI over seeds)",
+                      xaxis_title="cumulative FLOPs per sample" if use_flops else "exit",
+                      yaxis_title="test accuracy (%) at best-val epoch", template="plotly_white")
+    if use_flops:
+        fig.update_xaxes(type="log")
+    return fig
