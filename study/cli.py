@@ -105,9 +105,15 @@ def cmd_resume(args) -> int:
 
 
 def _run(spec, address, report: bool) -> int:
+    from trainables.storage import CorruptCheckpointError
+
     from .runner import run_study
 
-    root = run_study(spec, address=address)
+    try:
+        root = run_study(spec, address=address)
+    except (CorruptCheckpointError, FileNotFoundError) as exc:  # a damaged or missing file, named
+        print(f"kdstudy: {exc}", file=sys.stderr)
+        return 1
     if report:
         _report(root, None, spec.report_png)
     print(f"results: {root}/results (Parquet)")

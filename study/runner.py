@@ -154,6 +154,8 @@ class StudyRunner:
         s = self.spec
         base = self.common_base(stage, m.name)
         base["hp"] = {k: v for k, v in m.fixed.items() if k not in ("lr", "weight_decay")}
+        if m.cls.needs_teacher or m.cls.online_teacher:
+            base["hp"]["budget_mode"] = s.budget  # recorded in hparams_json for the capacity-gap chart
         for k in ("lr", "weight_decay"):
             if k in m.fixed:
                 base["train"][k] = m.fixed[k]

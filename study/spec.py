@@ -40,7 +40,7 @@ from trainables.models import available_families, build_model, family_options, f
 
 #: hyperparameters every method can search besides its own
 COMMON_HPARAMS = {
-    "lr": HParam(3e-3, "float", 1e-5, 1.0, log=True, help="learning rate"),
+    "lr": HParam(3e-3, "float", 1e-7, 10.0, log=True, help="learning rate (same bounds as train.lr)"),
     "weight_decay": HParam(5e-4, "float", 0.0, 0.1, help="weight decay"),
 }
 BUDGETS = ("stratified", "joint")

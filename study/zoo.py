@@ -41,13 +41,19 @@ class Zoo:
             return None
         try:
             meta = json.loads(storage.read_bytes(meta_uri))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"zoo entry {meta_uri} is corrupt: {exc}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise storage.CorruptCheckpointError(f"zoo entry {meta_uri} is corrupt: {exc}") from None
         meta["checkpoint"] = storage.join(self.uri(key), "model.pt")
         if not storage.exists(meta["checkpoint"]):
-            raise FileNotFoundError(f"zoo entry {self.uri(key)} has meta.json but no model.pt")
+            raise FileNotFoundError(f"teacher checkpoint {meta['checkpoint']} is missing "
+                                    f"(zoo entry {self.uri(key)} has meta.json but no model.pt)")
         meta["key"] = key
         return meta
+
+    def verify(self, meta: dict) -> None:
+        """Read an entry's weights once (weights_only), so a damaged file stops the study here,
+        naming the file, instead of failing every trial that distils from it."""
+        storage.load_state(meta["checkpoint"])  # raises CorruptCheckpointError naming the file
 
 
 def teacher_jobs(spec) -> list[dict]:
@@ -73,6 +79,7 @@ def teacher_table(spec, zoo: Zoo) -> dict[str, list[dict]]:
         meta = zoo.get(job["key"])
         if meta is None:
             raise FileNotFoundError(f"teacher {job['model']} seed {job['seed']} is not in the zoo ({zoo.uri(job['key'])})")
+        zoo.verify(meta)
         entry = {**job["model"], "checkpoint": meta["checkpoint"], "arch": meta["arch"], "params": meta["params"],
                  "flops": meta["flops"], "acc": meta["acc"], "epoch_checkpoints": meta.get("epoch_checkpoints", {})}
         table.setdefault(size_key(job["size"]), []).append(entry)
