@@ -21,7 +21,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import best_config
-from .stats import bootstrap_diff, mean_ci, summarize
+from .stats import accuracy_range, bootstrap_diff, mean_ci, summarize
 
 #: methods that are not distillation from a teacher ladder
 NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_ce"}
@@ -263,6 +263,7 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
     title = f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})"
     if result is not None:
         title += f"<br><sup>{result.status}</sup>"
+    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
     fig.update_layout(title=title, yaxis_title="test accuracy (%) at best-val epoch",
                       xaxis_title="teacher parameters (log)" if use_params else "teacher size (log)",
                       legend=dict(orientation="h", y=-0.2), template="plotly_white")

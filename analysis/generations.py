@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import best_config, reported_stage
-from .stats import summarize
+from .stats import accuracy_range, summarize
 
 METHODS = ("trikd",)
 
@@ -47,6 +47,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
                          arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),
             customdata=grp[["n"]], hovertemplate="generation %{x}<br>%{y:.2f}%<br>n=%{customdata[0]}",
         ))
+    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
     fig.update_layout(title=f"TriKD generations: test accuracy at best-val epoch (stage: {stage}; mean ± 95% CI)",
                       xaxis_title="generation (0 = no anchor)", yaxis_title="test accuracy (%)",
                       template="plotly_white")

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import best_config, reported_stage
-from .stats import summarize
+from .stats import accuracy_range, summarize
 
 METHODS = ("multiexit", "multiexit_ce")
 
@@ -48,6 +48,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
             customdata=grp[["exit", "n"]],
             hovertemplate="exit %{customdata[0]}<br>%{x:.3s} FLOPs<br>%{y:.2f}%<br>n=%{customdata[1]}",
         ))
+    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
     fig.update_layout(title=f"Multi-exit: test accuracy per exit (stage: {stage}; mean ± 95% CI over seeds)",
                       xaxis_title="cumulative FLOPs per sample" if use_flops else "exit",
                       yaxis_title="test accuracy (%) at best-val epoch", template="plotly_white")

@@ -137,3 +137,13 @@ def summarize(df: pd.DataFrame, by: list[str], value: str, level: float = 0.95) 
         ci = mean_ci(grp[value], level)
         out.append({**dict(zip(by, key)), "mean": ci.mean, "low": ci.low, "high": ci.high, "n": ci.n})
     return pd.DataFrame(out, columns=[*by, "mean", "low", "high", "n"])
+
+
+def accuracy_range(fig) -> list[float]:
+    """A y range for an accuracy (%) figure: around the plotted means, within [0, 100]."""
+    ys = [y for tr in fig.data for y in (tr.y if tr.y is not None else ()) if y is not None and y == y]
+    if not ys:
+        return [0.0, 100.0]
+    lo, hi = min(ys), max(ys)
+    pad = max(5.0, 0.25 * (hi - lo))
+    return [max(0.0, lo - pad), min(100.5, hi + pad)]

@@ -123,7 +123,9 @@ def load_spec(path: str | Path, overrides: dict | None = None) -> Spec:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError([f"not valid YAML: {exc}"], str(path)) from None
-    if overrides:
+    except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, or not text
+        raise SpecError([f"cannot read the spec file: {exc}"], str(path)) from None
+    if overrides and (raw is None or isinstance(raw, dict)):  # other documents: parse_spec names the problem
         raw = {**(raw or {}), **{k: v for k, v in overrides.items() if v is not None}}
     return parse_spec(raw, source=str(path))
 
