@@ -93,7 +93,7 @@ def pick_device(runtime: dict) -> torch.device:
     return torch.device(want)
 
 
-def _autocast(device: torch.device, runtime: dict):
+def autocast(device: torch.device, runtime: dict):
     precision = runtime.get("precision", "auto")
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -155,8 +155,8 @@ def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
     n = 0
     for xb, yb in data_mod.DeviceBatches(x, y, bs, shuffle=False, generator=None, augment=False,
                                          mean=splits.mean, std=splits.std,
-                                         channels_last=_channels_last(runtime, device, splits)):
-        with _autocast(device, runtime):
+                                         channels_last=use_channels_last(runtime, device, splits)):
+        with autocast(device, runtime):
             outs = method.eval_logits(xb)
         for key, logits in outs.items():
             logits = logits.float()
@@ -172,7 +172,7 @@ def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
     return {k: (float(v[0]) / n, float(v[1]) / n) for k, v in sums.items()}
 
 
-def _channels_last(runtime, device, splits) -> bool:
+def use_channels_last(runtime, device, splits) -> bool:
     want = runtime.get("channels_last", "auto")
     if want == "auto":
         return device.type == "cuda" and splits.kind == "image"
@@ -202,7 +202,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     train_xy = data_mod.to_device(splits.train, device)
     val_xy = data_mod.to_device(splits.val, device)
     test_xy = data_mod.to_device(splits.test, device)
-    channels_last = _channels_last(runtime, device, splits)
+    channels_last = use_channels_last(runtime, device, splits)
 
     def build(cfg: dict) -> torch.nn.Module:
         model = models_mod.build_model(cfg, in_shape, num_classes).to(device)
@@ -283,7 +283,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
                                                  augment=splits.kind == "image", mean=splits.mean,
                                                  std=splits.std, drop_last=False, channels_last=channels_last):
-                with _autocast(device, runtime):
+                with autocast(device, runtime):
                     step = method.training_step(xb, yb)
                 loss = sum(step.terms.values())
                 opt.zero_grad(set_to_none=True)
