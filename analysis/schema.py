@@ -39,7 +39,7 @@ Metrics
   loss_terms_json  string  mean of each named loss term over the epoch, as JSON
 Timing and provenance
   epoch_time_s, total_time_s (float64), timestamp (timestamp[us, UTC])
-  node             string  Ray node IP (or hostname) the epoch ran on
+  node             string  "<node IP>/<Ray node id, 12 hex digits>" the epoch ran on (hostname outside Ray)
   device           string  cpu | cuda:N
   code_version     string  kdstudy version and git revision
 """

@@ -90,7 +90,10 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        ident = {"base": self.base, "grid": self.grid, "constants": self.constants, "trials": self.trials,
+        # code_version is provenance (every row records it), not identity: a resume after a
+        # commit, or from a checkout at another revision, must continue the same experiments
+        base = {k: v for k, v in self.base.items() if k != "code_version"}
+        ident = {"base": base, "grid": self.grid, "constants": self.constants, "trials": self.trials,
                  "space": {k: vars(v) for k, v in (self.space or {}).items()}}
         return f"{self.stage}-{self.label}-{_digest(ident)}"
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from trainables.data import available_datasets
@@ -43,6 +44,8 @@ COMMON_HPARAMS = {
     "lr": HParam(3e-3, "float", 1e-7, 10.0, log=True, help="learning rate (same bounds as train.lr)"),
     "weight_decay": HParam(5e-4, "float", 0.0, 0.1, help="weight decay"),
 }
+#: a model larger than this is surely a typo in its size (and would not fit a GPU anyway)
+MAX_PARAMS = 10**10
 BUDGETS = ("stratified", "joint")
 SCHEDULERS = ("asha", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -326,9 +329,15 @@ class _Validator:
                          f"options: {', '.join(sorted(allowed - {'family'}))}")
         in_shape = (3, 32, 32) if dataset.get("name") in ("cifar10", "cifar100", "synthetic_image") else (1, 40)
         try:
-            build_model(cfg, in_shape, 10)
-        except (ValueError, TypeError, KeyError) as exc:
+            with torch.device("meta"):  # shapes only: no memory is allocated, whatever the size
+                model = build_model(cfg, in_shape, 10)
+            params = sum(p.numel() for p in model.parameters())
+        except Exception as exc:  # any failure to build is a problem of this field, never a crash
             self.err(where, f"{cfg['family']} of size {cfg.get('size')!r} cannot be built: {exc}")
+            return
+        if params > MAX_PARAMS:
+            self.err(where, f"{cfg['family']} of size {cfg.get('size')!r} has {params:.3g} parameters; "
+                     f"at most {MAX_PARAMS:.0e} are allowed")
 
     def train(self, d: dict) -> dict:
         self.unknown("train", d, {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov",
@@ -369,7 +378,8 @@ class _Validator:
         self.unknown("teachers", {k: v for k, v in raw.items()}, allowed)
         cfg = self.model("teachers", {k: v for k, v in raw.items() if k in allowed}, dataset, sizes_key="sizes")
         out = {k: v for k, v in cfg.items() if k != "sizes"}
-        out["sizes"] = list(raw.get("sizes") or [])
+        sizes = raw.get("sizes")
+        out["sizes"] = list(sizes) if isinstance(sizes, list) else []  # a non-list was reported above
         out["seeds"] = self.num("teachers.seeds", raw.get("seeds"), 1, kind=int, low=1, high=100)
         out["epochs"] = self.num("teachers.epochs", raw.get("epochs"), train["epochs"], kind=int, low=1)
         ee = raw.get("export_epochs") or []

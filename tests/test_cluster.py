@@ -1,0 +1,291 @@
+"""Scale out: the cluster launcher config is valid, and a study runs across real Ray nodes.
+
+The multi-node tests start their own Ray cluster on loopback (`ray start --head`
+plus `ray start --address`, each `--block`ed in its own process group with a
+private temp dir) and run the study driver as a separate `kdstudy run
+--address` process, so the session's in-process Ray (`ray_local`) is never
+touched. Teardown kills exactly the process groups these tests started (never
+`ray stop`, which would stop every Ray on the machine).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.dataset as pads
+import pytest
+import yaml
+
+from analysis.schema import ROW_KEY
+
+from .conftest import micro_spec
+
+REPO = Path(__file__).resolve().parent.parent
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+# --------------------------------------------------------------------------- cluster.yaml
+
+
+def test_cluster_yaml_passes_rays_own_validator():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    config = prepare_config(raw)
+    validate_config(config)  # what `ray up` runs; raises on a schema error
+
+    assert config["provider"]["type"] == "aws"
+    head = config["available_node_types"][config["head_node_type"]]
+    assert head["resources"].get("CPU", None) == 0  # no trial is scheduled on the head
+    gpu_types = {n: t for n, t in config["available_node_types"].items() if t["resources"].get("GPU")}
+    assert gpu_types, "an autoscaling GPU worker type"
+    for t in config["available_node_types"].values():
+        assert all(isinstance(v, int) for v in t["resources"].values())
+    for t in gpu_types.values():
+        assert t["min_workers"] == 0 and t["max_workers"] >= 1
+    # the project is installed on every node from the synced working tree
+    assert config["file_mounts"]["~/kdstudy"] == "."
+    assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
+    # the dashboard never listens beyond loopback; token auth on head and workers
+    head_start = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start and "0.0.0.0" not in head_start
+    for cmds in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        text = " ".join(cmds)
+        assert "RAY_AUTH_MODE=token" in text and "RAY_AUTH_TOKEN=" in text
+    assert "~/.ray/auth_token" in config["file_mounts"]
+    # Ray-created security group: only its self-referencing rule and SSH, no extra open ports
+    sg = config["provider"]["security_group"]
+    assert sg["GroupName"] and sg.get("IpPermissions", []) == []
+
+
+# --------------------------------------------------------------------------- a loopback cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (from /proc), e.g. the worker processes a raylet forked."""
+    parents: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in parents.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _kill(pids) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class LoopbackCluster:
+    """A real multi-node Ray cluster on 127.0.0.1: a CPU-less head and 1-CPU workers."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.temp_dir = tmp / "ray"
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(self.temp_dir),
+            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+            # notice a lost node within ~2 s instead of ~30 s
+            "RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500",
+            "RAY_health_check_failure_threshold": "3",
+        }
+        self.head: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.tmp / log_name, "w")
+        proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=REPO)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            text = (self.tmp / log_name).read_text()
+            if "Ray runtime started" in text:
+                return proc
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray start failed:\n{text[-3000:]}")
+            time.sleep(0.3)
+        raise TimeoutError(f"ray start did not come up in 90 s:\n{(self.tmp / log_name).read_text()[-3000:]}")
+
+    def start(self, workers: int = 2) -> "LoopbackCluster":
+        self.head = self._start(["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                                 f"--temp-dir={self.temp_dir}"], "head.log")
+        for _ in range(workers):
+            self.add_worker()
+        return self
+
+    def add_worker(self, cpus: int = 1) -> subprocess.Popen:
+        proc = self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{len(self.workers)}.log")
+        self.workers.append(proc)
+        return proc
+
+    def node_id(self, worker: subprocess.Popen) -> str:
+        """The Ray node id of a worker, read from its raylet's command line."""
+        for pid in _children(worker.pid):
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            for a in args:
+                if a.startswith(b"--node_id="):
+                    return a.split(b"=", 1)[1].decode()
+        raise LookupError(f"no raylet under process {worker.pid}")
+
+    def kill_worker(self, worker: subprocess.Popen) -> None:
+        """A lost machine: SIGKILL the node's processes and the trial workers its raylet forked."""
+        _kill(_children(worker.pid) + [worker.pid])
+        worker.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in [*self.workers, self.head]:
+            if proc is None:
+                continue
+            pids = _children(proc.pid) + [proc.pid]
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            _kill(pids)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def write_spec(path: Path, spec: dict) -> Path:
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def driver(cluster: LoopbackCluster, *args: str, log: Path) -> subprocess.Popen:
+    """`kdstudy ...` as its own process (the driver), logging to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=REPO, env=cluster.env,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"driver did not finish in {timeout} s:\n{log.read_text()[-4000:]}")
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    return text
+
+
+def read_rows(study: Path):
+    files = sorted((study / "results").rglob("*.parquet"))
+    if not files:
+        return None
+    return pads.dataset([str(f) for f in files], format="parquet").to_table().to_pandas()
+
+
+def assert_rows_exactly_once(df, epochs: int) -> None:
+    assert not df.duplicated(subset=ROW_KEY).any(), df[df.duplicated(subset=ROW_KEY, keep=False)]
+    for trial_id, trial in df.groupby("trial_id"):
+        assert sorted(trial["epoch"]) == list(range(1, epochs + 1)), (trial_id, sorted(trial["epoch"]))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield c.start(workers=2)
+    finally:
+        c.stop()
+
+
+# --------------------------------------------------------------------------- multi-node
+
+
+def test_study_spreads_over_nodes(cluster, tmp_path, data_root):
+    """Two concurrent trials on two 1-CPU worker nodes: the `node` column names both."""
+    spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 2},
+                      methods={"scratch": {"trials": 2, "space": {"lr": {"low": 0.005, "high": 0.05}}}},
+                      train={"epochs": 3, "batch_size": 128, "lr": 0.01})
+    log = tmp_path / "driver.log"
+    p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
+               "--no-report", log=log)
+    finish(p, log, timeout=150)
+    df = read_rows(tmp_path / "results" / "micro")
+    assert set(df["stage"]) == {"baseline", "search"}
+    assert_rows_exactly_once(df, 3)
+    worker_ids = {cluster.node_id(w)[:12] for w in cluster.workers}
+    nodes = {n.split("/")[-1] for n in df["node"]}
+    assert nodes == worker_ids, (nodes, worker_ids)  # both workers trained, the CPU-less head none
+    assert df["node"].str.fullmatch(r"[0-9.]+/[0-9a-f]{12}").all()  # "<ip>/<node id prefix>"
+
+
+# --------------------------------------------------------------------------- lost worker
+
+
+def test_lost_worker_trials_resume_from_checkpoint(cluster, tmp_path, data_root):
+    """Kill a worker node mid-trial: its trial moves to the surviving node, resumes from its checkpoint."""
+    epochs = 12
+    spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 2}, methods={"scratch": {"trials": 1}},
+                      dataset={"name": "mnist1d", "num_samples": 4000, "root": data_root},
+                      student={"family": "cnn1d", "size": 16},
+                      train={"epochs": epochs, "batch_size": 64, "lr": 0.01}, failure={"max_failures": 3})
+    victim = cluster.workers[0]
+    victim_id = cluster.node_id(victim)[:12]
+    log = tmp_path / "driver.log"
+    p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
+               "--no-report", log=log)
+    study = tmp_path / "results" / "micro"
+    killed_trial, deadline = None, time.time() + 120
+    while killed_trial is None and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+        try:
+            df = read_rows(study)
+        except Exception:  # a file being replaced at this instant
+            continue
+        if df is None:
+            continue
+        on_victim = df[(df["node"].str.endswith(victim_id)) & (df["stage"] == "baseline")]
+        if len(on_victim) and on_victim["epoch"].max() >= 2:
+            trial = on_victim["trial_id"].iloc[0]
+            if df[df.trial_id == trial]["epoch"].max() < epochs - 2:
+                cluster.kill_worker(victim)
+                killed_trial = trial
+    assert killed_trial, f"no trial seen mid-way on the victim node:\n{log.read_text()[-3000:]}"
+    finish(p, log, timeout=180)
+
+    df = read_rows(study)
+    assert_rows_exactly_once(df[df.stage == "baseline"], epochs)
+    assert df[df.stage == "baseline"]["trial_id"].nunique() == 2
+    rows = df[df.trial_id == killed_trial].sort_values("epoch")
+    # resumed, not restarted: the first epochs keep the dead node, the last ran elsewhere
+    assert rows["node"].iloc[0].endswith(victim_id)
+    assert not rows["node"].iloc[-1].endswith(victim_id)
+    assert (rows["status"] == "ok").all()
+    # Tune retried it on the surviving node; nothing counted as failed
+    assert "baseline scratch: done (2 finished, 0 failed)" in log.read_text()
