@@ -59,7 +59,7 @@ import torch
 
 from . import data as data_mod
 from . import models as models_mod
-from .loop import autocast, use_channels_last, build_optimizer, build_schedule, pick_device
+from .loop import autocast, build_optimizer, build_schedule, pick_device, place_model, use_channels_last
 from .methods import Context, available_methods, get_method
 
 IN_SHAPE = (3, 32, 32)
@@ -110,12 +110,7 @@ def build_method(opts, device: torch.device, runtime: dict, channels_last: bool)
     """The method with its models on `device`, in the generation that is measured."""
 
     def build(cfg: dict) -> torch.nn.Module:  # as in `loop.run_trial`
-        model = models_mod.build_model(cfg, IN_SHAPE, NUM_CLASSES).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if runtime.get("compile"):
-            model.compile()
-        return model
+        return place_model(models_mod.build_model(cfg, IN_SHAPE, NUM_CLASSES), device, runtime, channels_last)
 
     cls = get_method(opts.method)
     uses_teacher = cls.needs_teacher or cls.online_teacher

@@ -99,6 +99,16 @@ def autocast(device: torch.device, runtime: dict):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+def place_model(model: torch.nn.Module, device, runtime: dict, channels_last: bool) -> torch.nn.Module:
+    """Move a model to the trial's device and layout, compiled if the runtime asks."""
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if runtime.get("compile"):
+        model.compile()
+    return model
+
+
 def model_facts(cfg: dict | None, in_shape, num_classes) -> dict:
     """arch, params and flops of a model config (building it once on the CPU)."""
     if not cfg:
@@ -205,24 +215,14 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     channels_last = use_channels_last(runtime, device, splits)
 
     def build(cfg: dict) -> torch.nn.Module:
-        model = models_mod.build_model(cfg, in_shape, num_classes).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if runtime.get("compile"):
-            model.compile()
-        return model
+        return place_model(models_mod.build_model(cfg, in_shape, num_classes), device, runtime, channels_last)
 
     def load(cfg: dict) -> torch.nn.Module:
         if not cfg.get("checkpoint"):
             raise ValueError(f"model {cfg.get('arch', cfg)} has no checkpoint to load")
         model = models_mod.build_model(cfg, in_shape, num_classes)
         model.load_state_dict(storage.load_state(cfg["checkpoint"])["model"])
-        model = model.to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if runtime.get("compile"):
-            model.compile()
-        return model
+        return place_model(model, device, runtime, channels_last)
 
     student_cfg = config["student"]
     teacher_cfg = config.get("teacher")
