@@ -26,6 +26,7 @@ fields are:
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,6 +221,9 @@ class _Validator:
         if name and not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             self.err("name", f"may contain only letters, digits, '-' and '_'; got {name!r}")
         storage = self.text("storage", raw.get("storage"), "./kdstudy_results")
+        if storage and "://" not in storage:
+            # trials run in their own working directories: a relative path must be fixed here
+            storage = os.path.abspath(os.path.expanduser(storage))
         dataset = self.dataset(self.section(raw, "dataset", required=True))
         student = self.model("student", self.section(raw, "student", required=True), dataset)
         train = self.train(self.section(raw, "train"))

@@ -78,3 +78,13 @@ def test_cli_validate(tmp_path, capsys):
     assert "teachers: is required" in err
     assert main(["run", str(bad)]) == 2
     assert main(["validate", str(tmp_path / "missing.yaml")]) == 1
+
+
+def test_relative_storage_becomes_absolute(tmp_path, monkeypatch):
+    """Trials run in their own working directory, so the study root must not be relative."""
+    monkeypatch.chdir(tmp_path)
+    raw = micro_spec(tmp_path, str(tmp_path))
+    raw["storage"] = "./out"
+    assert parse_spec(raw).storage == str(tmp_path / "out")
+    raw["storage"] = "s3://bucket/prefix"
+    assert parse_spec(raw).storage == "s3://bucket/prefix"

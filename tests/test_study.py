@@ -18,8 +18,9 @@ def _files(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
-def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys):
-    spec = parse_spec(micro_spec(tmp_path, data_root, confirm={"seeds": 2}))
+def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative storage path, as in the README
+    spec = parse_spec(micro_spec(tmp_path, data_root, confirm={"seeds": 2}, storage="./results"))
     root = Path(run_study(spec))
     out = capsys.readouterr().out
     assert "teachers ladder: 2 trial(s)" in out and "search kd" in out
