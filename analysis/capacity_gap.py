@@ -210,21 +210,22 @@ def verdict(data: CapacityData, n_boot: int = 10_000, seed: int = 0) -> Verdict:
 
 
 def _baseline_text(data: CapacityData, best: pd.Series, n_boot: int, seed: int) -> tuple[str, bool | None]:
+    m = data.method
     base = data.baseline[np.isfinite(data.baseline)]
     if base.size == 0:
         return "No no-KD baseline (stage baseline) to compare with.", None
     best = best.to_numpy(dtype=float)
     if base.size < 2 or best.size < 2:
         d = 100 * (best.mean() - base.mean())
-        return (f"KD at the best teacher vs the no-KD student: {d:+.2f} points "
+        return (f"{m} at the best teacher vs the no-KD student: {d:+.2f} points "
                 "(not testable: needs at least 2 seeds each)."), None
     diff = bootstrap_diff(best, base, n_boot=n_boot, seed=seed)
     d, lo, hi = 100 * diff.diff, 100 * diff.low, 100 * diff.high
     if diff.low > 0:
-        return f"KD beat the no-KD baseline by {d:.2f} points (95% CI [{lo:.2f}, {hi:.2f}]).", True
+        return f"{m} beat the no-KD baseline by {d:.2f} points (95% CI [{lo:.2f}, {hi:.2f}]).", True
     if diff.high < 0:
-        return f"KD was worse than the no-KD baseline by {-d:.2f} points (95% CI [{-hi:.2f}, {-lo:.2f}]).", False
-    return (f"KD did not significantly beat the no-KD baseline ({d:+.2f} points, "
+        return f"{m} was worse than the no-KD baseline by {-d:.2f} points (95% CI [{-hi:.2f}, {-lo:.2f}]).", False
+    return (f"{m} did not significantly beat the no-KD baseline ({d:+.2f} points, "
             f"95% CI [{lo:.2f}, {hi:.2f}])."), False
 
 

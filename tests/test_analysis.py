@@ -52,7 +52,7 @@ def test_planted_capacity_gap_is_detected(tmp_path):
     assert v.ci_points[1] < 0 and v.diff_points == pytest.approx(-7.0, abs=1.5)
     assert v.text.split(": ", 1)[1].startswith("capacity gap: student peaks at teacher size 16")
     assert "worse by" in v.text and "95% CI [" in v.text
-    assert v.beats_baseline is True and "KD beat the no-KD baseline" in v.text
+    assert v.beats_baseline is True and "kd beat the no-KD baseline" in v.text
     assert "Budget mode: per_teacher_size" in v.text and "WARNING" not in v.text
 
 

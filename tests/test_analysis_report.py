@@ -37,7 +37,7 @@ def test_report_has_every_figure_the_data_support(full_report):
     assert html.count("plotly.js v") <= 2 and len(re.findall(r"Plotly\.newPlot", html)) == len(FULL)
     assert "<script src=" not in html  # self-contained: plotly.js inline, nothing fetched
     assert "capacity gap: student peaks at teacher size 16" in html
-    assert "KD beat the no-KD baseline" in html and "teachers" in html and "confirm" in html
+    assert "kd beat the no-KD baseline" in html and "teachers" in html and "confirm" in html
 
 
 def test_report_omits_figures_without_data(tmp_path):
