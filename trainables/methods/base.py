@@ -144,6 +144,20 @@ class Method(nn.Module):
         return {}
 
 
+class FrozenTeacherMethod(Method):
+    """A method that distils a fresh student from a frozen pretrained teacher (from the zoo)."""
+
+    needs_teacher = True
+
+    def __init__(self, ctx: Context, hp: dict):
+        super().__init__(ctx, hp)
+        self.student = ctx.build_model(ctx.student)
+        self.teacher = freeze(ctx.load_model(ctx.teacher))
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.teacher]
+
+
 _REGISTRY: dict[str, type[Method]] = {}
 
 

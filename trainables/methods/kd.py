@@ -10,24 +10,15 @@ from __future__ import annotations
 import torch
 
 from ..losses import hinton_kd
-from .base import HParam, Method, Step, freeze, register
+from .base import FrozenTeacherMethod, HParam, Step, register
 
 
 @register("kd")
-class HintonKD(Method):
+class HintonKD(FrozenTeacherMethod):
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, help="softening temperature T"),
         "alpha": HParam(0.9, "float", 0.0, 1.0, help="weight of the soft-target term"),
     }
-    needs_teacher = True
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.student = ctx.build_model(ctx.student)
-        self.teacher = freeze(ctx.load_model(ctx.teacher))
-
-    def frozen_modules(self):
-        return [self.teacher]
 
     def training_step(self, x, y):
         with torch.no_grad():
@@ -35,6 +26,3 @@ class HintonKD(Method):
         s_logits = self.student(x)
         terms = hinton_kd(s_logits, t_logits, y, self.hp["temperature"], self.hp["alpha"])
         return Step(terms=terms, logits=s_logits)
-
-    def eval_logits(self, x):
-        return {("student", None): self.student(x)}

@@ -27,11 +27,11 @@ from __future__ import annotations
 import torch
 
 from ..losses import cross_entropy, rkd_angle, rkd_distance, soft_kl
-from .base import HParam, Method, Step, freeze, register
+from .base import FrozenTeacherMethod, HParam, Step, register
 
 
 @register("rkd")
-class RelationalKD(Method):
+class RelationalKD(FrozenTeacherMethod):
     hparams = {
         "rkd_distance_weight": HParam(25.0, "float", 1.0, 100.0, log=True, help="weight λ_D of the distance loss"),
         "rkd_angle_weight": HParam(50.0, "float", 2.0, 200.0, log=True, help="weight λ_A of the angle loss"),
@@ -40,15 +40,6 @@ class RelationalKD(Method):
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, searched=False,
                               help="temperature of the optional KD term"),
     }
-    needs_teacher = True
-
-    def __init__(self, ctx, hp):
-        super().__init__(ctx, hp)
-        self.student = ctx.build_model(ctx.student)
-        self.teacher = freeze(ctx.load_model(ctx.teacher))
-
-    def frozen_modules(self):
-        return [self.teacher]
 
     def training_step(self, x, y):
         with torch.no_grad():
