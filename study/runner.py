@@ -99,8 +99,9 @@ class Experiment:
 
 
 class StudyRunner:
-    def __init__(self, spec: Spec, progress: Progress | None = None):
+    def __init__(self, spec: Spec, progress: Progress | None = None, local: bool = True):
         self.spec = spec
+        self.local = local  # a Ray started here (no autoscaler that could add GPU nodes later)
         self.root = spec.study_uri
         self.results_uri = storage.join(self.root, "results")
         self.tune_uri = storage.join(self.root, "tune")
@@ -260,8 +261,8 @@ class StudyRunner:
         res = {"cpu": self.spec.resources["cpu"]}
         gpu = self.spec.resources["gpu"]
         if gpu > 0:
-            if ray.cluster_resources().get("GPU", 0) <= 0:
-                self.progress.say(f"resources.gpu={gpu} but the Ray cluster has no GPU: trials run on CPU")
+            if self.local and ray.cluster_resources().get("GPU", 0) <= 0:
+                self.progress.say(f"resources.gpu={gpu} but this machine's Ray has no GPU: trials run on CPU")
             else:
                 res["gpu"] = gpu
         return res
@@ -325,7 +326,7 @@ def _best_per_teacher(method: str, results: list[dict]) -> list[dict]:
 def run_study(spec: Spec, address: str | None = None, progress: Progress | None = None) -> str:
     init_ray(address)
     t0 = time.time()
-    runner = StudyRunner(spec, progress)
+    runner = StudyRunner(spec, progress, local=address is None)
     root = runner.run()
     runner.progress.say(f"study {spec.name} finished in {time.time() - t0:.0f} s; results in {runner.results_uri}")
     return root
