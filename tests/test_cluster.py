@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pyarrow.dataset as pads
+import pandas as pd
 import pytest
 import yaml
 
@@ -142,8 +143,9 @@ class LoopbackCluster:
             self.add_worker()
         return self
 
-    def add_worker(self, cpus: int = 1) -> subprocess.Popen:
-        proc = self._start([f"--address={self.address}", f"--num-cpus={cpus}"], f"worker{len(self.workers)}.log")
+    def add_worker(self, cpus: int = 1, gpus: int = 0) -> subprocess.Popen:
+        proc = self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}"],
+                           f"worker{len(self.workers)}.log")
         self.workers.append(proc)
         return proc
 
@@ -289,3 +291,39 @@ def test_lost_worker_trials_resume_from_checkpoint(cluster, tmp_path, data_root)
     assert (rows["status"] == "ok").all()
     # Tune retried it on the surviving node; nothing counted as failed
     assert "baseline scratch: done (2 finished, 0 failed)" in log.read_text()
+
+
+# --------------------------------------------------------------------------- fractional GPUs
+
+
+def test_fractional_gpu_trials_share_one_gpu(tmp_path, tmp_path_factory, data_root):
+    """Two trials asking for half a GPU each are packed together on a node with one GPU.
+
+    The node's GPU is declared to Ray (`--num-gpus=1`) on this CPU-only machine: Ray
+    schedules by the declaration, and each trial falls back to the CPU for its work.
+    """
+    c = LoopbackCluster(tmp_path_factory.mktemp("gpu"))  # short: Ray's socket paths are limited
+    try:
+        c.start(workers=0)
+        gpu_node = c.add_worker(cpus=2, gpus=1)
+        spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 0},
+                          methods={"scratch": {"trials": 2, "space": {"lr": {"low": 0.005, "high": 0.05}}}},
+                          train={"epochs": 4, "batch_size": 128, "lr": 0.01},
+                          resources={"cpu": 0.5, "gpu": 0.5})
+        log = tmp_path / "driver.log"
+        p = driver(c, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", c.address,
+                   "--no-report", log=log)
+        finish(p, log, timeout=150)
+        df = read_rows(tmp_path / "results" / "micro")
+        assert_rows_exactly_once(df, 4)
+        assert {n.split("/")[-1] for n in df["node"]} == {c.node_id(gpu_node)[:12]}
+        assert set(df["device"]) == {"cpu"}  # no CUDA here: the trial fell back to the CPU
+        spans = []
+        for _, trial in df.groupby("trial_id"):
+            end = trial["timestamp"].max()
+            start = trial["timestamp"].min() - pd.to_timedelta(trial["epoch_time_s"].iloc[0], unit="s")
+            spans.append((start, end))
+        (s1, e1), (s2, e2) = spans
+        assert s1 < e2 and s2 < e1, spans  # the two trials ran at the same time on the one GPU
+    finally:
+        c.stop()
