@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--no-png", action="store_true")
     st = sub.add_parser("status", help="print stages, trials and best results of a study")
     st.add_argument("path")
-    b = sub.add_parser("bench", help="training throughput on synthetic data, without Ray")
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+    sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
+        from trainables.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = p.parse_args(argv)
     try:
         return COMMANDS[args.cmd](args)
@@ -148,14 +152,8 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from trainables.bench import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
-            "status": cmd_status, "bench": cmd_bench}
+            "status": cmd_status}
 
 if __name__ == "__main__":
     sys.exit(main())

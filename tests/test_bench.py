@@ -132,3 +132,12 @@ def test_same_seed_cpu_trial_is_reproducible(data_root):
     assert first.metrics == second.metrics  # exact equality, not approximate
     keys = ("val_loss", "val_acc", "test_loss", "test_acc", "train_loss", "train_acc", "loss_terms_json")
     assert [[r.get(k) for k in keys] for r in first.rows] == [[r.get(k) for k in keys] for r in second.rows]
+
+
+def test_kdstudy_bench_passes_its_options_through(capsys):
+    """`kdstudy bench --teacher ...` reaches the bench's own option parser."""
+    from study.cli import main as cli_main
+
+    assert cli_main(["bench", "--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "--batch", "8",
+                     "--seconds", "0.5", "--warmup", "1", "--json"]) == 0
+    assert "img_s" in capsys.readouterr().out
