@@ -308,14 +308,15 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, tmp_path_factory, data_ro
         gpu_node = c.add_worker(cpus=2, gpus=1)
         spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 0},
                           methods={"scratch": {"trials": 2, "space": {"lr": {"low": 0.005, "high": 0.05}}}},
-                          train={"epochs": 4, "batch_size": 128, "lr": 0.01},
+                          dataset={"name": "mnist1d", "num_samples": 4000, "root": data_root},
+                          train={"epochs": 20, "batch_size": 64, "lr": 0.01},  # long enough to overlap
                           resources={"cpu": 0.5, "gpu": 0.5})
         log = tmp_path / "driver.log"
         p = driver(c, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", c.address,
                    "--no-report", log=log)
         finish(p, log, timeout=150)
         df = read_rows(tmp_path / "results" / "micro")
-        assert_rows_exactly_once(df, 4)
+        assert_rows_exactly_once(df, 20)
         assert {n.split("/")[-1] for n in df["node"]} == {c.node_id(gpu_node)[:12]}
         assert set(df["device"]) == {"cpu"}  # no CUDA here: the trial fell back to the CPU
         spans = []
