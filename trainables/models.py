@@ -427,6 +427,12 @@ def _resnet_stages(cin: int, widths: list[int], n: int) -> tuple[list[nn.Sequent
     return stages, cin
 
 
+def _resnet_stem(in_channels: int, width: int) -> nn.Sequential:
+    """The CIFAR ResNet stem: 3x3 conv, BN, ReLU."""
+    return nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
+                         nn.ReLU(inplace=True))
+
+
 class CifarResNet(SingleExit):
     """CIFAR ResNet (He et al., "Deep Residual Learning for Image Recognition",
     CVPR 2016, Sec. 4.2): 3x3 stem, three stages of n basic blocks with
@@ -435,14 +441,9 @@ class CifarResNet(SingleExit):
 
     def __init__(self, in_channels: int, depth: int, width: int, num_classes: int):
         super().__init__()
-        n = (depth - 2) // 6
         widths = [16 * width, 32 * width, 64 * width]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        stages, out = _resnet_stages(widths[0], widths, n)
+        self.stem = _resnet_stem(in_channels, widths[0])
+        stages, out = _resnet_stages(widths[0], widths, (depth - 2) // 6)
         self.stages = nn.Sequential(*stages)
         self.embedding_dim = out
         self.classifier = nn.Linear(out, num_classes)
@@ -458,14 +459,9 @@ class MultiExitCifarResNet(MultiExit):
 
     def __init__(self, in_channels: int, depth: int, width: int, num_classes: int):
         super().__init__()
-        n = (depth - 2) // 6
         widths = [16 * width, 32 * width, 64 * width]
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False),
-            nn.BatchNorm2d(widths[0]),
-            nn.ReLU(inplace=True),
-        )
-        stages, out = _resnet_stages(widths[0], widths, n)
+        self.stem = _resnet_stem(in_channels, widths[0])
+        stages, out = _resnet_stages(widths[0], widths, (depth - 2) // 6)
         self.stages = nn.ModuleList(stages)
         self.exits = nn.ModuleList([ExitHead(GlobalAvgPool(), w, num_classes) for w in widths])
         self.embedding_dim = out
