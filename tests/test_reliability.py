@@ -24,8 +24,8 @@ from study.runner import run_study
 from study.spec import parse_spec
 
 from .conftest import micro_spec
-from .test_cluster import (REPO, LoopbackCluster, assert_rows_exactly_once, driver, finish, read_rows,
-                           write_spec)
+from .test_cluster import cluster  # noqa: F401  (the fixture: one loopback cluster per module)
+from .test_cluster import (REPO, assert_rows_exactly_once, driver, finish, read_rows, write_spec)
 
 
 def _mtimes(root: Path) -> dict[str, int]:
@@ -42,15 +42,6 @@ def _optuna_trials(study: Path, prefix: str) -> list:
 
 
 # --------------------------------------------------------------------------- killed driver
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    c = LoopbackCluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield c.start(workers=2)
-    finally:
-        c.stop()
 
 
 def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_path, data_root):
