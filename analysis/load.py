@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from .schema import ROW_KEY, SCHEMA, SCHEMA_VERSION
+from .schema import READABLE_VERSIONS, ROW_KEY, SCHEMA, SCHEMA_VERSION
 
 _META_KEY = b"kdstudy_schema_version"
 #: the keys that identify one trial's selectable result
@@ -72,19 +72,20 @@ def _result_files(loc: Location) -> list[str]:
     return sorted(files)
 
 
-def _check_fragment(fragment) -> None:
-    """Raise if a file is unreadable or has another schema version than SCHEMA_VERSION."""
+def _check_fragment(fragment) -> int:
+    """The file's schema version; raise if it is unreadable or of a version this reader cannot read."""
     path = fragment.path
     try:
         physical = fragment.physical_schema
     except (pa.ArrowException, OSError) as exc:
         raise ResultsFileError(f"cannot read results file {path}: {exc}") from exc
+    readable = ", ".join(map(str, READABLE_VERSIONS))
     meta = (physical.metadata or {}).get(_META_KEY)
-    if meta is None or meta.decode() != str(SCHEMA_VERSION):
-        found = None if meta is None else meta.decode()
+    found = None if meta is None else meta.decode()
+    if found not in {str(v) for v in READABLE_VERSIONS}:
         raise SchemaVersionError(
             f"results file {path} has schema version {found} in its metadata; "
-            f"this reader expects version {SCHEMA_VERSION}"
+            f"this reader reads versions {readable} (current {SCHEMA_VERSION})"
         )
     if "schema_version" not in physical.names:
         raise SchemaVersionError(f"results file {path} has no schema_version column; expected {SCHEMA_VERSION}")
@@ -92,19 +93,34 @@ def _check_fragment(fragment) -> None:
         col = fragment.to_table(columns=["schema_version"]).column("schema_version")
     except (pa.ArrowException, OSError) as exc:
         raise ResultsFileError(f"cannot read results file {path}: {exc}") from exc
-    bad = sorted({v for v in col.to_pylist() if v != SCHEMA_VERSION}, key=str)
+    bad = sorted({v for v in col.to_pylist() if v != int(found)}, key=str)
     if bad:
         raise SchemaVersionError(
-            f"results file {path} has rows with schema version {bad}; this reader expects version {SCHEMA_VERSION}"
+            f"results file {path} has rows with schema version {bad}; its metadata says {found} "
+            f"(this reader reads versions {readable}, current {SCHEMA_VERSION})"
         )
+    return int(found)
+
+
+def _read_fragment(fragment, version: int) -> pa.Table:
+    """One file as a table of the current SCHEMA (columns added since its version are null)."""
+    if version == SCHEMA_VERSION:
+        return fragment.to_table(schema=SCHEMA)
+    have = set(fragment.physical_schema.names)
+    table = fragment.to_table(columns=[n for n in SCHEMA.names if n in have])
+    for name in SCHEMA.names:
+        if name not in have:
+            table = table.append_column(SCHEMA.field(name), pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
 
 
 def load(path) -> pd.DataFrame:
     """Load every results row of a study as a DataFrame with the columns of SCHEMA.
 
     Every file's schema version (file metadata and ``schema_version`` column)
-    must equal SCHEMA_VERSION, else :class:`SchemaVersionError` names the file
-    and both versions; an unreadable file raises :class:`ResultsFileError`
+    must be one of READABLE_VERSIONS (older files are read with the columns
+    added since as null), else :class:`SchemaVersionError` names the file and
+    the versions; an unreadable file raises :class:`ResultsFileError`
     naming it. Rows repeating a ROW_KEY (e.g. a sink re-writing after a resume)
     are dropped, keeping the last written (by timestamp, then file order).
     """
@@ -115,9 +131,9 @@ def load(path) -> pd.DataFrame:
     dataset = ds.dataset(files, schema=SCHEMA, format="parquet", filesystem=loc.fs)
     tables = []
     for fragment in dataset.get_fragments():
-        _check_fragment(fragment)
+        version = _check_fragment(fragment)
         try:
-            tables.append(fragment.to_table(schema=SCHEMA))
+            tables.append(_read_fragment(fragment, version))
         except (pa.ArrowException, OSError) as exc:
             raise ResultsFileError(f"cannot read results file {fragment.path}: {exc}") from exc
     table = pa.concat_tables(tables)

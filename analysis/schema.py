@@ -20,7 +20,17 @@ Identity
   exit             int32   exit index of a multi-exit model; null otherwise
   exit_flops       float64 cumulative forward FLOPs per sample up to that exit
   epoch            int32   1-based epoch within the generation
-  status           string  ok | diverged
+  status           string  the trial's outcome, the same on every row of a trial:
+                           ok        trained every epoch it owes (completed)
+                           stopped   stopped early by the search's scheduler (ASHA); its
+                                     epochs are real but it was never measured at full budget
+                           diverged  the training loss became NaN/inf (rows repeat the last good metrics)
+                           failed    the trial raised; `error` holds the last line of the error
+                           running   not finished yet (in progress, or cut by an interrupt)
+  experiment       string  the experiment (one Tuner) the trial belongs to; a hash of its content
+  config_id        string  hash of the trial's configuration without its seed: confirm runs of
+                           one configuration on several seeds share it
+  error            string  last line of the error of a failed trial; null otherwise
 Models
   student_family, student_arch (string), student_params (int64), student_flops (float64)
   teacher_family, teacher_arch (string), teacher_params (int64), teacher_flops (float64)
@@ -34,7 +44,9 @@ Hyperparameters (null where the method has no such parameter)
   generations, distill_weight, temperature_factor, maxprob
   hparams_json     string  every hyperparameter of the trial as JSON
 Metrics
-  train_loss, train_acc, val_loss, val_acc, test_loss, test_acc (float64, accuracy in [0, 1])
+  train_loss, train_acc, val_loss, val_acc, test_loss, test_acc (float64, accuracy in [0, 1]);
+                   the test split is evaluated at the epochs that can be reported (each new best
+                   validation epoch and the last epoch); test_* are null on the other epochs
   temperature_now  float64 temperature in force at the end of the epoch (multi-exit schedule)
   loss_terms_json  string  mean of each named loss term over the epoch, as JSON
 Timing and provenance
@@ -48,7 +60,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: versions this reader still reads (missing columns read as null); see `upgrade`
+READABLE_VERSIONS = (1, 2)
+#: trial outcomes (the `status` column)
+STATUSES = ("ok", "stopped", "diverged", "failed", "running")
+#: outcomes of a trial that ended normally (an experiment owes only such trials)
+TERMINAL_OK = ("ok", "stopped", "diverged")
 
 _ID = [
     ("schema_version", pa.int16()),
@@ -64,6 +82,9 @@ _ID = [
     ("exit_flops", pa.float64()),
     ("epoch", pa.int32()),
     ("status", pa.string()),
+    ("experiment", pa.string()),
+    ("config_id", pa.string()),
+    ("error", pa.string()),
 ]
 _MODELS = [
     ("student_family", pa.string()),
@@ -107,6 +128,8 @@ SCHEMA = pa.schema(
 COLUMNS = SCHEMA.names
 #: the columns that identify a row; no two rows of a results dataset share them
 ROW_KEY = ["study", "stage", "trial_id", "generation", "role", "exit", "epoch"]
+#: columns added in version 2 (null when reading a version-1 file)
+ADDED_IN_V2 = ["experiment", "config_id", "error"]
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:
