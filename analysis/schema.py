@@ -50,7 +50,10 @@ Metrics
   temperature_now  float64 temperature in force at the end of the epoch (multi-exit schedule)
   loss_terms_json  string  mean of each named loss term over the epoch, as JSON
 Timing and provenance
-  epoch_time_s, total_time_s (float64), timestamp (timestamp[us, UTC])
+  epoch_time_s, total_time_s (float64)  training time of the epoch, and of the trial so far
+  setup_time_s     float64 seconds from the trial's start (in its process) to its first training step
+  eval_time_s      float64 seconds spent evaluating (validation, and test where read) after the epoch
+  timestamp        timestamp[us, UTC] when the epoch's row was made
   node             string  "<node IP>/<Ray node id, 12 hex digits>" the epoch ran on (hostname outside Ray)
   device           string  cpu | cuda:N
   code_version     string  kdstudy version and git revision
@@ -115,6 +118,8 @@ _METRICS = [(name, pa.float64()) for name in METRIC_COLUMNS] + [
 _PROVENANCE = [
     ("epoch_time_s", pa.float64()),
     ("total_time_s", pa.float64()),
+    ("setup_time_s", pa.float64()),
+    ("eval_time_s", pa.float64()),
     ("timestamp", pa.timestamp("us", tz="UTC")),
     ("node", pa.string()),
     ("device", pa.string()),
@@ -129,7 +134,7 @@ COLUMNS = SCHEMA.names
 #: the columns that identify a row; no two rows of a results dataset share them
 ROW_KEY = ["study", "stage", "trial_id", "generation", "role", "exit", "epoch"]
 #: columns added in version 2 (null when reading a version-1 file)
-ADDED_IN_V2 = ["experiment", "config_id", "error"]
+ADDED_IN_V2 = ["experiment", "config_id", "error", "setup_time_s", "eval_time_s"]
 
 
 def rows_to_table(rows: list[dict]) -> pa.Table:

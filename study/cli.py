@@ -3,6 +3,7 @@
   kdstudy run [SPEC] [--storage URI] [--address ADDR]   run a study (default: the quickstart)
   kdstudy validate SPEC...                              check specs, print every problem
   kdstudy resume PATH [--address ADDR]                  continue an interrupted study
+  kdstudy plan [SPEC] [--slots N]                       experiment graph and predicted makespan
   kdstudy report PATH [--out DIR] [--no-png]            write report.html and PNGs
   kdstudy status PATH                                   table of stages, trials, best results
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
@@ -35,11 +36,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--name", help="override the study name")
     r.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
     r.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    r.add_argument("--extend", action="store_true",
+                   help="accept a spec that adds confirm seeds or search trials to an existing study")
     v = sub.add_parser("validate", help="check specs and print every problem")
     v.add_argument("specs", nargs="+")
     rs = sub.add_parser("resume", help="continue an interrupted study from its folder")
-    rs.add_argument("path", help="the study folder (<storage>/<name>)")
-    rs.add_argument("--address")
+    rs.add_argument("path", help="the study folder (<storage>/<name>), wherever it was copied or moved")
+    rs.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
+    rs.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     rp = sub.add_parser("report", help="write report.html (and a PNG per figure) for a study")
     rp.add_argument("path")
     rp.add_argument("--out", help="output folder (default: <study>/report)")
@@ -47,6 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser("status", help="print stages, trials and best results of a study")
     st.add_argument("path")
     sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help)")
+    pl = sub.add_parser("plan", help="print the experiment graph and the predicted makespan (no Ray)")
+    pl.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
+    pl.add_argument("--slots", type=int, action="append",
+                    help="concurrent trial slots to predict for (repeatable; default: this machine's cores)")
+    pl.add_argument("--epoch-seconds", action="append", default=[], metavar="[ROLE=]SECONDS",
+                    help="seconds per training epoch: a number for every model, or student=..., teacher=..., "
+                         "<method>=... (default: a rough estimate from FLOPs)")
+    pl.add_argument("--trial-overhead", type=float, default=None,
+                    help="seconds a trial spends outside training epochs (start-up, evaluation)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
         from trainables.bench import main as bench_main
@@ -56,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.cmd](args)
     except KeyboardInterrupt:
-        print("interrupted; `kdstudy resume <study folder>` continues where it stopped", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         return 130
 
 
@@ -85,43 +98,93 @@ def cmd_run(args) -> int:
     spec = _load(args.spec or _quickstart_path(), {"storage": args.storage, "name": args.name})
     if spec is None:
         return 2
-    return _run(spec, args.address, report=not args.no_report)
+    return _run(spec, spec.study_uri, args.address, report=not args.no_report, extend=args.extend)
 
 
 def cmd_resume(args) -> int:
-    from trainables import storage
+    from .folder import StudyFolder
+    from .spec import SpecError
 
-    from .spec import SpecError, parse_spec
-
-    spec_uri = storage.join(args.path, "spec.json")
-    if not storage.exists(spec_uri):
-        print(f"{args.path} is not a kdstudy study folder (no spec.json)", file=sys.stderr)
-        return 2
+    folder = StudyFolder(args.path)
     try:
-        spec = parse_spec(json.loads(storage.read_bytes(spec_uri)), source=spec_uri)
-    except (SpecError, json.JSONDecodeError) as exc:
-        print(f"cannot resume: {exc}", file=sys.stderr)
+        spec = folder.saved_spec()
+    except SpecError as exc:
+        print(f"kdstudy: cannot resume: {exc}", file=sys.stderr)
         return 2
-    # the study folder is authoritative: the study lives where it was found
-    parent = args.path.rstrip("/").rsplit("/", 1)
-    spec.storage = parent[0] if len(parent) == 2 else "."
-    return _run(spec, args.address, report=True)
+    if spec is None:
+        print(f"kdstudy: {args.path} is not a kdstudy study folder (no spec.json)", file=sys.stderr)
+        return 2
+    # the study folder is authoritative: the study continues where it was found
+    return _run(spec, folder.root, args.address, report=not args.no_report)
 
 
-def _run(spec, address, report: bool) -> int:
+def _run(spec, root, address, report: bool, extend: bool = False) -> int:
+    import signal
+
     from trainables.storage import CorruptCheckpointError
 
+    from .folder import SpecMismatch, StudyFolder
+    from .lock import StudyLocked
+    from .preflight import preflight
+
+    root = StudyFolder(root).root
+    problems = preflight(spec, root, local=address is None)
+    if problems:
+        for p in problems:
+            print(f"kdstudy: {p}", file=sys.stderr)
+        return 2
     from .runner import run_study
 
     try:
-        root = run_study(spec, address=address)
+        root, outcome = run_study(spec, root=root, address=address, extend=extend)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C while stopping changes nothing
+        print(f"interrupted; continue with `kdstudy resume {root}`", file=sys.stderr)
+        _shutdown_ray()
+        return 130
+    except (SpecMismatch, StudyLocked) as exc:
+        print(f"kdstudy: {exc}", file=sys.stderr)
+        return 1
     except (CorruptCheckpointError, FileNotFoundError) as exc:  # a damaged or missing file, named
         print(f"kdstudy: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        print(f"kdstudy: {_os_error(exc)}; rows already written are intact, and `kdstudy resume {root}` "
+              f"continues once this is fixed", file=sys.stderr)
+        return 1
     if report:
-        _report(root, None, spec.report_png)
+        try:
+            _report(root, None, spec.report_png)
+        except OSError as exc:
+            print(f"kdstudy: the report could not be written: {_os_error(exc)}", file=sys.stderr)
     print(f"results: {root}/results (Parquet)")
+    if outcome.failed or outcome.blocked:
+        for name, reason in outcome.failed.items():
+            print(f"kdstudy: experiment {name} failed: {reason}", file=sys.stderr)
+        for name, dep in outcome.blocked.items():
+            print(f"kdstudy: experiment {name} not run: it needs {dep}", file=sys.stderr)
+        print(f"kdstudy: fix the cause and run `kdstudy resume {root}` to retry what failed", file=sys.stderr)
+        return 1
     return 0
+
+
+def _os_error(exc: OSError) -> str:
+    import errno
+
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return f"the disk is full{where}"
+    return str(exc)
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:
+        pass
 
 
 def _report(path, out, png: bool) -> None:
@@ -152,8 +215,17 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from .plan import main as plan_main
+
+    spec = _load(args.spec or _quickstart_path())
+    if spec is None:
+        return 2
+    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
-            "status": cmd_status}
+            "status": cmd_status, "plan": cmd_plan}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,18 @@
-"""The results sink: every reported row, in Parquet, exactly once.
+"""The results sink: every reported row, in Parquet, exactly once, with the trial's outcome.
 
-A driver-side Tune callback. Each trial owns one file,
-`<study>/results/<stage>/<trial_id>.parquet`, rewritten atomically (temporary
-name, then move) with all of the trial's rows so far each time it reports.
-Rows are keyed by `analysis.schema.ROW_KEY`, so a trial that resumes from a
-checkpoint and reports an epoch again replaces that row instead of adding a
-second one; after a driver restart the sink reads the file back first.
+A Tune callback in the process that drives an experiment. Each trial owns
+one file, `<study>/results/<stage>/<trial key>.parquet` (the trial key is the
+study's stable identity of the trial, see `study.graph`), rewritten
+atomically (temporary name, then move) with all of the trial's rows so far
+each time it reports. Rows are keyed by `analysis.schema.ROW_KEY`, so a trial
+that continues from a checkpoint and reports an epoch again replaces that row
+instead of adding a second one; a sink started by a later driver reads the
+file back first (Parquet: data, never code).
+
+Every row of a trial carries the trial's outcome in `status`: `running`
+while it trains (and after an interrupt), then, when Tune says it ended,
+`ok` (it trained every epoch it owes), `stopped` (the scheduler stopped it
+early), `diverged`, or `failed` with the last line of the error in `error`.
 The schema is `analysis.schema.SCHEMA`, documented there.
 """
 
@@ -18,8 +25,9 @@ import logging
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from analysis.schema import HPARAM_COLUMNS, ROW_KEY, rows_to_table
+from analysis.schema import HPARAM_COLUMNS, ROW_KEY, TERMINAL_OK, rows_to_table
 from trainables import storage
+from trainables.trainable import error_uri
 
 log = logging.getLogger(__name__)
 
@@ -41,44 +49,128 @@ def _key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
 
+def results_file(results_uri: str, stage: str, trial_key: str) -> str:
+    return storage.join(results_uri, stage, f"{trial_key}.parquet")
+
+
+def read_trial(results_uri: str, stage: str, trial_key: str) -> list[dict]:
+    uri = results_file(results_uri, stage, trial_key)
+    if not storage.exists(uri):
+        return []
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+
+
+def trial_outcome(results_uri: str, stage: str, trial_key: str) -> str | None:
+    """The recorded outcome of a trial (None when it has no rows yet)."""
+    rows = read_trial(results_uri, stage, trial_key)
+    if not rows:
+        return None
+    return rows[-1].get("status") or "running"
+
+
+def is_finished(results_uri: str, stage: str, trial_key: str) -> bool:
+    return trial_outcome(results_uri, stage, trial_key) in TERMINAL_OK
+
+
+def outcome_of(result: dict | None) -> str:
+    """A trial's outcome from its last reported result (Tune called it complete)."""
+    result = result or {}
+    if result.get("status") == "diverged":
+        return "diverged"
+    total = result.get("progress_total")
+    if total is not None and result.get("progress", 0) < total:
+        return "stopped"
+    return "ok"
+
+
 class ParquetSink(Callback):
     """Writes each trial's rows to its own Parquet file under `results_uri/<stage>/`."""
 
-    def __init__(self, results_uri: str, stage: str, on_rows=None):
+    def __init__(self, results_uri: str, stage: str, root: str | None = None, on_event=None,
+                 identity: dict | None = None):
         self.results_uri = results_uri
         self.stage = stage
-        self.on_rows = on_rows
+        self.identity = identity or {}  # study, method, experiment, dataset: for a trial that failed at once
+        self.root = root
+        self.on_event = on_event  # (event, trial key, details) for live progress
         self._rows: dict[str, dict[tuple, dict]] = {}
+        self._keys: dict[str, str] = {}  # Tune trial id -> trial key
 
-    def file_uri(self, trial_id: str) -> str:
-        return storage.join(self.results_uri, self.stage, f"{trial_id}.parquet")
+    def trial_key(self, trial) -> str:
+        if trial.trial_id not in self._keys:
+            cfg = trial.config or {}
+            job = cfg.get("job", cfg) if isinstance(cfg, dict) else {}
+            self._keys[trial.trial_id] = (job or {}).get("_trial_key") or trial.trial_id
+        return self._keys[trial.trial_id]
 
-    def _trial_rows(self, trial_id: str) -> dict[tuple, dict]:
-        if trial_id not in self._rows:
-            existing: dict[tuple, dict] = {}
-            uri = self.file_uri(trial_id)
-            if storage.exists(uri):  # a restarted driver: keep what was written
-                for r in pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist():
-                    existing[_key(r)] = r
-            self._rows[trial_id] = existing
-        return self._rows[trial_id]
+    def _trial_rows(self, key: str) -> dict[tuple, dict]:
+        if key not in self._rows:
+            self._rows[key] = {_key(r): r for r in read_trial(self.results_uri, self.stage, key)}
+        return self._rows[key]
 
-    def write(self, trial_id: str, rows: list[dict]) -> None:
-        table_rows = self._trial_rows(trial_id)
+    def write(self, key: str, rows: list[dict], status: str | None = None, error: str | None = None) -> None:
+        table_rows = self._trial_rows(key)
         for r in rows:
             r = to_schema_row(r)
-            r["trial_id"] = trial_id
+            r["trial_id"] = key
             table_rows[_key(r)] = r
+        if not table_rows:
+            if status != "failed":
+                return
+            # a trial that failed before its first epoch still leaves its outcome in the results
+            stub = {"study": None, "method": None, "dataset": None, "experiment": None, **self.identity,
+                    "stage": self.stage, "trial_id": key, "generation": 0, "role": "student", "exit": None,
+                    "epoch": 0}
+            table_rows[_key(stub)] = stub
+        for r in table_rows.values():
+            if status is not None:
+                r["status"] = status
+                r["error"] = error
+            elif r.get("status") in (None, "ok"):
+                r["status"] = "running"
         ordered = sorted(table_rows.values(), key=lambda r: (r["generation"] or 0, r["epoch"] or 0,
                                                              r["role"] or "", -1 if r["exit"] is None else r["exit"]))
-        table = rows_to_table(ordered)
         buf = io.BytesIO()
-        pq.write_table(table, buf)
-        storage.write_bytes(self.file_uri(trial_id), buf.getvalue())
+        pq.write_table(rows_to_table(ordered), buf)
+        storage.write_bytes(results_file(self.results_uri, self.stage, key), buf.getvalue())
+
+    def _event(self, event: str, key: str, **details) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event, key, details)
+            except Exception:  # progress is best effort; results are not
+                log.debug("progress event failed", exc_info=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._event("start", self.trial_key(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rows = result.pop("rows", None)  # rows live in Parquet, not in Tune's own logs
+        key = self.trial_key(trial)
         if rows:
-            self.write(trial.trial_id, rows)
-            if self.on_rows:
-                self.on_rows(trial, rows)
+            self.write(key, rows)
+        self._event("result", key, progress=result.get("progress"), total=result.get("progress_total"),
+                    val=result.get("best_val_acc"))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        key = self.trial_key(trial)
+        outcome = outcome_of(trial.last_result)
+        self.write(key, [], status=outcome)
+        self._event(outcome, key, val=(trial.last_result or {}).get("best_val_acc"))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        key = self.trial_key(trial)
+        error = self.error_line(key)
+        self.write(key, [], status="failed", error=error)
+        self._event("failed", key, error=error)
+
+    def error_line(self, key: str) -> str:
+        """The last line of the trial's error, as the trial wrote it (plain text)."""
+        if self.root:
+            uri = error_uri(self.root, key)
+            if storage.exists(uri):
+                try:
+                    return storage.read_bytes(uri).decode(errors="replace").strip().splitlines()[-1][:2000]
+                except (OSError, IndexError):
+                    pass
+        return "the trial's process ended with an error (see the study's logs/)"

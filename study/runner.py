@@ -1,21 +1,31 @@
-"""Running a study: stages of Ray Tune experiments, resumable at any point.
+"""Running a study: its experiment graph, all ready experiments at once, on Ray.
 
-Stages, in order (each one Ray Tune `Tuner` per experiment):
-  teachers  one `scratch` trial per teacher size x seed not yet in the zoo
-  baseline  the student trained alone (`scratch`), several seeds
-  search    per method (and, with budget `stratified`, per teacher size):
-            OptunaSearch (TPE) over the method's define-by-run space, ASHA
-  confirm   the best configuration of each method x teacher size, chosen on
-            validation accuracy, rerun with several seeds
-then the report. Every experiment's name carries a hash of its definition;
-a finished experiment leaves a marker (`stages/<name>.json`) and is skipped
-on the next run, an interrupted one is restored with `Tuner.restore`
-(searcher state included) — so `kdstudy resume` is simply running again.
+`run_study(spec, root)`:
+1. the study folder adopts the spec (a new study records it; an existing one
+   must hold the same content, see `study.folder`) and the driver takes the
+   study's lock (`study.lock`);
+2. `study.graph.plan` gives the experiments and their dependencies;
+3. every experiment whose dependencies are finished is launched as a Ray
+   task (no resources; on the driver's node) that drives its own Tuner
+   (`study.experiment`), so experiments of different methods and teacher
+   sizes share the cluster, limited by its resources; `resources.max_experiments`
+   caps how many run at once;
+4. when a task ends, the driver verifies the experiment from study storage:
+   every trial it owes has rows whose outcome is ok, stopped (by the
+   scheduler) or diverged — a search also in its Optuna journal. Only then is
+   the marker `stages/<name>.json` written. An experiment with failed trials
+   is reported failed (with the errors), its dependents are not started, and
+   the next run retries it. An interrupt (Ctrl-C) cancels the running tasks and
+   writes no marker for them.
+
+Identity never depends on where the study lives (see `study.graph`), zoo
+references are relative to the study folder, and nothing read back from
+the folder can execute code: Parquet, JSON, Optuna journals and weights-only
+checkpoints. `kdstudy resume PATH` is a run of the spec saved at PATH.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -29,20 +39,21 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 import ray  # noqa: E402
-from ray import tune  # noqa: E402
 
+from analysis.schema import TERMINAL_OK  # noqa: E402
 from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
-from trainables.trainable import tune_trainable  # noqa: E402
 
-from .progress import Progress  # noqa: E402
-from .results import ParquetSink  # noqa: E402
-from .spaces import make_space, method_params  # noqa: E402
+from . import graph  # noqa: E402
+from .experiment import Launch, run_launch  # noqa: E402
+from .folder import StudyFolder  # noqa: E402
+from .lock import StudyLock  # noqa: E402
+from .progress import Board, Progress  # noqa: E402
+from .results import read_trial  # noqa: E402
 from .spec import Spec  # noqa: E402
-from .zoo import Zoo, teacher_jobs, teacher_table  # noqa: E402
+from .zoo import Zoo, teacher_table  # noqa: E402
 
 log = logging.getLogger(__name__)
-METRIC, MODE = "best_val_acc", "max"
 
 
 def code_version() -> str:
@@ -60,202 +71,290 @@ def code_version() -> str:
     return f"{v}+{rev}" if rev else v
 
 
-def init_ray(address: str | None = None) -> None:
-    """Connect to a cluster (`auto`, `ray://...`) or start a local Ray; dashboard off by default."""
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Connect to a cluster (`auto`, `ray://...`) or start a private local Ray (loopback only)."""
     if ray.is_initialized():
         return
-    kwargs = {"log_to_driver": False}
     if address:
-        ray.init(address=address, **kwargs)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        return
+    try:
+        from .localray import start_local_ray
+    except ImportError:  # pragma: no cover - the module ships with the package
+        start_local_ray = None
+    if start_local_ray is not None:
+        start_local_ray(num_cpus=num_cpus)
     else:
-        ray.init(include_dashboard=False, **kwargs)
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, num_cpus=num_cpus)
 
 
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:8]
+@ray.remote(num_cpus=0, max_retries=1)
+def _experiment_task(launch: Launch) -> dict:
+    return run_launch(launch)
+
+
+class ExperimentFailed(RuntimeError):
+    pass
 
 
 @dataclass
-class Experiment:
-    """One Tuner: a stage's trials over a fixed base config."""
-
-    stage: str
-    label: str
-    base: dict
-    grid: list[dict] | None = None         # one trial per job (no searcher)
-    space: dict | None = None              # searched parameters (OptunaSearch)
-    constants: dict = field(default_factory=dict)
-    trials: int = 0
-    max_t: int = 1
-
-    @property
-    def name(self) -> str:
-        # code_version is provenance (every row records it), not identity: a resume after a
-        # commit, or from a checkout at another revision, must continue the same experiments
-        base = {k: v for k, v in self.base.items() if k != "code_version"}
-        ident = {"base": base, "grid": self.grid, "constants": self.constants, "trials": self.trials,
-                 "space": {k: vars(v) for k, v in (self.space or {}).items()}}
-        return f"{self.stage}-{self.label}-{_digest(ident)}"
+class Outcome:
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)   # name -> reason
+    blocked: dict[str, str] = field(default_factory=dict)  # name -> the failed dependency
 
 
 class StudyRunner:
-    def __init__(self, spec: Spec, progress: Progress | None = None, local: bool = True):
+    def __init__(self, spec: Spec, root: str, progress: Progress | None = None, local: bool = True):
         self.spec = spec
+        self.folder = StudyFolder(root)
+        self.root = self.folder.root
         self.local = local  # a Ray started here (no autoscaler that could add GPU nodes later)
-        self.root = spec.study_uri
         self.results_uri = storage.join(self.root, "results")
-        self.tune_uri = storage.join(self.root, "tune")
         self.zoo = Zoo(storage.join(self.root, "zoo"))
         self.progress = progress or Progress()
         self.version = code_version()
+        self.exps = graph.plan(spec)
+        self.by_name = {e.name: e for e in self.exps}
+        self.board = None
 
-    # ---------------------------------------------------------------- the plan
-    def common_base(self, stage: str, method: str) -> dict:
-        s = self.spec
-        return {"study": s.name, "stage": stage, "method": method, "seed": 0, "dataset": s.dataset,
-                "student": s.student, "train": dict(s.train), "runtime": dict(s.runtime), "hp": {},
-                "code_version": self.version}
+    # ---------------------------------------------------------------- the graph
+    def run(self) -> Outcome:
+        outcome = Outcome()
+        state = {e.name: "todo" for e in self.exps}
+        for e in self.exps:
+            if self.folder.marker(e.name) is not None:
+                state[e.name] = "done"
+        skipped = sum(1 for v in state.values() if v == "done")
+        if skipped:
+            self.progress.say(f"{skipped} of {len(self.exps)} experiments finished earlier (verified), skipped")
+        self.board = Board.options(**self._on_this_node()).remote()
+        running: dict = {}  # ObjectRef -> experiment name
+        cap = self.spec.resources.get("max_experiments") or 10**9
+        try:
+            while True:
+                for e in self.exps:
+                    if state[e.name] != "todo" or len(running) >= cap:
+                        continue
+                    bad = [d for d in e.deps if state[d] in ("failed", "blocked")]
+                    if bad:
+                        state[e.name] = "blocked"
+                        outcome.blocked[e.name] = bad[0]
+                        continue
+                    if any(state[d] != "done" for d in e.deps):
+                        continue
+                    try:
+                        launch = self.prepare(e)
+                    except Exception as exc:
+                        self._fail(e, state, outcome, f"{type(exc).__name__}: {exc}")
+                        continue
+                    owed = self.owed_keys(e, launch)
+                    if launch.kind == "grid" and not launch.jobs or launch.kind == "search" and launch.trials == 0:
+                        self._settle(e, launch, owed, state, outcome)
+                        continue
+                    self.progress.say(f"{graph_label(e)}: started ({self._describe(e, launch, owed)})")
+                    ref = _experiment_task.options(**self._on_this_node()).remote(launch)
+                    running[ref] = (e.name, launch, owed)
+                    state[e.name] = "running"
+                if not running:
+                    break
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                self._render([v[0] for v in running.values()])
+                for ref in ready:
+                    name, launch, owed = running.pop(ref)
+                    e = self.by_name[name]
+                    try:
+                        ray.get(ref)
+                    except Exception as exc:  # the experiment's driver task itself failed
+                        self._fail(e, state, outcome, _short(exc))
+                        continue
+                    self._settle(e, launch, owed, state, outcome)
+                self._render([v[0] for v in running.values()])
+        except BaseException:
+            for ref in running:
+                ray.cancel(ref, force=True, recursive=True)
+            raise
+        finally:
+            self.progress.close()
+        return outcome
 
-    def run(self) -> str:
-        self.save_spec()
-        self.run_teachers()
-        self.run_baseline()
-        best = self.run_search()
-        self.run_confirm(best)
-        return self.root
-
-    def save_spec(self) -> None:
-        storage.write_bytes(storage.join(self.root, "spec.json"), json.dumps(self.spec.raw, indent=1).encode())
-
-    def run_teachers(self) -> None:
-        s = self.spec
-        if not any(m.cls.needs_teacher for m in s.methods.values()):
+    def _render(self, running: list[str]) -> None:
+        try:
+            exps, lines = ray.get(self.board.snapshot.remote(), timeout=5)
+        except Exception:
             return
-        missing = [j for j in teacher_jobs(s) if self.zoo.get(j["key"]) is None]
-        if not missing:
-            self.progress.say(f"teachers: all {len(teacher_jobs(s))} in the zoo, none retrained")
+        self.progress.show(exps, running, lines)
+
+    def _on_this_node(self) -> dict:
+        """Experiment drivers and the board run beside this driver (they read the study folder)."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = ray.get_runtime_context().get_node_id()
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
+
+    def _describe(self, e: graph.Experiment, launch: Launch, owed: list[str] | int) -> str:
+        n = owed if isinstance(owed, int) else len(owed)
+        left = len(launch.jobs) if launch.kind == "grid" else launch.trials
+        extra = f", {n - left} finished earlier" if left < n else ""
+        return f"{n} trial(s){extra}"
+
+    def _fail(self, e, state, outcome, reason: str) -> None:
+        state[e.name] = "failed"
+        outcome.failed[e.name] = reason
+        self.progress.say(f"{graph_label(e)}: FAILED — {reason}")
+
+    def _settle(self, e, launch, owed, state, outcome) -> None:
+        """Verify a finished task's experiment from storage; marker only if every owed trial ended normally."""
+        try:
+            trials = self.verify(e, owed)
+        except ExperimentFailed as exc:
+            self._fail(e, state, outcome, str(exc))
             return
-        base = self.common_base("teachers", "scratch")
-        base["role"] = "teacher"
-        base["train"]["epochs"] = s.teachers["epochs"]
-        jobs = [{"seed": j["seed"], "student": j["model"],
-                 "export": {"uri": self.zoo.uri(j["key"]), "epochs": s.teachers["export_epochs"]}} for j in missing]
-        self.run_experiment(Experiment("teachers", "ladder", base, grid=jobs, max_t=s.teachers["epochs"]))
-        still = [j for j in missing if self.zoo.get(j["key"]) is None]
-        if still:
-            raise RuntimeError(f"{len(still)} teacher(s) failed to train: "
-                               + ", ".join(f"size {j['size']} seed {j['seed']}" for j in still))
-
-    def run_baseline(self) -> None:
-        s = self.spec
-        if s.baseline_seeds <= 0:
-            return
-        base = self.common_base("baseline", "scratch")
-        self.run_experiment(Experiment("baseline", "scratch", base,
-                                       grid=[{"seed": i} for i in range(s.baseline_seeds)], max_t=s.train["epochs"]))
-
-    def method_base(self, stage: str, m) -> dict:
-        s = self.spec
-        base = self.common_base(stage, m.name)
-        base["hp"] = {k: v for k, v in m.fixed.items() if k not in ("lr", "weight_decay")}
-        if m.cls.needs_teacher or m.cls.online_teacher:
-            base["hp"]["budget_mode"] = s.budget  # recorded in hparams_json for the capacity-gap chart
-        for k in ("lr", "weight_decay"):
-            if k in m.fixed:
-                base["train"][k] = m.fixed[k]
-        if m.cls.needs_teacher:
-            base["teachers"] = teacher_table(s, self.zoo)
-        if m.cls.online_teacher:
-            opts = {k: v for k, v in s.teachers.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
-            base["teachers"] = {size_key(z): {**opts, "size": z} for z in m.teacher_sizes}
-        if m.assistant_sizes:
-            opts = {k: v for k, v in s.student.items() if k != "size"}
-            base["assistants"] = {size_key(z): {**opts, "size": z} for z in m.assistant_sizes}
-        return base
-
-    def _max_t(self, m, base) -> int:
-        gens = base["hp"].get("generations") or (m.cls.hparams["generations"].default
-                                                 if "generations" in m.cls.hparams else 1)
-        if m.name == "takd":
-            gens = 2
-        return int(base["train"]["epochs"]) * int(gens)
-
-    def run_search(self) -> list[dict]:
-        """Search every method; returns the best config per method x teacher size."""
-        s = self.spec
-        best: list[dict] = []
-        for m in s.methods.values():
-            base = self.method_base("search", m)
-            uses_teacher = m.cls.needs_teacher or m.cls.online_teacher
-            export_epochs = s.teachers["export_epochs"] if s.teachers else []
-            if uses_teacher and s.budget == "stratified":
-                per = []
-                for size in m.teacher_sizes:
-                    space = method_params(m, None, export_epochs)
-                    exp = Experiment("search", f"{m.name}-t{size_key(size)}", base, space=space,
-                                     constants={"teacher_size": size}, trials=m.trials, max_t=self._max_t(m, base))
-                    per.extend(self.run_experiment(exp))
-                results = per
-            else:
-                space = method_params(m, m.teacher_sizes if uses_teacher else None, export_epochs)
-                exp = Experiment("search", m.name, base, space=space, trials=m.trials, max_t=self._max_t(m, base))
-                results = self.run_experiment(exp)
-            best.extend(_best_per_teacher(m.name, results))
-        return best
-
-    def run_confirm(self, best: list[dict]) -> None:
-        s = self.spec
-        if s.confirm_seeds <= 0 or not best:
-            return
-        for m in s.methods.values():  # one experiment per method: every best config x every seed
-            mine = [b for b in best if b["method"] == m.name]
-            if not mine:
-                continue
-            base = self.method_base("confirm", m)
-            jobs = [{**{k: v for k, v in b["config"].items() if k != "seed"}, "seed": seed}
-                    for b in mine for seed in range(s.confirm_seeds)]
-            self.run_experiment(Experiment("confirm", m.name, base, grid=jobs, max_t=self._max_t(m, base)))
+        counts = {}
+        for t in trials:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        self.folder.write_marker(e.name, {"stage": e.stage, "method": e.method, "label": e.label,
+                                          "finished_at": time.time(), "counts": counts, "trials": trials})
+        state[e.name] = "done"
+        outcome.finished.append(e.name)
+        ok = [t[graph_metric()] for t in trials if t.get(graph_metric()) is not None and t["status"] == "ok"]
+        best = f", best val {100 * max(ok):.1f}%" if ok else ""
+        desc = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        self.progress.say(f"{graph_label(e)}: finished ({desc}{best})")
 
     # ---------------------------------------------------------------- one experiment
-    def marker_uri(self, exp: Experiment) -> str:
-        return storage.join(self.root, "stages", f"{exp.name}.json")
+    def base(self, e: graph.Experiment) -> dict:
+        """The experiment's constants plus what only this run knows: paths, runtime, zoo entries."""
+        base = json.loads(json.dumps(e.base))
+        base["runtime"] = {**self.spec.runtime, "gpu_fraction": self.spec.resources.get("gpu")}
+        base["dataset"] = dict(self.spec.dataset)  # with its local root
+        base["paths"] = {"root": self.root}
+        base["code_version"] = self.version
+        base["experiment"] = e.name
+        if e.teacher_sizes:
+            from .preflight import _shape
 
-    def run_experiment(self, exp: Experiment) -> list[dict]:
-        """Run (or restore, or skip if finished) one experiment; returns its trial summaries."""
-        marker = self.marker_uri(exp)
-        if storage.exists(marker):
-            done = json.loads(storage.read_bytes(marker))
-            self.progress.say(f"{exp.stage} {exp.label}: finished earlier ({len(done)} trials), skipped")
-            return done
+            in_shape, classes = _shape(self.spec)
+            base["teachers"] = teacher_table(self.spec, self.zoo, sizes=e.teacher_sizes, in_shape=in_shape,
+                                             num_classes=classes)
+        return base
+
+    def launch(self, e: graph.Experiment, base: dict, **kw) -> Launch:
         s = self.spec
-        trainable = tune.with_parameters(tune_trainable, base=exp.base)
-        trainable = tune.with_resources(trainable, self.resources())
-        exp_path = storage.join(self.tune_uri, exp.name)
-        n = len(exp.grid) if exp.grid is not None else exp.trials
-        self.progress.start_stage(exp.stage, exp.label, n)
-        sink = ParquetSink(self.results_uri, exp.stage)
-        if tune.Tuner.can_restore(_tune_path(exp_path)):
-            self.progress.say(f"{exp.stage} {exp.label}: resuming an interrupted run")
-            tuner = tune.Tuner.restore(_tune_path(exp_path), trainable=trainable, resume_unfinished=True,
-                                       resume_errored=True)
-        else:
-            tuner = tune.Tuner(trainable, param_space=self.param_space(exp), tune_config=self.tune_config(exp),
-                               run_config=tune.RunConfig(
-                                   name=exp.name, storage_path=_tune_path(self.tune_uri), verbose=0,
-                                   callbacks=[sink, self.progress.callback(exp.stage, exp.label)],
-                                   failure_config=tune.FailureConfig(max_failures=s.max_failures),
-                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
-        grid = tuner.fit()
-        summaries = []
-        for r in grid:
-            if r.error is not None or not r.metrics:
+        return Launch(name=e.name, stage=e.stage, method=e.method, base=base, root=self.root,
+                      resources=self.resources(), max_concurrent=s.max_concurrent, max_failures=s.max_failures,
+                      max_t=e.max_t, scheduler=e.scheduler, grace_period=s.grace_period, search_seed=s.search_seed,
+                      board=self.board, **kw)
+
+    def prepare(self, e: graph.Experiment) -> Launch:
+        base = self.base(e)
+        if e.kind == "search":
+            return self.launch(e, base, kind="search", space=e.space, constants=e.constants, trials=e.trials)
+        jobs = self.grid_jobs(e)
+        todo = [j for j in jobs if not self._done(e, j)]
+        return self.launch(e, base, kind="grid", jobs=todo)
+
+    def grid_jobs(self, e: graph.Experiment) -> list[dict]:
+        """Every job of a grid experiment, each with its `_trial_key`."""
+        if e.stage == "teachers":
+            jobs = []
+            for j in e.jobs:
+                job = {k: v for k, v in j.items() if k != "_zoo_key"}
+                job["export"] = {"uri": self.zoo.uri(j["_zoo_key"]),
+                                 "epochs": self.spec.teachers["export_epochs"]}
+                job["_trial_key"] = graph.trial_key(e.name, {k: v for k, v in j.items() if k != "export"})
+                job["_zoo_key"] = j["_zoo_key"]
+                jobs.append(job)
+            return jobs
+        configs: list[dict] = []
+        if e.stage == "baseline":
+            configs += [dict(c) for c in e.extra_jobs]
+        if e.from_search:
+            configs += self.top_configs(e)
+        jobs = []
+        for conf in configs:
+            for seed in e.seeds:
+                job = {**conf, "seed": seed}
+                job["_trial_key"] = graph.trial_key(e.name, job)
+                jobs.append(job)
+        return jobs
+
+    def top_configs(self, e: graph.Experiment) -> list[dict]:
+        """The top-k configurations of the experiment's search, chosen on validation accuracy
+        (per teacher size for a joint search). Scheduler-stopped trials are never chosen."""
+        marker = self.folder.marker(e.from_search)
+        if marker is None:
+            raise ExperimentFailed(f"its search {e.from_search} is not finished")
+        trials = [t for t in marker["trials"] if t["status"] == "ok" and t.get(graph_metric()) is not None]
+        groups: dict = {}
+        for t in trials:
+            size = t["config"].get("teacher_size") if e.per_teacher_size else None
+            groups.setdefault(None if size is None else size_key(size), []).append(t)
+        chosen = []
+        for group in groups.values():
+            group.sort(key=lambda t: (-t[graph_metric()], t["trial_key"]))
+            chosen += [{k: v for k, v in t["config"].items() if k not in ("seed", "_trial_key")}
+                       for t in group[:e.top_k]]
+        if not chosen:
+            raise ExperimentFailed(f"its search {e.from_search} has no trial that trained to the end to confirm")
+        return chosen
+
+    def _done(self, e: graph.Experiment, job: dict) -> bool:
+        if e.stage == "teachers" and self.zoo.get(job["_zoo_key"]) is not None:
+            return True
+        rows = read_trial(self.results_uri, e.stage, job["_trial_key"])
+        return bool(rows) and rows[-1].get("status") in TERMINAL_OK
+
+    def owed_keys(self, e: graph.Experiment, launch: Launch) -> list[str] | int:
+        if e.kind == "search":
+            return e.trials
+        return [j["_trial_key"] for j in self.grid_jobs(e)]
+
+    def verify(self, e: graph.Experiment, owed) -> list[dict]:
+        """Every trial the experiment owes, with its outcome; raises ExperimentFailed otherwise."""
+        if e.kind == "search":
+            return self._verify_search(e)
+        trials, problems = [], []
+        for job in self.grid_jobs(e):
+            key = job["_trial_key"]
+            if e.stage == "teachers" and self.zoo.get(job["_zoo_key"]) is not None:
+                trials.append({"trial_key": key, "config": _public(job), "status": "ok"})
                 continue
-            summaries.append({"trial_id": r.metrics.get("trial_id"), "config": _sampled(r.config),
-                              METRIC: r.metrics.get(METRIC), "best_test_acc": r.metrics.get("best_test_acc")})
-        failed = sum(1 for r in grid if r.error is not None)
-        self.progress.end_stage(exp.stage, exp.label, len(summaries), failed)
-        storage.write_bytes(marker, json.dumps(summaries, indent=1, default=str).encode())
-        return summaries
+            rows = read_trial(self.results_uri, e.stage, key)
+            status = rows[-1].get("status") if rows else None
+            if status not in TERMINAL_OK:
+                problems.append((key, status, (rows[-1].get("error") if rows else None)))
+                continue
+            if e.stage == "teachers":
+                problems.append((key, "failed", "trained, but its zoo entry is incomplete"))
+                continue
+            trials.append({"trial_key": key, "config": _public(job), "status": status,
+                           graph_metric(): _best_val(rows)})
+        if problems:
+            raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
+        return trials
+
+    def _verify_search(self, e: graph.Experiment) -> list[dict]:
+        from optuna.trial import TrialState
+
+        from .experiment import Journal, latest_trials, load_study
+
+        study = load_study(Journal(self.root, e.name), e.name)
+        trials, problems = [], []
+        for key, t in sorted(latest_trials(study, e.name).items(), key=lambda kv: kv[1].number):
+            rows = read_trial(self.results_uri, e.stage, key)
+            status = rows[-1].get("status") if rows else None
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or status not in TERMINAL_OK:
+                problems.append((key, "failed" if t.state == TrialState.FAIL or status == "failed" else status,
+                                 rows[-1].get("error") if rows else None))
+                continue
+            trials.append({"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
+                           graph_metric(): t.value if t.state == TrialState.COMPLETE else None})
+        if problems:
+            raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
+        if len(trials) < e.trials:
+            raise ExperimentFailed(f"{len(trials)} of {e.trials} trials finished (interrupted)")
+        return trials
 
     def resources(self) -> dict:
         res = {"cpu": self.spec.resources["cpu"]}
@@ -267,66 +366,65 @@ class StudyRunner:
                 res["gpu"] = gpu
         return res
 
-    def param_space(self, exp: Experiment) -> dict | None:
-        if exp.grid is not None:
-            return {"job": tune.grid_search(exp.grid)}
+
+def graph_metric() -> str:
+    return "best_val_acc"
+
+
+def graph_label(e: graph.Experiment) -> str:
+    return f"{e.stage} {e.label}"
+
+
+def _public(job: dict) -> dict:
+    return {k: v for k, v in job.items() if not k.startswith("_") and k != "export"}
+
+
+def _best_val(rows: list[dict]) -> float | None:
+    """Best validation accuracy of the trained model's reported result (student, final exit)."""
+    role = "teacher" if rows and rows[0].get("stage") == "teachers" else "student"
+    mine = [r for r in rows if r.get("role") == role and r.get("val_acc") is not None]
+    if not mine:
         return None
-
-    def tune_config(self, exp: Experiment) -> tune.TuneConfig:
-        s = self.spec
-        if exp.grid is not None:
-            return tune.TuneConfig(num_samples=1, reuse_actors=True)
-        from optuna.samplers import TPESampler
-        from ray.tune.schedulers import ASHAScheduler
-        from ray.tune.search.optuna import OptunaSearch
-
-        sampler = TPESampler(seed=s.search_seed, n_startup_trials=max(2, exp.trials // 3))
-        searcher = OptunaSearch(space=make_space(exp.space, exp.constants), metric=METRIC, mode=MODE,
-                                sampler=sampler, storage=self.optuna_storage(exp), study_name=exp.name)
-        scheduler = None
-        if s.scheduler == "asha" and exp.max_t > s.grace_period:
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=exp.max_t,
-                                      grace_period=s.grace_period, reduction_factor=3)
-        return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, metric=METRIC, mode=MODE,
-                               num_samples=exp.trials, max_concurrent_trials=s.max_concurrent, reuse_actors=True)
-
-    def optuna_storage(self, exp: Experiment):
-        """A file-based Optuna storage beside the results (local studies), for optuna-dashboard."""
-        if "://" in self.root and not self.root.startswith("file://"):
-            return None
-        import optuna
-
-        path = Path(storage.resolve(self.root)[1]) / "optuna" / f"{exp.name}.journal"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    last_exit = max((r["exit"] for r in mine if r.get("exit") is not None), default=None)
+    mine = [r for r in mine if r.get("exit") == last_exit]
+    return max(r["val_acc"] for r in mine)
 
 
-def _tune_path(uri: str) -> str:
-    return uri if "://" in uri else storage.resolve(uri)[1]
+def _problem_text(problems, total) -> str:
+    failed = [p for p in problems if p[1] == "failed"]
+    unfinished = [p for p in problems if p[1] != "failed"]
+    parts = []
+    if failed:
+        err = next((p[2] for p in failed if p[2]), "no error recorded")
+        parts.append(f"{len(failed)} of {total} trials failed (last error: {err})")
+    if unfinished:
+        parts.append(f"{len(unfinished)} of {total} trials unfinished")
+    return "; ".join(parts)
 
 
-def _sampled(config: dict) -> dict:
-    """The searcher's values of a trial config (without the stage's constants)."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[-1] if text else type(exc).__name__)[:500]
 
 
-def _best_per_teacher(method: str, results: list[dict]) -> list[dict]:
-    """Best trial (by validation accuracy) per teacher size."""
-    best: dict = {}
-    for r in results:
-        if r.get(METRIC) is None:
-            continue
-        size = r["config"].get("teacher_size")
-        key = size_key(size) if size is not None else None
-        if key not in best or r[METRIC] > best[key][METRIC]:
-            best[key] = {**r, "method": method, "teacher_size": size}
-    return list(best.values())
-
-
-def run_study(spec: Spec, address: str | None = None, progress: Progress | None = None) -> str:
-    init_ray(address)
-    t0 = time.time()
-    runner = StudyRunner(spec, progress, local=address is None)
-    root = runner.run()
-    runner.progress.say(f"study {spec.name} finished in {time.time() - t0:.0f} s; results in {runner.results_uri}")
-    return root
+def run_study(spec: Spec, root: str | None = None, address: str | None = None, progress: Progress | None = None,
+              extend: bool = False, num_cpus: int | None = None) -> tuple[str, Outcome]:
+    """Run (or continue) the study at `root` (default: the spec's storage/name)."""
+    folder = StudyFolder(root or spec.study_uri)
+    folder.adopt(spec, extend=extend, version=code_version())
+    lock = StudyLock(folder.root)
+    lock.acquire()
+    try:
+        init_ray(address, num_cpus=num_cpus)
+        t0 = time.time()
+        runner = StudyRunner(spec, folder.root, progress, local=address is None)
+        outcome = runner.run()
+        took = time.time() - t0
+        if outcome.failed or outcome.blocked:
+            runner.progress.say(f"study {spec.name} stopped after {took:.0f} s: {len(outcome.failed)} experiment(s) "
+                                f"failed, {len(outcome.blocked)} not started because of them")
+        else:
+            runner.progress.say(f"study {spec.name} finished in {took:.0f} s; results in {runner.results_uri}")
+        return folder.root, outcome
+    finally:
+        lock.release()

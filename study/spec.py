@@ -12,14 +12,17 @@ fields are:
     teachers: {family, sizes: [..], seeds, epochs, export_epochs: [..], ...model options}
     train: {epochs, batch_size, optimizer, lr, weight_decay, momentum, nesterov,
             schedule, milestones, gamma, grad_clip}
-    baseline: {seeds}
-    search: {budget: stratified | joint, scheduler: asha | none, grace_period,
+    baseline: {}                   the no-KD student: runs on the confirm seeds (paired), searched
+                                   like the methods when they search the recipe (see study.graph)
+    search: {budget: stratified | joint, scheduler: auto | asha | none, grace_period,
              max_concurrent, seed}
     methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
                        assistant_sizes: [..]}}
-    confirm: {seeds}
-    resources: {cpu, gpu}
-    runtime: {device, precision, compile, channels_last}
+    confirm: {seeds, top_k}        seeds shared by the baseline and every confirm run; the top_k
+                                   configurations of each search (on validation) are confirmed
+    verdict: {delta, level}        smallest effect of interest (accuracy points), confidence level
+    resources: {cpu, gpu, max_experiments}
+    runtime: {device, precision, compile, channels_last, checkpoint_every_s}
     failure: {max_failures}
     report: {png}
 """
@@ -48,7 +51,9 @@ COMMON_HPARAMS = {
 #: a model larger than this is surely a typo in its size (and would not fit a GPU anyway)
 MAX_PARAMS = 10**10
 BUDGETS = ("stratified", "joint")
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("auto", "asha", "none")
+#: search seeds stay below this; confirm (and baseline) seeds start there (disjoint, see study.graph)
+MAX_SEARCH_SEED = 9_999
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -92,7 +97,6 @@ class Spec:
     student: dict
     teachers: dict | None
     train: dict
-    baseline_seeds: int
     budget: str
     scheduler: str
     grace_period: int
@@ -104,6 +108,9 @@ class Spec:
     runtime: dict
     max_failures: int
     report_png: bool
+    top_k: int = 2
+    delta: float = 0.5
+    level: float = 0.95
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -216,7 +223,7 @@ class _Validator:
             return None
         self.unknown("", raw, {"name", "storage", "dataset", "student", "teachers", "train", "baseline",
                                "search", "methods", "confirm", "resources", "runtime", "failure", "report",
-                               "description"})
+                               "description", "verdict"})
         name = self.text("name", raw.get("name"), required=True)
         if name and not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             self.err("name", f"may contain only letters, digits, '-' and '_'; got {name!r}")
@@ -230,15 +237,23 @@ class _Validator:
         methods = self.methods(self.section(raw, "methods", required=True))
         teachers = self.teachers(raw.get("teachers"), dataset, train, methods)
         baseline = self.section(raw, "baseline")
-        self.unknown("baseline", baseline, {"seeds"})
+        if "seeds" in baseline:
+            self.err("baseline.seeds", "the baseline runs on the confirm seeds (confirm.seeds), paired with every "
+                     "method; remove this field")
+        self.unknown("baseline", {k: v for k, v in baseline.items() if k != "seeds"}, set())
         search = self.section(raw, "search")
         self.unknown("search", search, {"budget", "scheduler", "grace_period", "max_concurrent", "seed"})
         confirm = self.section(raw, "confirm")
-        self.unknown("confirm", confirm, {"seeds"})
+        self.unknown("confirm", confirm, {"seeds", "top_k"})
+        verdict = self.section(raw, "verdict")
+        self.unknown("verdict", verdict, {"delta", "level"})
         resources = self.section(raw, "resources")
-        self.unknown("resources", resources, {"cpu", "gpu"})
+        self.unknown("resources", resources, {"cpu", "gpu", "max_experiments"})
         runtime = self.section(raw, "runtime")
-        self.unknown("runtime", runtime, {"device", "precision", "compile", "channels_last"})
+        self.unknown("runtime", runtime, {"device", "precision", "compile", "channels_last", "checkpoint_every_s"})
+        gpu = self.num("resources.gpu", resources.get("gpu"), 0.0, low=0.0, high=8)
+        if gpu > 1 and gpu != int(gpu):
+            self.err("resources.gpu", f"a fraction of one GPU (at most 1) or a whole number of GPUs; got {gpu}")
         failure = self.section(raw, "failure")
         self.unknown("failure", failure, {"max_failures"})
         report = self.section(raw, "report")
@@ -262,21 +277,27 @@ class _Validator:
                          f"teacher size ({len(m.teacher_sizes)}); got {m.trials}")
         return Spec(
             name=name or "", storage=storage, dataset=dataset, student=student, teachers=teachers, train=train,
-            baseline_seeds=self.num("baseline.seeds", baseline.get("seeds"), 2, kind=int, low=0, high=100),
             budget=budget,
-            scheduler=self.choice("search.scheduler", search.get("scheduler"), "asha", SCHEDULERS),
+            scheduler=self.choice("search.scheduler", search.get("scheduler"), "auto", SCHEDULERS),
             grace_period=self.num("search.grace_period", search.get("grace_period"), 2, kind=int, low=1),
             max_concurrent=self.num("search.max_concurrent", search.get("max_concurrent"), 2, kind=int, low=1),
-            search_seed=self.num("search.seed", search.get("seed"), 0, kind=int, low=0),
+            search_seed=self.num("search.seed", search.get("seed"), 0, kind=int, low=0, high=MAX_SEARCH_SEED),
             methods=methods,
-            confirm_seeds=self.num("confirm.seeds", confirm.get("seeds"), 0, kind=int, low=0, high=100),
+            confirm_seeds=self.num("confirm.seeds", confirm.get("seeds"), 5, kind=int, low=0, high=1000),
+            top_k=self.num("confirm.top_k", confirm.get("top_k"), 2, kind=int, low=1, high=100),
+            delta=self.num("verdict.delta", verdict.get("delta"), 0.5, low=0.0, high=100.0),
+            level=self.num("verdict.level", verdict.get("level"), 0.95, low=0.5, high=0.999),
             resources={"cpu": self.num("resources.cpu", resources.get("cpu"), 1.0, low=0.01, high=512),
-                       "gpu": self.num("resources.gpu", resources.get("gpu"), 0.0, low=0.0, high=8)},
+                       "gpu": gpu,
+                       "max_experiments": self.num("resources.max_experiments", resources.get("max_experiments"),
+                                                   None, kind=int, low=1)},
             runtime={"device": self.choice("runtime.device", runtime.get("device"), "auto", DEVICES),
                      "precision": self.choice("runtime.precision", runtime.get("precision"), "auto", PRECISIONS),
                      "compile": self.boolean("runtime.compile", runtime.get("compile"), False),
                      "channels_last": self.choice("runtime.channels_last", runtime.get("channels_last"), "auto",
-                                                  ("auto", True, False))},
+                                                  ("auto", True, False)),
+                     "checkpoint_every_s": self.num("runtime.checkpoint_every_s", runtime.get("checkpoint_every_s"),
+                                                    30.0, low=0.0, high=86400)},
             max_failures=self.num("failure.max_failures", failure.get("max_failures"), 2, kind=int, low=0, high=100),
             report_png=self.boolean("report.png", report.get("png"), True),
             raw=raw,

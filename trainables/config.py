@@ -4,7 +4,7 @@ A stage hands every trial the same `base` dict (see `trainables.loop` for its
 keys) and the searcher adds flat sampled values. `resolve` routes each sampled
 value to where it belongs, so the search space can stay flat and readable:
 
-- `lr`, `weight_decay`           -> base["train"]
+- `lr`, `weight_decay`, `epochs` -> base["train"]
 - `seed`                         -> base["seed"]
 - `teacher_size`                 -> base["teacher"] = base["teachers"][size]
 - `assistant_size`               -> base["assistant"] = base["assistants"][size]
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 
-TRAIN_KEYS = ("lr", "weight_decay")
+TRAIN_KEYS = ("lr", "weight_decay", "epochs")
 #: whole sections a stage's job may replace (e.g. each teacher-stage job's model and export path)
 SECTION_KEYS = ("student", "teacher", "assistant", "export", "role")
 
@@ -35,6 +35,8 @@ def resolve(base: dict, sampled: dict) -> dict:
     cfg.setdefault("train", {})
     sampled = dict(sampled.get("job", sampled))  # grid stages pass one dict per trial as "job"
     for key, value in sampled.items():
+        if key.startswith("_"):  # the study's bookkeeping (e.g. _trial_key), not a parameter
+            continue
         if key in SECTION_KEYS:
             cfg[key] = value
         elif key in TRAIN_KEYS:
@@ -61,6 +63,7 @@ def resolve(base: dict, sampled: dict) -> dict:
         cfg["teacher"] = {**cfg["teacher"], "checkpoint": epochs[key]["checkpoint"], "acc": epochs[key].get("acc")}
     cfg.pop("teachers", None)
     cfg.pop("assistants", None)
+    cfg.pop("paths", None)
     return cfg
 
 

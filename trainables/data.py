@@ -269,19 +269,48 @@ def _cifar_class(name: str):
     return datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
 
 
+def _cifar_missing(cfg: dict, name: str) -> str | None:
+    """Why the CIFAR files cannot be read (None when present, or when the spec asks to download)."""
+    cls = _cifar_class(name)
+    root = _root(cfg)
+    folder = os.path.join(root, cls.base_folder)
+    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in expected if not os.path.isfile(os.path.join(folder, f))]
+    if missing and not cfg.get("download", False):
+        return (f"{name}: dataset files not found; expected the extracted '{cls.base_folder}' folder at "
+                f"{folder} (missing: {', '.join(missing)}). Set `download: true` in the dataset section "
+                f"of the spec to fetch them into root={root}, or point `root` at an existing copy.")
+    return None
+
+
+def check_dataset(cfg: dict) -> list[str]:
+    """Problems that would stop every trial from loading the dataset (checked before Ray starts).
+
+    CIFAR: the files are present (or the spec asks to download them). MNIST-1D:
+    the generated cache is made now, once, instead of by every trial at once.
+    """
+    name = cfg.get("name")
+    try:
+        if name in ("cifar10", "cifar100"):
+            problem = _cifar_missing(cfg, name)
+            return [problem] if problem else []
+        if name == "mnist1d":
+            _load_mnist1d(cfg)
+    except Exception as exc:  # unreadable root, a full disk: named, not a traceback
+        return [f"{name}: cannot prepare the dataset under {_root(cfg)}: {exc}"]
+    return []
+
+
 def _load_cifar(cfg: dict, name: str, num_classes: int, mean, std) -> _Raw:
     cls = _cifar_class(name)
     root = _root(cfg)
     download = bool(cfg.get("download", False))
+    problem = _cifar_missing(cfg, name)
+    if problem:
+        raise FileNotFoundError(problem)
     folder = os.path.join(root, cls.base_folder)
     expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     missing = [f for f in expected if not os.path.isfile(os.path.join(folder, f))]
-    if missing and not download:
-        raise FileNotFoundError(
-            f"{name}: dataset files not found; expected the extracted '{cls.base_folder}' folder at "
-            f"{folder} (missing: {', '.join(missing)}). Set `download: true` in the dataset section "
-            f"of the spec to fetch them into root={root}, or point `root` at an existing copy."
-        )
     if missing:
         os.makedirs(root, exist_ok=True)
         from filelock import FileLock  # parallel trials: one downloads, the others wait

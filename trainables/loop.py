@@ -30,6 +30,7 @@ choose.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import socket
@@ -50,16 +51,14 @@ SCHEDULES = ("onecycle", "cosine", "step", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 
 
-class TrialDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the trial stops and is recorded as diverged."""
-
-
 class Hooks(Protocol):
     trial_id: str
 
     def load_checkpoint(self) -> dict | None: ...
 
-    def report(self, metrics: dict, rows: list[dict], state: dict | None) -> None: ...
+    def report(self, metrics: dict, rows: list[dict], state: dict | None, final: bool = False) -> None:
+        """Hand over an epoch's results; `state` is a checkpoint the hooks may keep (they decide
+        how often to write it; `final` marks the end of a generation or of the trial)."""
 
 
 @dataclass
@@ -74,7 +73,7 @@ class LocalHooks:
     def load_checkpoint(self):
         return self.state
 
-    def report(self, metrics, rows, state):
+    def report(self, metrics, rows, state, final=False):
         self.metrics.append(metrics)
         self.rows.extend(rows)
         if state is not None:
@@ -109,19 +108,27 @@ def place_model(model: torch.nn.Module, device, runtime: dict, channels_last: bo
     return model
 
 
+#: (model config, input shape, classes) -> arch, params, flops: counted once per architecture
+#: and process (an actor reused for many trials counts each architecture once)
+_FACTS_CACHE: dict[str, dict] = {}
+
+
 def model_facts(cfg: dict | None, in_shape, num_classes) -> dict:
-    """arch, params and flops of a model config (building it once on the CPU)."""
+    """arch, params and flops of a model config (building it once on the CPU, then cached)."""
     if not cfg:
         return {}
     if "arch" in cfg and "params" in cfg and "flops" in cfg:
         return cfg
-    model = models_mod.build_model(cfg, in_shape, num_classes)
-    return {
-        **cfg,
-        "arch": models_mod.arch_name(cfg),
-        "params": models_mod.count_params(model),
-        "flops": models_mod.count_flops(model, in_shape),
-    }
+    arch_cfg = {k: v for k, v in cfg.items() if k not in ("checkpoint", "acc", "epoch_checkpoints", "sha256")}
+    key = json.dumps([arch_cfg, list(in_shape), num_classes], sort_keys=True, default=str)
+    if key not in _FACTS_CACHE:
+        model = models_mod.build_model(cfg, in_shape, num_classes)
+        _FACTS_CACHE[key] = {
+            "arch": models_mod.arch_name(cfg),
+            "params": models_mod.count_params(model),
+            "flops": models_mod.count_flops(model, in_shape),
+        }
+    return {**cfg, **_FACTS_CACHE[key]}
 
 
 def build_optimizer(params, train: dict, device: torch.device):
@@ -193,7 +200,12 @@ def use_channels_last(runtime, device, splits) -> bool:
 
 
 def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
-    """Train one trial to the end (or until it diverges); returns the hooks."""
+    """Train one trial to the end (or until it diverges); returns the hooks.
+
+    A diverged trial is an outcome, not an error: its last report carries
+    status "diverged" and the function returns normally.
+    """
+    t_start = time.perf_counter()
     hooks = hooks or LocalHooks()
     runtime = config.get("runtime", {})
     train = config["train"]
@@ -238,9 +250,18 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     torch.manual_seed(seed)
     method = get_method(config["method"])(ctx, config.get("hp", {}))
     state = hooks.load_checkpoint()
-    if state is not None and state.get("diverged"):
-        raise TrialDiverged(f"trial {hooks.trial_id} diverged at epoch {state['epoch']} (restored)")
+    if state is not None and state.get("diverged"):  # restored after it diverged: report that again
+        hooks.report({"status": "diverged", "epoch": state["epoch"], "generation": state["generation"],
+                      "progress": state.get("progress", 0), "best_val_acc": state.get("best_val_acc", 0.0),
+                      "best_test_acc": state.get("best_test_acc", 0.0)}, [], None, final=True)
+        return hooks
 
+    if state is not None and state.get("metrics") and state["generation"] == method.generations - 1 \
+            and state["epoch"] >= int(train["epochs"]):
+        # the trial had finished (its driver stopped before recording that): report its end again
+        hooks.report(state["metrics"], [], None, final=True)  # its rows are already in the results
+        _export_final(config, state["best"], facts)
+        return hooks
     gen0, epoch0 = (state["generation"], state["epoch"]) if state else (0, 0)
     total_time = state["total_time_s"] if state else 0.0
     best = state["best"] if state else {}
@@ -252,6 +273,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     bs = int(train.get("batch_size", 128))
     steps_per_epoch = max(1, math.ceil(len(train_xy[1]) / bs))
     grad_clip = train.get("grad_clip")
+    setup_time = None  # seconds from the trial's start to its first training step
 
     for generation in range(gen0, method.generations):
         torch.manual_seed(seed * 1000 + generation)
@@ -280,6 +302,8 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
+            if setup_time is None:
+                setup_time = t0 - t_start
             for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
                                                  augment=splits.kind == "image", mean=splits.mean,
                                                  std=splits.std, drop_last=False, channels_last=channels_last):
@@ -302,37 +326,51 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             train_loss = float(loss_sum) / seen
             epoch_time = time.perf_counter() - t0
             total_time += epoch_time
+            progress = generation * epochs + epoch  # epochs trained over all generations (ASHA's clock)
             if not math.isfinite(train_loss):
                 rows = _diverged_rows(last_rows, epoch, epoch_time, total_time)
-                hooks.report({"status": "diverged", "epoch": epoch, "generation": generation,
-                              "best_val_acc": best.get("val_acc", 0.0), "best_test_acc": best.get("test_acc", 0.0)},
-                             rows, {"diverged": True, "generation": generation, "epoch": epoch})
-                raise TrialDiverged(f"trial {hooks.trial_id}: loss became {train_loss} at generation "
-                                    f"{generation} epoch {epoch}")
+                best_val, best_test = best.get("val_acc", 0.0), best.get("test_acc", 0.0)
+                hooks.report({"status": "diverged", "epoch": epoch, "generation": generation, "progress": progress,
+                              "progress_total": method.generations * epochs,
+                              "best_val_acc": best_val, "best_test_acc": best_test},
+                             rows, {"diverged": True, "generation": generation, "epoch": epoch, "progress": progress,
+                                    "best_val_acc": best_val, "best_test_acc": best_test}, final=True)
+                return hooks
             terms = {k: float(v) / seen for k, v in term_sums.items()}
+            t_eval = time.perf_counter()
             val = evaluate(method, *val_xy, splits, device, runtime)
-            test = evaluate(method, *test_xy, splits, device, runtime)
+            main_key = _main_key(val)
+            last_epoch = epoch == epochs
+            # the test split is only read where it can be reported: a new best validation epoch
+            # (the trial's selected epoch) and the end of a generation (a model handed on)
+            improves = main_key[0] != "student" or not best or val[main_key][1] > best["val_acc"]
+            exported = epoch in set((config.get("export") or {}).get("epochs", ()))
+            test = evaluate(method, *test_xy, splits, device, runtime) if (improves or last_epoch or exported) else None
+            test_main = test[main_key][1] if test else None
+            if main_key[0] == "student":  # only a student's accuracy can be the trial's best
+                best = _update_best(best, generation, epoch, val[main_key][1], test_main)
+            eval_time = time.perf_counter() - t_eval
             rows = _rows(config, hooks.trial_id, facts, method, generation, epoch, val, test,
                          {"train_loss": train_loss, "train_acc": float(correct) / seen},
-                         terms, epoch_time, total_time, device)
+                         terms, epoch_time, total_time, device,
+                         {"setup_time_s": setup_time, "eval_time_s": eval_time})
             last_rows = rows
-            main_key = _main_key(val)
-            if main_key[0] == "student":  # only a student's accuracy can be the trial's best
-                best = _update_best(best, generation, epoch, val[main_key][1], test[main_key][1])
             # a generation that trains no student (TAKD's assistant) reports its model until a student exists
-            shown = best or {"val_acc": val[main_key][1], "test_acc": test[main_key][1]}
+            shown = best or {"val_acc": val[main_key][1], "test_acc": test_main}
             metrics = {
-                "val_acc": val[main_key][1], "test_acc": test[main_key][1],
+                "val_acc": val[main_key][1], "test_acc": test_main,
                 "best_val_acc": shown["val_acc"], "best_test_acc": shown["test_acc"],
-                "train_loss": train_loss, "generation": generation, "epoch": epoch, "status": "ok",
+                "train_loss": train_loss, "generation": generation, "epoch": epoch, "progress": progress,
+                "progress_total": method.generations * epochs, "status": "ok",
             }
-            _export(config, method, generation, epoch, val[main_key][1], test[main_key][1], best, facts)
+            _export(config, method, generation, epoch, val[main_key][1], test_main, best, facts)
             ckpt = {
                 "generation": generation, "epoch": epoch, "method": method.state_dict(),
                 "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "rng": gen_gen.get_state(),
                 "total_time_s": total_time, "best": best, "last_rows": _jsonable_rows(rows),
+                "metrics": metrics,
             }
-            hooks.report(metrics, rows, ckpt)
+            hooks.report(metrics, rows, ckpt, final=last_epoch)
         state = None
     _export_final(config, best, facts)
     return hooks
@@ -352,7 +390,7 @@ def _update_best(best: dict, generation, epoch, val_acc, test_acc) -> dict:
 
 
 def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_metrics, terms, epoch_time,
-          total_time, device) -> list[dict]:
+          total_time, device, timing=None) -> list[dict]:
     now = datetime.now(timezone.utc)
     trained_role = config.get("role", "student")
     student, teacher = facts["student"], facts["teacher"]
@@ -364,12 +402,13 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
     base = {
         "study": config.get("study", "adhoc"), "stage": config.get("stage", "adhoc"), "trial_id": trial_id,
         "method": config["method"], "dataset": config["dataset"]["name"],
-        "seed": int(config.get("seed", 0)), "generation": generation, "epoch": epoch, "status": "ok",
+        "seed": int(config.get("seed", 0)), "generation": generation, "epoch": epoch, "status": "running",
+        "experiment": config.get("experiment"), "config_id": config.get("config_id"),
         "hparams": hparams,
         "assistant_arch": facts["assistant"].get("arch"), "teacher_epoch": config.get("teacher_epoch"),
         "loss_terms_json": json.dumps(terms, sort_keys=True),
         "temperature_now": method.current_temperature(),
-        "epoch_time_s": epoch_time, "total_time_s": total_time, "timestamp": now,
+        "epoch_time_s": epoch_time, "total_time_s": total_time, "timestamp": now, **(timing or {}),
         "node": _node(), "device": str(device), "code_version": config.get("code_version", "unknown"),
     }
     model_cols = {}
@@ -386,7 +425,7 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
         role, exit_ = key
         row = {**base, **model_cols, "role": trained_role if role == "student" else role, "exit": exit_,
                "val_loss": val[key][0], "val_acc": val[key][1],
-               "test_loss": test[key][0], "test_acc": test[key][1]}
+               "test_loss": test[key][0] if test else None, "test_acc": test[key][1] if test else None}
         row.update(method.row_facts(role, exit_))
         if key == main_key:
             row.update(train_metrics)
@@ -456,21 +495,32 @@ def _export(config, method, generation, epoch, val_acc, test_acc, best, facts) -
 
 
 def _export_final(config, best, facts) -> None:
-    """meta.json last: its presence marks a complete zoo entry."""
+    """meta.json last: its presence marks a complete zoo entry.
+
+    File references are relative to the entry's folder (the study can move),
+    and every weights file is recorded with its sha256, checked before use.
+    """
     export = config.get("export")
     if not export:
         return
     s = facts["student"]
+
+    def sha(name: str) -> str:
+        return hashlib.sha256(storage.read_bytes(storage.join(export["uri"], name))).hexdigest()
+
+    epoch_checkpoints = {}
+    for e in export.get("epochs", ()):
+        info = storage.join(export["uri"], f"epoch-{e}.json")
+        if storage.exists(info):
+            epoch_checkpoints[str(e)] = {"file": f"epoch-{e}.pt", "sha256": sha(f"epoch-{e}.pt"),
+                                         **json.loads(storage.read_bytes(info))}
     meta = {
         "family": s.get("family"), "size": s.get("size"), "arch": s.get("arch"), "params": s.get("params"),
         "flops": s.get("flops"), "val_acc": best.get("val_acc"), "acc": best.get("test_acc"),
         "best_epoch": best.get("epoch"), "epochs": config["train"]["epochs"], "seed": config.get("seed", 0),
         "options": {k: v for k, v in s.items() if k not in ("arch", "params", "flops", "checkpoint")},
-        "epoch_checkpoints": {
-            str(e): {"checkpoint": storage.join(export["uri"], f"epoch-{e}.pt"),
-                     **json.loads(storage.read_bytes(storage.join(export["uri"], f"epoch-{e}.json")))}
-            for e in export.get("epochs", ()) if storage.exists(storage.join(export["uri"], f"epoch-{e}.json"))
-        },
+        "file": "model.pt", "sha256": sha("model.pt"),
+        "epoch_checkpoints": epoch_checkpoints,
     }
     storage.write_bytes(storage.join(export["uri"], "meta.json"), json.dumps(meta, indent=1).encode())
 

@@ -1,18 +1,27 @@
-"""The Ray Tune trainable: the shared loop with Tune's report and checkpoints.
+"""The Ray Tune trainable: the shared loop with Tune's report and kdstudy's own checkpoints.
 
-`tune_trainable(config, base=...)` is what a stage hands to `tune.Tuner`
-(through `tune.with_parameters`, so the stage's constants travel once through
-the object store). `config` holds only what the searcher sampled; see
-`trainables.config.resolve`. Each epoch the loop's report becomes one
-`tune.report(metrics, checkpoint=...)`; the result carries the epoch's rows
-under the key `rows` for the driver-side Parquet sink. A retried or restored
-trial resumes from its last checkpoint.
+`tune_trainable(config, base=...)` is what an experiment hands to
+`tune.Tuner` (through `tune.with_parameters`, so the experiment's constants
+travel once through the object store). `config` holds only what the grid or
+the searcher chose, plus `_trial_key`: the trial's stable identity in the
+study (it names the trial's Parquet file and checkpoint, and survives a
+restarted driver, unlike Tune's own trial ids).
+
+Checkpoints are kdstudy's, not Tune's: a weights-only `torch.save` of the
+loop's state at `<study>/checkpoints/<trial key>.pt`, written when the last
+one is older than `runtime.checkpoint_every_s` (default 30 s) and at the end
+of every generation. A retried trial, or one continued by `kdstudy resume`,
+starts from there. Nothing Tune pickles is ever read back. When a trial
+raises, the last line of the error goes to `<study>/errors/<trial key>.txt`
+(plain text) for the driver to show, and the error propagates to Tune.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import hashlib
+import json
+import time
+import traceback
 
 from ray import tune
 
@@ -20,33 +29,64 @@ from . import storage
 from .config import resolve
 from .loop import run_trial
 
-CHECKPOINT_FILE = "state.pt"
+#: sampled keys that identify a run rather than a configuration
+RUN_KEYS = ("seed", "_trial_key")
+
+
+def config_id(sampled: dict) -> str:
+    """Hash of a trial's configuration without its seed: confirm reruns of one config share it."""
+    sampled = dict(sampled.get("job", sampled))
+    conf = {k: v for k, v in sampled.items() if k not in RUN_KEYS}
+    return hashlib.sha256(json.dumps(conf, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def checkpoint_uri(root: str, key: str) -> str:
+    return storage.join(root, "checkpoints", f"{key}.pt")
+
+
+def error_uri(root: str, key: str) -> str:
+    return storage.join(root, "errors", f"{key}.txt")
 
 
 class TuneHooks:
-    """Connects the loop to Ray Tune: checkpoints in, results and checkpoints out."""
+    """Connects the loop to Ray Tune: results out; checkpoints in and out of study storage."""
 
-    def __init__(self):
-        self.trial_id = tune.get_context().get_trial_id() or "unknown"
+    def __init__(self, trial_key: str, root: str | None, every_s: float = 30.0):
+        self.trial_id = trial_key
+        self.root = root
+        self.every_s = every_s
+        self.last_save = time.monotonic()
 
     def load_checkpoint(self):
-        ckpt = tune.get_checkpoint()
-        if ckpt is None:
+        if not self.root:
             return None
-        with ckpt.as_directory() as d:
-            return storage.load_state(os.path.join(d, CHECKPOINT_FILE))
+        uri = checkpoint_uri(self.root, self.trial_id)
+        return storage.load_state(uri) if storage.exists(uri) else None
 
-    def report(self, metrics, rows, state):
-        payload = {**metrics, "rows": rows}
-        if state is None:
-            tune.report(payload)
-            return
-        with tempfile.TemporaryDirectory() as d:
-            storage.save_state(state, os.path.join(d, CHECKPOINT_FILE))
-            tune.report(payload, checkpoint=tune.Checkpoint.from_directory(d))
+    def report(self, metrics, rows, state, final=False):
+        if state is not None and self.root and (final or time.monotonic() - self.last_save >= self.every_s):
+            storage.save_state(state, checkpoint_uri(self.root, self.trial_id))
+            self.last_save = time.monotonic()
+        tune.report({**metrics, "rows": rows})
 
 
 def tune_trainable(config: dict, base: dict | None = None) -> None:
     """Run one trial inside Ray Tune."""
-    trial_config = resolve(base or {}, config)
-    run_trial(trial_config, TuneHooks())
+    base = base or {}
+    sampled = dict(config.get("job", config))
+    key = sampled.get("_trial_key") or tune.get_context().get_trial_id() or "unknown"
+    paths = base.get("paths", {})
+    root = paths.get("root")
+    try:
+        trial_config = resolve(base, sampled)
+        trial_config["config_id"] = config_id(sampled)
+        every = float(trial_config.get("runtime", {}).get("checkpoint_every_s", 30.0))
+        run_trial(trial_config, TuneHooks(key, root, every))
+    except Exception as exc:
+        if root:
+            last = (traceback.format_exception_only(type(exc), exc)[-1].strip() or type(exc).__name__)[:2000]
+            try:
+                storage.write_bytes(error_uri(root, key), last.encode())
+            except OSError:
+                pass
+        raise

@@ -1,0 +1,244 @@
+"""The study as a graph of experiments: what runs, what each one needs, and who it is.
+
+`plan(spec)` turns a validated spec into experiments (no Ray, no storage):
+
+  teachers-<size>         one `scratch` trial per seed of one teacher size (into the zoo)
+  search-scratch          the no-KD student's own search, when a method searches the recipe
+                          (lr, weight_decay): the baseline is held to the same bar
+  baseline                the no-KD student on every confirm seed; its configurations are the
+                          spec's recipe, the top-k of its search, the recipes methods fix, and
+                          the longer schedule a multi-generation method trains for
+  search-<m>[-t<size>]    a method's Optuna search (per teacher size with budget `stratified`)
+  confirm-<m>[-t<size>]   the top-k configurations of that search (chosen on validation) on
+                          every confirm seed: the same seed list as the baseline (paired)
+
+Edges: a frozen-teacher search waits for its teacher sizes only; online-teacher
+and teacher-less searches and the baseline search wait for nothing; a confirm
+waits for its search; the baseline for its search (if any). Everything ready runs
+at once (see `study.runner`).
+
+An experiment's name is `<stage>-<label>-<hash>`, the hash of its content: the
+spec's parts that decide its trials (dataset, models, recipe, method, fixed and
+searched parameters, seeds, zoo keys) and never where the study is stored, so a
+study copied, renamed or mounted elsewhere continues the same experiments.
+A grid experiment's trials are content-addressed too (`<name>-<hash of the
+job>`), so a study extended with more seeds reruns only the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from trainables.config import size_key
+
+from .spaces import method_params
+from .spec import MethodSpec, Range, Spec
+from .zoo import teacher_jobs
+
+#: confirm (and baseline) seeds start here: disjoint from search seeds (`search.seed` < this)
+CONFIRM_SEED0 = 10_000
+RECIPE_KEYS = ("lr", "weight_decay")
+
+
+def digest(obj, n: int = 8) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def confirm_seeds(spec: Spec) -> list[int]:
+    """The paired seed list shared by the baseline and every confirm experiment."""
+    return [CONFIRM_SEED0 + i for i in range(spec.confirm_seeds)]
+
+
+@dataclass
+class Experiment:
+    """One Ray Tune experiment (one Tuner): a grid of jobs or an Optuna search."""
+
+    stage: str                     # teachers | search | baseline | confirm
+    label: str                     # e.g. "t16", "kd-t16", "scratch"
+    method: str
+    base: dict                     # the constants every trial shares (content only, no paths)
+    jobs: list[dict] | None = None  # grid: one dict per trial; None for a search
+    space: dict[str, Range] | None = None
+    constants: dict = field(default_factory=dict)
+    trials: int = 0                # a search's trial budget
+    max_t: int = 1                 # epochs a full trial trains, over all its generations
+    deps: list[str] = field(default_factory=list)   # names of experiments that must finish first
+    teacher_sizes: list = field(default_factory=list)  # frozen teacher sizes it reads from the zoo
+    zoo_keys: list[str] = field(default_factory=list)  # ...and their zoo entries (identity)
+    from_search: str | None = None  # confirm/baseline: the search whose top-k it reruns
+    top_k: int = 0
+    seeds: list[int] = field(default_factory=list)  # confirm/baseline: the paired seed list
+    extra_jobs: list[dict] = field(default_factory=list)  # baseline: configs beside the top-k
+    scheduler: str = "none"        # asha | none (searches only)
+    per_teacher_size: bool = False  # a joint search's confirm: top-k per teacher size
+
+    @property
+    def kind(self) -> str:
+        return "search" if self.space is not None else "grid"
+
+    def identity(self) -> dict:
+        base = {k: v for k, v in self.base.items() if k not in ("code_version",)}
+        return {"stage": self.stage, "method": self.method, "base": base, "jobs": self.jobs,
+                "space": {k: vars(v) for k, v in (self.space or {}).items()}, "constants": self.constants,
+                "max_t": self.max_t, "zoo": sorted(self.zoo_keys), "from": self.from_search, "top_k": self.top_k,
+                "seeds": self.seeds, "extra": self.extra_jobs, "scheduler": self.scheduler,
+                "per_size": self.per_teacher_size}
+
+    @property
+    def name(self) -> str:
+        # the search budget (trials) and the seed list are not identity: raising them
+        # (`kdstudy run --extend`) continues the same experiment
+        ident = self.identity()
+        ident.pop("seeds")
+        return f"{self.stage}-{self.label}-{digest(ident)}"
+
+    def owed(self) -> int:
+        """How many trials the experiment owes (a confirm's are known once its search ends)."""
+        if self.kind == "search":
+            return self.trials
+        if self.jobs is not None:
+            return len(self.jobs)
+        return -1
+
+
+def trial_key(exp_name: str, job: dict) -> str:
+    """A grid trial's identity: the experiment and the job's content."""
+    return f"{exp_name}-{digest({k: v for k, v in job.items() if not k.startswith('_')}, 8)}"
+
+
+def common_base(spec: Spec, stage: str, method: str) -> dict:
+    return {"study": spec.name, "stage": stage, "method": method, "seed": spec.search_seed,
+            "dataset": {k: v for k, v in spec.dataset.items() if k not in ("root", "download")},
+            "student": spec.student, "train": dict(spec.train), "runtime": {}, "hp": {}}
+
+
+def method_generations(m: MethodSpec) -> int:
+    """Generations a method's trial trains (each with the full epoch budget)."""
+    gens = m.cls.total_generations(m.fixed) if hasattr(m.cls, "total_generations") else None
+    if gens is None:
+        if "generations" in m.fixed:
+            gens = m.fixed["generations"]
+        elif "generations" in m.cls.hparams:
+            gens = m.cls.hparams["generations"].default
+        elif m.name == "takd":
+            gens = 2
+        else:
+            gens = 1
+    return int(gens)
+
+
+def method_base(spec: Spec, stage: str, m: MethodSpec) -> dict:
+    base = common_base(spec, stage, m.name)
+    base["hp"] = {k: v for k, v in m.fixed.items() if k not in RECIPE_KEYS}
+    if m.cls.needs_teacher or m.cls.online_teacher:
+        base["hp"]["budget_mode"] = spec.budget  # recorded in hparams_json for the capacity-gap chart
+    for k in RECIPE_KEYS:
+        if k in m.fixed:
+            base["train"][k] = m.fixed[k]
+    if m.cls.online_teacher:
+        opts = {k: v for k, v in spec.teachers.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
+        base["teachers"] = {size_key(z): {**opts, "size": z} for z in m.teacher_sizes}
+    if m.assistant_sizes:
+        opts = {k: v for k, v in spec.student.items() if k != "size"}
+        base["assistants"] = {size_key(z): {**opts, "size": z} for z in m.assistant_sizes}
+    return base
+
+
+def _scheduler(spec: Spec, trials: int, max_t: int) -> str:
+    """ASHA only where it is a real multi-fidelity search: enough trials and epochs to compare."""
+    if spec.scheduler == "none":
+        return "none"
+    if spec.scheduler == "asha":
+        return "asha" if max_t > spec.grace_period else "none"
+    # auto: with few trials ASHA only stops trials at their noisiest point
+    return "asha" if trials >= 9 and max_t >= 3 * spec.grace_period else "none"
+
+
+def plan(spec: Spec) -> list[Experiment]:
+    """Every experiment of the study, dependencies before dependents."""
+    exps: list[Experiment] = []
+    seeds = confirm_seeds(spec)
+    top_k = spec.top_k
+    uses_frozen = any(m.cls.needs_teacher for m in spec.methods.values())
+
+    # teachers: one experiment per size, so each frozen-teacher search starts when its size is ready
+    teacher_exp: dict[str, Experiment] = {}
+    keys_by_size: dict[str, list[str]] = {}
+    if uses_frozen:
+        for job in teacher_jobs(spec):
+            keys_by_size.setdefault(size_key(job["size"]), []).append(job["key"])
+        for size in spec.teacher_sizes:
+            sk = size_key(size)
+            base = common_base(spec, "teachers", "scratch")
+            base["role"] = "teacher"
+            base["train"]["epochs"] = spec.teachers["epochs"]
+            jobs = [{"seed": j["seed"], "student": j["model"], "_zoo_key": j["key"]}
+                    for j in teacher_jobs(spec) if size_key(j["size"]) == sk]
+            exp = Experiment("teachers", f"t{sk}", "scratch", base, jobs=jobs, max_t=spec.teachers["epochs"],
+                             zoo_keys=keys_by_size[sk])
+            teacher_exp[sk] = exp
+            exps.append(exp)
+
+    # the baseline: searched like the methods when they search the recipe
+    recipe_space: dict[str, Range] = {}
+    recipe_trials = 0
+    extra: list[dict] = []
+    for m in spec.methods.values():
+        for k in RECIPE_KEYS:
+            if k in m.search:
+                r = m.search[k]
+                old = recipe_space.get(k)
+                recipe_space[k] = r if old is None else Range(r.kind, min(old.low, r.low), max(old.high, r.high),
+                                                              r.log and old.log)
+                recipe_trials = max(recipe_trials, m.trials)
+        fixed = {k: m.fixed[k] for k in RECIPE_KEYS if k in m.fixed and m.fixed[k] != spec.train.get(k)}
+        if fixed and fixed not in extra:
+            extra.append(fixed)
+        gens = method_generations(m)
+        if gens > 1:
+            long = {"epochs": int(spec.train["epochs"]) * gens}
+            if long not in extra:
+                extra.append(long)
+    if spec.confirm_seeds > 0:
+        base = common_base(spec, "baseline", "scratch")
+        deps, from_search = [], None
+        if recipe_space:
+            sbase = common_base(spec, "search", "scratch")
+            search = Experiment("search", "scratch", "scratch", sbase, space=recipe_space,
+                                trials=recipe_trials, max_t=int(spec.train["epochs"]),
+                                scheduler=_scheduler(spec, recipe_trials, int(spec.train["epochs"])))
+            exps.append(search)
+            deps, from_search = [search.name], search.name
+        exps.append(Experiment("baseline", "scratch", "scratch", base, deps=deps, from_search=from_search,
+                               top_k=top_k if from_search else 0, seeds=seeds, extra_jobs=[{}] + extra,
+                               max_t=max([int(spec.train["epochs"])] + [int(e["epochs"]) for e in extra
+                                                                       if "epochs" in e])))
+
+    export_epochs = spec.teachers["export_epochs"] if spec.teachers else []
+    for m in spec.methods.values():
+        base = method_base(spec, "search", m)
+        gens = method_generations(m)
+        max_t = int(spec.train["epochs"]) * gens
+        frozen = bool(m.cls.needs_teacher)
+        uses_teacher = frozen or m.cls.online_teacher
+        if uses_teacher and spec.budget == "stratified":
+            groups = [([z], f"{m.name}-t{size_key(z)}", {"teacher_size": z}) for z in m.teacher_sizes]
+        else:
+            groups = [(list(m.teacher_sizes or []) if uses_teacher else [], m.name, {})]
+        for sizes, label, constants in groups:
+            space = method_params(m, None if constants or not uses_teacher else sizes, export_epochs)
+            deps = [teacher_exp[size_key(z)].name for z in sizes] if frozen else []
+            zoo = [k for z in sizes for k in keys_by_size.get(size_key(z), [])] if frozen else []
+            search = Experiment("search", label, m.name, base, space=space, constants=constants, trials=m.trials,
+                                max_t=max_t, deps=deps, teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
+                                scheduler=_scheduler(spec, m.trials, max_t))
+            exps.append(search)
+            if spec.confirm_seeds > 0:
+                cbase = method_base(spec, "confirm", m)
+                exps.append(Experiment("confirm", label, m.name, cbase, deps=[search.name] + deps,
+                                       from_search=search.name, top_k=top_k, seeds=seeds, max_t=max_t,
+                                       teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
+                                       per_teacher_size=uses_teacher and not constants))
+    return exps
