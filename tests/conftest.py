@@ -40,10 +40,10 @@ def micro_spec(tmp_path, data_root, **over) -> dict:
         "student": {"family": "mlp", "size": 16},
         "teachers": {"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.01},
-        "baseline": {"seeds": 1},
         "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 2},
         "methods": {"kd": {"trials": 2}},
-        "confirm": {"seeds": 0},
+        "confirm": {"seeds": 0, "top_k": 1},
+        "report": {"png": False},
     }
     spec.update(over)
     return spec

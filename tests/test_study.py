@@ -1,13 +1,14 @@
-"""A micro study end to end on a real local Ray: spec -> Tune + Optuna -> Parquet."""
+"""A micro study end to end on a real local Ray: spec -> experiment graph -> Tune + Optuna -> Parquet."""
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 
 import pyarrow.dataset as pads
 
 from analysis.schema import ROW_KEY, SCHEMA
+from study.graph import CONFIRM_SEED0, plan
 from study.runner import run_study
 from study.spec import parse_spec
 
@@ -20,16 +21,19 @@ def _files(root: Path) -> dict[str, float]:
 
 def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a relative storage path, as in the README
-    spec = parse_spec(micro_spec(tmp_path, data_root, confirm={"seeds": 2}, storage="./results"))
-    root = Path(run_study(spec))
+    spec = parse_spec(micro_spec(tmp_path, data_root, confirm={"seeds": 2, "top_k": 2}, storage="./results"))
+    root, outcome = run_study(spec)
+    root = Path(root)
+    assert not outcome.failed and not outcome.blocked
     out = capsys.readouterr().out
-    assert "teachers ladder: 2 trial(s)" in out and "search kd" in out
+    assert "teachers t8: started" in out and "search kd: finished" in out
 
     # the Parquet dataset opens with plain pyarrow and has exactly the documented schema
     dataset = pads.dataset(root / "results", format="parquet")
     assert dataset.schema.remove_metadata().equals(SCHEMA.remove_metadata())
     df = dataset.to_table().to_pandas()
     assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"}
+    assert (df["status"] == "ok").all()  # every trial trained to the end, and says so
     # each trial's rows appear exactly once, one per epoch
     assert not df.duplicated(subset=ROW_KEY).any()
     for _, trial in df.groupby("trial_id"):
@@ -40,10 +44,24 @@ def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypa
     assert search["trial_id"].nunique() == 2
     assert search["temperature"].notna().all() and search["alpha"].notna().all()
     assert search["teacher_acc"].notna().all() and search["student_arch"].eq("mlp-2x16").all()
-    assert df[df.stage == "confirm"]["seed"].nunique() == 2
+    # paired design: the baseline and every confirm run use the same fresh seeds, disjoint from search
+    confirm, baseline = df[df.stage == "confirm"], df[df.stage == "baseline"]
+    seeds = {CONFIRM_SEED0, CONFIRM_SEED0 + 1}
+    assert set(confirm["seed"]) == seeds and set(baseline["seed"]) == seeds
+    assert not set(search["seed"]) & seeds
+    # top-2 configurations confirmed, each on both seeds; a configuration keeps its config_id across seeds
+    assert confirm.groupby("config_id")["seed"].nunique().eq(2).all() and confirm["config_id"].nunique() == 2
+    # the test split is read only at reportable epochs: each new best-val epoch and the last one
+    last = df.groupby("trial_id")["epoch"].transform("max") == df["epoch"]
+    assert df.loc[last, "test_acc"].notna().all()
+    assert df["setup_time_s"].notna().all() and df["experiment"].notna().all()
     assert df["code_version"].notna().all() and df["node"].notna().all()
-    # Optuna's study is persisted beside the results
+    # Optuna's study is persisted beside the results, and the markers list every experiment
     assert list((root / "optuna").glob("search-kd-*.journal"))
+    names = {e.name for e in plan(spec)}
+    assert {p.stem for p in (root / "stages").glob("*.json")} == names
+    # spec.json keeps the spec, and no absolute path leaks into an experiment's identity
+    assert json.loads((root / "spec.json").read_text())["name"] == "micro"
 
     # running again redoes nothing: no teacher retrained, no trial rerun
     before = _files(root / "zoo") | _files(root / "results")
@@ -52,16 +70,21 @@ def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypa
     assert (_files(root / "zoo") | _files(root / "results")) == before
 
 
-def test_teachers_come_from_the_zoo_across_studies(tmp_path, data_root, ray_local, capsys):
-    """A changed search over the same teachers trains no teacher again: the zoo holds them."""
-    spec = parse_spec(micro_spec(tmp_path, data_root, methods={"kd": {"trials": 2}}, baseline={"seeds": 0}))
-    root = Path(run_study(spec))
-    zoo_before = _files(root / "zoo")
-    assert len([f for f in zoo_before if f.endswith("meta.json")]) == 2
-    # a new search over the same teachers (more trials) reuses them
-    spec2 = parse_spec(micro_spec(tmp_path, data_root, methods={"kd": {"trials": 3}}, baseline={"seeds": 0}))
-    run_study(spec2)
-    out = capsys.readouterr().out
-    assert "all 2 in the zoo, none retrained" in out
-    assert _files(root / "zoo") == zoo_before
-    assert os.path.exists(root / "spec.json")
+def test_experiment_identity_does_not_depend_on_storage(tmp_path, data_root):
+    a = parse_spec(micro_spec(tmp_path, data_root, storage=str(tmp_path / "a"), confirm={"seeds": 2}))
+    b = parse_spec(micro_spec(tmp_path, data_root, storage=str(tmp_path / "b" / ".." / "c"), confirm={"seeds": 2}))
+    c = parse_spec(micro_spec(tmp_path, "/elsewhere/data", storage="file:///x//y", confirm={"seeds": 2}))
+    assert [e.name for e in plan(a)] == [e.name for e in plan(b)] == [e.name for e in plan(c)]
+
+
+def test_graph_dependencies(tmp_path, data_root):
+    """Frozen-teacher searches wait for their own teacher size only; the rest waits for nothing."""
+    spec = parse_spec(micro_spec(tmp_path, data_root, search={"budget": "stratified", "scheduler": "none"},
+                                 methods={"kd": {"trials": 2}, "dml": {"trials": 1, "teacher_sizes": [8]}},
+                                 confirm={"seeds": 2}))
+    exps = {(e.stage, e.label): e for e in plan(spec)}
+    names = {k: e.name for k, e in exps.items()}
+    assert exps[("search", "kd-t8")].deps == [names[("teachers", "t8")]]
+    assert exps[("search", "kd-t32")].deps == [names[("teachers", "t32")]]
+    assert exps[("search", "dml-t8")].deps == [] and exps[("baseline", "scratch")].deps == []
+    assert names[("search", "kd-t8")] in exps[("confirm", "kd-t8")].deps
