@@ -30,6 +30,7 @@ tests and for `assert_loopback_only`.
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import os
 import shutil
@@ -50,6 +51,7 @@ _MANAGED_ENV = (_ENV_CLUSTER, _ENV_MODE, _ENV_TOKEN, _ENV_TOKEN_PATH, "RAY_USAGE
 _MAX_TEMP_DIR_LEN = 40
 
 _state: dict | None = None
+_atexit_registered = False
 
 
 def _refresh_ray_auth_config() -> None:
@@ -75,16 +77,20 @@ def start_local_ray(num_cpus=None, num_gpus=None, log_dir=None, **kwargs) -> dic
     """Start a local Ray instance bound to 127.0.0.1 with token auth on.
 
     Extra keyword arguments go to `ray.init` (they cannot override the bind or
-    the address). `log_to_driver` defaults to False. With `log_dir`, Ray's own
+    the address: it always starts a new instance, even when RAY_ADDRESS is set).
+    Stop it with `stop_local_ray()` (also run at interpreter exit). `log_to_driver` defaults to False. With `log_dir`, Ray's own
     logs (GCS, raylet, agents, workers) are written under it when the path is
     short enough to hold Ray's unix sockets, else they are copied there by
     `stop_local_ray`.
 
     Returns facts about the instance: address (GCS host:port), node_ip,
-    session_dir, logs_dir, token_path, auth_mode and pids (the driver and
-    every Ray process it started, at start time).
+    session_dir, logs_dir (Ray's live log directory; under `log_dir` when it
+    is used in place), logs_copied_to (where `stop_local_ray` copies them when
+    `log_dir` is too long to host Ray's sockets, else None), token_path,
+    auth_mode and pids (the driver and every Ray process it started, at
+    start time).
     """
-    global _state
+    global _state, _atexit_registered
     import ray
 
     if ray.is_initialized():
@@ -129,6 +135,7 @@ def start_local_ray(num_cpus=None, num_gpus=None, log_dir=None, **kwargs) -> dic
         )
         init_kwargs.update(kwargs)
         init_kwargs.update(
+            address="local",  # never an existing cluster named by RAY_ADDRESS
             num_cpus=num_cpus,
             num_gpus=num_gpus,
             _node_ip_address=LOOPBACK,
@@ -154,7 +161,8 @@ def start_local_ray(num_cpus=None, num_gpus=None, log_dir=None, **kwargs) -> dic
         "address": info.get("gcs_address"),
         "node_ip": info.get("node_ip_address"),
         "session_dir": session_dir,
-        "logs_dir": logs_target if logs_target and not copy_logs else (os.path.join(session_dir, "logs") if session_dir else None),
+        "logs_dir": os.path.join(session_dir, "logs") if session_dir else None,
+        "logs_copied_to": os.path.join(logs_target, os.path.basename(session_dir)) if copy_logs and session_dir else None,
         "token_path": token_path,
         "auth_mode": "token",
         "pids": ray_process_pids(),
@@ -167,6 +175,9 @@ def start_local_ray(num_cpus=None, num_gpus=None, log_dir=None, **kwargs) -> dic
         "copy_logs_to": logs_target if copy_logs else None,
         "session_dir": session_dir,
     }
+    if not _atexit_registered:
+        atexit.register(_stop_at_exit)
+        _atexit_registered = True
     if facts["node_ip"] != LOOPBACK:  # pragma: no cover - a Ray change would land here
         stop_local_ray()
         raise RuntimeError(f"Ray started on node address {facts['node_ip']!r}, not {LOOPBACK}")
@@ -205,6 +216,11 @@ def stop_local_ray() -> None:
     shutil.rmtree(state["private_dir"], ignore_errors=True)
     if state["temp_dir"]:
         shutil.rmtree(state["temp_dir"], ignore_errors=True)
+
+
+def _stop_at_exit() -> None:
+    if _state is not None:
+        stop_local_ray()
 
 
 def ray_process_pids(root_pid: int | None = None) -> list[int]:

@@ -132,7 +132,7 @@ def local_run(tmp_path_factory):
     log_dir = tmp / "logs"
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "disabled"  # what conftest sets; start_local_ray must override it
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_ADDRESS"] = "127.0.0.1:1"  # start_local_ray starts its own instance, never joins this
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     r = subprocess.run([sys.executable, str(script), str(out), str(log_dir)], env=env, cwd=str(tmp),
                        capture_output=True, text=True, timeout=540)
