@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -179,6 +178,9 @@ def _os_error(exc: OSError) -> str:
 
 def _shutdown_ray() -> None:
     try:
+        from .localray import stop_local_ray
+
+        stop_local_ray()
         import ray
 
         if ray.is_initialized():

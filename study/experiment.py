@@ -85,6 +85,7 @@ class Journal:
         else:
             self.path = storage.resolve(self.uri)[1]
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.repaired = repair_journal(self.path)
 
     def storage(self):
         import optuna
@@ -94,6 +95,24 @@ class Journal:
     def sync(self) -> None:
         if self.remote and os.path.exists(self.path):
             storage.write_bytes(self.uri, Path(self.path).read_bytes())
+
+
+def repair_journal(path: str) -> bool:
+    """Drop a torn last record (a driver killed mid-write); returns True if one was dropped.
+
+    The journal is JSON lines: a line without its newline was never completed,
+    and appending after it would corrupt the next record too. Dropping it loses
+    only that one operation, which the reconciliation then redoes.
+    """
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return False
+        f.truncate(data.rfind(b"\n") + 1)
+    log.warning("optuna journal %s ended in a torn record; it was dropped", path)
+    return True
 
 
 def load_study(journal: Journal, name: str, sampler=None):

@@ -161,7 +161,10 @@ def plan(spec: Spec) -> list[Experiment]:
     exps: list[Experiment] = []
     seeds = confirm_seeds(spec)
     top_k = spec.top_k
-    uses_frozen = any(m.cls.needs_teacher for m in spec.methods.values())
+    # the teacher ladder is trained when a method distils from it, or in a study of no method
+    # (teachers + baseline: the scratch accuracy of every size)
+    uses_frozen = bool(spec.teachers) and (any(m.cls.needs_teacher for m in spec.methods.values())
+                                           or not spec.methods)
 
     # teachers: one experiment per size, so each frozen-teacher search starts when its size is ready
     teacher_exp: dict[str, Experiment] = {}
@@ -206,7 +209,7 @@ def plan(spec: Spec) -> list[Experiment]:
         deps, from_search = [], None
         if recipe_space:
             sbase = common_base(spec, "search", "scratch")
-            search = Experiment("search", "scratch", "scratch", sbase, space=recipe_space,
+            search = Experiment("search", "baseline", "scratch", sbase, space=recipe_space,
                                 trials=recipe_trials, max_t=int(spec.train["epochs"]),
                                 scheduler=_scheduler(spec, recipe_trials, int(spec.train["epochs"])))
             exps.append(search)

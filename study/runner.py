@@ -71,21 +71,17 @@ def code_version() -> str:
     return f"{v}+{rev}" if rev else v
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to a cluster (`auto`, `ray://...`) or start a private local Ray (loopback only)."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_dir: str | None = None) -> None:
+    """Connect to a cluster (`auto`, `ray://...`) or start a private local Ray: bound to
+    127.0.0.1 only, token authentication on whatever the environment says (study.localray)."""
     if ray.is_initialized():
         return
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         return
-    try:
-        from .localray import start_local_ray
-    except ImportError:  # pragma: no cover - the module ships with the package
-        start_local_ray = None
-    if start_local_ray is not None:
-        start_local_ray(num_cpus=num_cpus)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, num_cpus=num_cpus)
+    from .localray import start_local_ray
+
+    start_local_ray(num_cpus=num_cpus, log_dir=log_dir, logging_level=logging.WARNING)
 
 
 @ray.remote(num_cpus=0, max_retries=1)
@@ -415,7 +411,8 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
     lock = StudyLock(folder.root)
     lock.acquire()
     try:
-        init_ray(address, num_cpus=num_cpus)
+        logs = None if "://" in folder.root else os.path.join(folder.root, "logs", "ray")
+        init_ray(address, num_cpus=num_cpus, log_dir=logs)
         t0 = time.time()
         runner = StudyRunner(spec, folder.root, progress, local=address is None)
         outcome = runner.run()

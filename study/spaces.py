@@ -1,7 +1,8 @@
 """Define-by-run search spaces for OptunaSearch.
 
 `make_space(...)` returns a picklable callable (a `functools.partial` of the
-module-level `define_space`), so `Tuner.restore` can unpickle the searcher.
+module-level `define_space`): Ray ships the searcher to the process that
+drives the experiment.
 Only the parameters a method has are suggested; constants are returned and
 merged into the trial's config by Tune.
 """

@@ -234,7 +234,7 @@ class _Validator:
         dataset = self.dataset(self.section(raw, "dataset", required=True))
         student = self.model("student", self.section(raw, "student", required=True), dataset)
         train = self.train(self.section(raw, "train"))
-        methods = self.methods(self.section(raw, "methods", required=True))
+        methods = self.methods(self.section(raw, "methods"))
         teachers = self.teachers(raw.get("teachers"), dataset, train, methods)
         baseline = self.section(raw, "baseline")
         if "seeds" in baseline:
@@ -419,8 +419,6 @@ class _Validator:
     def methods(self, d: dict) -> dict[str, MethodSpec]:
         known = available_methods()
         out = {}
-        if not d:
-            self.err("methods", f"must name at least one method; known: {', '.join(known)}")
         for name, m in d.items():
             where = f"methods.{name}"
             if name not in known:

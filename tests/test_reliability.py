@@ -1,193 +1,369 @@
-"""Surviving failures: a killed driver, a diverging trial, damaged files, and unsafe loading.
+"""Nothing is recorded as finished unless it finished.
 
-The killed-driver test runs its own loopback Ray cluster and drives it from
-separate `kdstudy` processes (see `tests/test_cluster.py`); the others use the
-session's local Ray (`ray_local`) or no Ray at all.
+Interrupts (SIGINT to the whole process group, as a terminal's Ctrl-C) during
+teachers and during search, then resume from a moved folder and a relative
+path with malicious pickles planted everywhere; a failing trial; two drivers;
+an edited spec; damaged and swapped zoo weights; bad input caught before Ray;
+a diverging trial; unsafe loading. The drivers are separate `kdstudy`
+processes with their own local Ray, except where a test says otherwise.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import optuna
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
+from analysis.schema import ROW_KEY
+from study import runner as runner_mod
 from study.cli import main
+from study.experiment import latest_trials
+from study.folder import StudyFolder
+from study.graph import plan
+from study.lock import StudyLock, StudyLocked
 from study.runner import run_study
-from study.spec import parse_spec
+from study.spec import SpecError, parse_spec
+from study.zoo import teacher_jobs
+from trainables.loop import LocalHooks, run_trial
 
 from .conftest import micro_spec
-from .test_cluster import cluster  # noqa: F401  (the fixture: one loopback cluster per module)
-from .test_cluster import (REPO, assert_rows_exactly_once, driver, finish, read_rows, write_spec)
+from .test_cluster import REPO, assert_rows_exactly_once, read_rows, write_spec
 
 
-def _mtimes(root: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+# --------------------------------------------------------------------------- helpers
 
 
-def _optuna_trials(study: Path, prefix: str) -> list:
-    """Every Optuna trial of the experiments whose journal starts with `prefix`."""
-    trials = []
-    for journal in sorted((study / "optuna").glob(f"{prefix}*.journal")):
-        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
-        trials += optuna.load_study(study_name=journal.stem, storage=storage).trials
-    return trials
+def _env(**extra) -> dict:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
 
 
-# --------------------------------------------------------------------------- killed driver
+def cli(*args: str, log: Path, cwd: Path = REPO, **env) -> subprocess.Popen:
+    """`kdstudy ...` as its own process group (as a terminal runs it), logging to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=cwd, env=_env(**env),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_path, data_root):
-    epochs = 10
-    spec = micro_spec(tmp_path, data_root, baseline={"seeds": 0},
-                      teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
-                      dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
-                      student={"family": "cnn1d", "size": 16},
-                      train={"epochs": epochs, "batch_size": 64, "lr": 0.01},
-                      methods={"kd": {"trials": 2}})
-    spec_path = write_spec(tmp_path / "spec.yaml", spec)
-    study = tmp_path / "results" / "micro"
-    log = tmp_path / "driver.log"
-    p = driver(cluster, "run", str(spec_path), "--address", cluster.address, "--no-report", log=log)
-    killed, deadline = False, time.time() + 150
-    while not killed and time.time() < deadline and p.poll() is None:
+def wait(proc: subprocess.Popen, log: Path, timeout: float) -> tuple[int, str]:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"driver did not finish in {timeout} s:\n{log.read_text()[-4000:]}")
+    return proc.returncode, log.read_text()
+
+
+def interrupt_when(proc, log, study: Path, ready, timeout=240) -> tuple[int, str]:
+    """SIGINT the driver's process group once `ready(rows)` holds; returns (exit code, output)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
         try:
             df = read_rows(study)
         except Exception:  # a file being replaced at this instant
             continue
-        if df is not None and (df["stage"] == "search").any():
-            search = df[df.stage == "search"]
-            last_epochs = search.groupby("trial_id")["epoch"].max()
-            # both trials started, and at least one is mid-way: the kill interrupts real work
-            if len(last_epochs) == 2 and last_epochs.max() >= 2 and last_epochs.min() < epochs:
-                os.killpg(p.pid, signal.SIGKILL)  # the driver and nothing else
-                p.wait(timeout=10)
-                killed = True
-    assert killed, f"the search never got going:\n{log.read_text()[-3000:]}"
-    zoo_before = _mtimes(study / "zoo")
-    assert len([f for f in zoo_before if f.endswith("meta.json")]) == 1
+        if df is not None and ready(df):
+            os.killpg(proc.pid, signal.SIGINT)
+            t0 = time.time()
+            code, out = wait(proc, log, 60)
+            assert time.time() - t0 < 30, "Ctrl-C must stop the study promptly"
+            return code, out
+    pytest.fail(f"never reached the interrupt point:\n{log.read_text()[-3000:]}")
+
+
+class Payload:
+    """A pickle that, if ever unpickled, creates a file (it must never exist)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def plant_pickles(study: Path, marker: Path) -> int:
+    blob = pickle.dumps(Payload(marker))
+    folders = [study] + [p for p in study.rglob("*") if p.is_dir()]
+    names = ("tuner.pkl", "searcher-state-2026-11-30.pkl", "error.pkl", "trainable.pkl", "experiment_state.pkl")
+    for folder in folders:
+        for name in names:
+            (folder / name).write_bytes(blob)
+    for tune_dir in [study / "tune" / "exp"]:
+        tune_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (tune_dir / name).write_bytes(blob)
+    return len(folders)
+
+
+def _no_duplicates(df) -> None:
+    assert not df.duplicated(subset=ROW_KEY).any(), df[df.duplicated(subset=ROW_KEY, keep=False)]
+
+
+# --------------------------------------------------------------------------- interrupts and resume
+
+
+def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path, data_root):
+    epochs = 6
+    spec = micro_spec(tmp_path, data_root, dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
+                      student={"family": "cnn1d", "size": 16},
+                      teachers={"family": "cnn1d", "sizes": [8], "seeds": 1, "epochs": epochs},
+                      train={"epochs": epochs, "batch_size": 64, "lr": 0.01},
+                      methods={"kd": {"trials": 2}}, confirm={"seeds": 2, "top_k": 1},
+                      runtime={"checkpoint_every_s": 0})
+    spec_path = write_spec(tmp_path / "spec.yaml", spec)
+    study = tmp_path / "results" / "micro"
+
+    # 1. Ctrl-C while the teacher trains: exit 130, one line, no marker for what was cut
+    log = tmp_path / "run1.log"
+    code, out = interrupt_when(cli("run", str(spec_path), "--no-report", log=log), log, study,
+                               lambda df: ((df.stage == "teachers") & (df.epoch >= 1)).any())
+    assert code == 130, out
+    assert f"interrupted; continue with `kdstudy resume {study}`" in out and "Traceback" not in out
+    teachers_exp = [e.name for e in plan(parse_spec(spec)) if e.stage == "teachers"]
+    assert not any((study / "stages" / f"{n}.json").exists() for n in teachers_exp)
+    assert not list((study / "zoo").glob("*/meta.json"))
+
+    # 2. resume, then Ctrl-C twice while the search trains: still 130, no traceback, no search marker
+    log = tmp_path / "run2.log"
+    proc = cli("resume", str(study), "--no-report", log=log)
+
+    def mid_search(df):
+        s = df[df.stage == "search"]
+        return len(s) and s.groupby("trial_id")["epoch"].max().min() >= 1 and s["epoch"].max() < epochs
+
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            df = read_rows(study)
+        except Exception:
+            continue
+        if df is not None and mid_search(df):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.3)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+            break
+    code, out = wait(proc, log, 60)
+    assert code == 130 and "Traceback" not in out and "AttributeError" not in out, out
+    assert not list((study / "stages").glob("search-*.json"))
     partial = read_rows(study)
-    search_before = partial[partial.stage == "search"]
-    assert search_before.groupby("trial_id")["epoch"].max().min() < epochs, "killed too late to show anything"
+    cut = partial[partial.stage == "search"]
+    assert (cut["status"] == "running").any()  # what was cut says so
 
-    log2 = tmp_path / "resume.log"
-    out = finish(driver(cluster, "resume", str(study), "--address", cluster.address, log=log2), log2, timeout=180)
-    assert "teachers: all 1 in the zoo, none retrained" in out
-    assert "search kd: resuming an interrupted run" in out
-    assert _mtimes(study / "zoo") == zoo_before  # no teacher retrained or rewritten
+    # 3. the study moves; malicious pickles and a torn journal record wait in it; resume from a relative path
+    moved = tmp_path / "elsewhere" / "renamed"
+    moved.parent.mkdir()
+    shutil.move(str(study), str(moved))
+    marker = tmp_path / "PWNED"
+    assert plant_pickles(moved, marker) > 5
+    journal = next((moved / "optuna").glob("search-*.journal"))
+    with open(journal, "ab") as f:
+        f.write(b'{"op_code": 5, "worker_id": "x", "trial_id"')  # a torn last record
+    log = tmp_path / "run3.log"
+    code, out = wait(cli("resume", "renamed", "--no-report", log=log, cwd=moved.parent), log, 400)
+    assert code == 0, out
+    assert not marker.exists(), "something unpickled a planted payload"
+    assert not (tmp_path / "results" / "micro").exists()  # continued in place, no sibling study
 
+    df = read_rows(moved)
+    _no_duplicates(df)
+    for stage, trials in {"teachers": 1, "search": 2, "confirm": 2, "baseline": 2}.items():
+        rows = df[df.stage == stage]
+        assert rows["trial_id"].nunique() == trials, (stage, rows["trial_id"].unique())
+        assert (rows["status"] == "ok").all(), rows.groupby("trial_id")["status"].unique()
+        assert_rows_exactly_once(rows[rows.role == rows.role.iloc[0]].drop_duplicates(ROW_KEY), epochs)
+    # the trials cut in step 2 continued under their own keys: nothing was added beside them
+    assert set(cut["trial_id"]) <= set(df[df.stage == "search"]["trial_id"])
+    # Optuna: every trial of the search finished, none left RUNNING
+    for j in (moved / "optuna").glob("*.journal"):
+        st = optuna.load_study(study_name=j.stem, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(j))))
+        latest = latest_trials(st, j.stem)
+        assert len(latest) == 2 and all(t.state.name == "COMPLETE" for t in latest.values())
+    assert len(list((moved / "stages").glob("*.json"))) == len(plan(parse_spec(spec)))
+
+
+# --------------------------------------------------------------------------- a failing trial
+
+
+def test_failed_trial_is_recorded_shown_and_retried(tmp_path, data_root):
+    spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 1, "top_k": 1},
+                      failure={"max_failures": 0})
+    spec_path = write_spec(tmp_path / "spec.yaml", spec)
+    study = tmp_path / "results" / "micro"
+    log = tmp_path / "fail.log"
+    code, out = wait(cli("run", str(spec_path), "--no-report", log=log, KDSTUDY_INJECT_FAULT="baseline:2"), log, 200)
+    assert code == 1, out
+    assert "failed" in out and "injected fault at epoch 2" in out and "kdstudy resume" in out
     df = read_rows(study)
-    assert_rows_exactly_once(df[df.stage == "search"], epochs)
-    assert_rows_exactly_once(df[df.stage == "teachers"], 2)
-    assert set(df[df.stage == "search"]["trial_id"]) == set(search_before["trial_id"])  # resumed, not replaced
-    # rows written before the kill survive as they were (the resumed trials continue after them)
-    merged = search_before.merge(df, on=["trial_id", "epoch", "role"], suffixes=("", "_after"))
-    assert len(merged) == len(search_before)
-    assert (merged["val_acc"] == merged["val_acc_after"]).all()
-    # Optuna saw exactly the two trials, both finished
-    trials = _optuna_trials(study, "search-kd-")
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"], trials
+    assert set(df["status"]) == {"failed"} and df["error"].str.contains("injected fault").all()
+    assert not list((study / "stages").glob("*.json"))
+    # the next run retries it (it is not skipped) and finishes it under the same trial key
+    log = tmp_path / "retry.log"
+    code, out = wait(cli("resume", str(study), "--no-report", log=log), log, 200)
+    assert code == 0, out
+    again = read_rows(study)
+    assert set(again["trial_id"]) == set(df["trial_id"]) and (again["status"] == "ok").all()
+    assert again["error"].isna().all()
 
 
-# --------------------------------------------------------------------------- diverging trial
+# --------------------------------------------------------------------------- two drivers, edited specs
 
 
-@pytest.fixture(scope="module")
-def diverging_study(tmp_path_factory, data_root, ray_local):
-    """A study whose `scratch` search uses lr=10 with SGD (NaN loss at epoch 2); `kd` and the baseline are sane."""
-    tmp = tmp_path_factory.mktemp("diverge")
-    spec = micro_spec(tmp, data_root, student={"family": "cnn1d", "size": 16},
-                      teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
-                      train={"epochs": 3, "batch_size": 128, "lr": 0.05, "optimizer": "sgd"},
-                      baseline={"seeds": 1}, failure={"max_failures": 1},
-                      methods={"scratch": {"trials": 1, "space": {"lr": 10.0,
-                                                                  "weight_decay": {"low": 0.0, "high": 1e-6}}},
-                               "kd": {"trials": 2}})
-    spec_path = write_spec(tmp / "spec.yaml", spec)
-    root = Path(run_study(parse_spec(spec)))
-    return spec_path, root
+def test_second_driver_is_refused_and_a_stale_lock_is_taken_over(tmp_path, data_root, capsys):
+    spec = parse_spec(micro_spec(tmp_path, data_root))
+    root = StudyFolder(spec.study_uri).root
+    StudyFolder(root).adopt(spec)
+    holder = StudyLock(root)
+    holder.acquire()
+    try:
+        with pytest.raises(StudyLocked, match="in use by .* since"):
+            StudyLock(root).acquire()
+        spec_path = write_spec(tmp_path / "spec.yaml", micro_spec(tmp_path, data_root))
+        assert main(["run", str(spec_path), "--no-report"]) == 1
+        err = capsys.readouterr().err
+        assert "in use by" in err and "pid" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        holder.release()
+    # a killed driver's lock: its heartbeat stops, and after the lease the next driver takes over
+    lock = Path(root) / "lock.json"
+    lock.write_text(json.dumps({"token": "dead", "owner": "gone pid 1", "since": time.time() - 3600,
+                                "heartbeat": time.time() - 120, "lease_s": 60}))
+    taker = StudyLock(root)
+    taker.acquire()
+    assert json.loads(lock.read_text())["token"] == taker.token
+    taker.release()
+    assert not lock.exists()
 
 
-def test_diverging_trial_is_recorded_and_the_study_goes_on(diverging_study):
-    _, root = diverging_study
-    df = read_rows(root)
-    search = df[df.stage == "search"]
-    bad = search[search.method == "scratch"].sort_values("epoch")
-    assert bad["trial_id"].nunique() == 1
-    assert list(bad["status"]) == ["ok", "diverged"]  # diverged at epoch 2
-    good, last = bad.iloc[0], bad.iloc[-1]
-    # the diverged row carries the last good metrics
-    for col in ("val_acc", "test_acc", "val_loss", "test_loss"):
-        assert last[col] == good[col] or (pd_isnan(last[col]) and pd_isnan(good[col])), col
-    assert good["val_acc"] == good["val_acc"]  # a real number
-    assert pd_isnan(last["train_loss"])
-    # Optuna was told the trial failed
-    assert [t.state.name for t in _optuna_trials(root, "search-scratch-")] == ["FAIL"]
-    # ... and the rest of the study finished normally
-    kd = search[search.method == "kd"]
-    assert kd["trial_id"].nunique() == 2 and (kd["status"] == "ok").all()
-    assert_rows_exactly_once(kd, 3)
-    assert [t.state.name for t in _optuna_trials(root, "search-kd-")] == ["COMPLETE", "COMPLETE"]
-    assert (df[df.stage == "baseline"]["status"] == "ok").all()
-
-
-def pd_isnan(x) -> bool:
-    return x != x
-
-
-# --------------------------------------------------------------------------- damaged files
-
-
-def test_damaged_teacher_checkpoint_names_the_file(diverging_study, tmp_path, capsys):
-    spec_path, root = diverging_study
-    # a copy of the study: the same spec pointed at another storage, holding the same zoo
-    storage = tmp_path / "copy"
-    shutil.copytree(root, storage / root.name)
-    model = next((storage / root.name / "zoo").rglob("model.pt"))
-
-    model.write_bytes(model.read_bytes()[:100])  # truncated
-    assert main(["run", str(spec_path), "--storage", str(storage), "--no-report"]) == 1
+def test_edited_spec_is_refused_with_the_difference(tmp_path, data_root, capsys):
+    raw = micro_spec(tmp_path, data_root, confirm={"seeds": 2, "top_k": 1})
+    StudyFolder(parse_spec(raw).study_uri).adopt(parse_spec(raw))
+    saved = (tmp_path / "results" / "micro" / "spec.json").read_text()
+    edited = {**raw, "teachers": {**raw["teachers"], "sizes": [8, 16]}}
+    assert main(["run", str(write_spec(tmp_path / "edited.yaml", edited)), "--no-report"]) == 1
     err = capsys.readouterr().err
-    assert str(model) in err and "corrupt" in err and "Traceback" not in err
+    assert "another spec" in err and "--extend" in err and re.search(r"^\+\s+16", err, re.M), err
+    assert (tmp_path / "results" / "micro" / "spec.json").read_text() == saved  # never overwritten
+    # --extend accepts more seeds (recorded beside spec.json), and refuses other changes
+    folder = StudyFolder(parse_spec(raw).study_uri)
+    folder.adopt(parse_spec({**raw, "confirm": {"seeds": 4, "top_k": 1}}), extend=True)
+    assert (tmp_path / "results" / "micro" / "spec-extend-1.json").exists()
+    assert folder.saved_spec().confirm_seeds == 4
+    with pytest.raises(Exception, match="only confirm.seeds and methods"):
+        folder.adopt(parse_spec(edited), extend=True)
 
-    model.unlink()  # missing
-    assert main(["run", str(spec_path), "--storage", str(storage), "--no-report"]) == 1
+
+# --------------------------------------------------------------------------- preflight: before Ray starts
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail the test if the runner starts or joins Ray."""
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started")
+    monkeypatch.setattr(runner_mod, "init_ray", refuse)
+
+
+def _zoo_entry(spec, job) -> Path:
+    """Train one tiny teacher into the study's zoo, as the teachers stage does."""
+    root = Path(spec.study_uri) / "zoo" / job["key"]
+    cfg = {"study": spec.name, "stage": "teachers", "method": "scratch", "seed": job["seed"], "role": "teacher",
+           "dataset": spec.dataset, "student": job["model"], "train": {**spec.train, "epochs": 1},
+           "runtime": {}, "hp": {}, "export": {"uri": str(root), "epochs": []}}
+    run_trial(cfg, LocalHooks())
+    return root
+
+
+def test_damaged_and_swapped_zoo_weights_are_named_before_training(tmp_path, data_root, capsys, no_ray):
+    raw = micro_spec(tmp_path, data_root)
+    spec = parse_spec(raw)
+    spec_path = write_spec(tmp_path / "spec.yaml", raw)
+    jobs = {j["size"]: j for j in teacher_jobs(spec)}
+    small, big = _zoo_entry(spec, jobs[8]), _zoo_entry(spec, jobs[32])
+    model = small / "model.pt"
+    good = model.read_bytes()
+
+    flipped = bytearray(good)
+    flipped[len(flipped) // 2] ^= 0xFF  # one bit flipped
+    model.write_bytes(bytes(flipped))
+    assert main(["run", str(spec_path), "--no-report"]) == 2
     err = capsys.readouterr().err
-    assert str(model) in err and "missing" in err
+    assert str(model) in err and "sha256" in err and "Traceback" not in err
 
-    meta = model.parent / "meta.json"
-    meta.write_text("{not json")
-    assert main(["run", str(spec_path), "--storage", str(storage), "--no-report"]) == 1
+    # the big teacher's weights copied into the small entry (checksum updated too): the architecture check names it
+    shutil.copy(big / "model.pt", model)
+    meta = json.loads((small / "meta.json").read_text())
+    import hashlib
+
+    meta["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
+    (small / "meta.json").write_text(json.dumps(meta))
+    assert main(["run", str(spec_path), "--no-report"]) == 2
     err = capsys.readouterr().err
-    assert str(meta) in err and "corrupt" in err
+    assert str(model) in err and "do not fit the architecture" in err
+
+    model.unlink()
+    assert main(["run", str(spec_path), "--no-report"]) == 2
+    assert "missing" in capsys.readouterr().err
+
+    (small / "meta.json").write_text("{not json")
+    assert main(["run", str(spec_path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert str(small / "meta.json") in err and "corrupt" in err
 
 
-def test_damaged_or_foreign_results_name_the_file(diverging_study, tmp_path):
-    load = pytest.importorskip("analysis.load")
-    _, root = diverging_study
-    copy = tmp_path / "study"
-    shutil.copytree(root / "results", copy / "results")
-    assert len(load.load(copy)) > 0
-    part = sorted((copy / "results" / "search").glob("*.parquet"))[0]
+def test_bad_input_is_reported_before_ray_starts(tmp_path, data_root, capsys, no_ray):
+    raw = micro_spec(tmp_path, data_root, teachers=None, methods={},
+                     dataset={"name": "cifar100", "root": str(tmp_path / "no-cifar-here")},
+                     student={"family": "cifar_resnet", "size": 8})
+    assert main(["run", str(write_spec(tmp_path / "cifar.yaml", raw)), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "cifar100: dataset files not found" in err and "no-cifar-here" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
 
-    original = part.read_bytes()
-    part.write_bytes(original[: len(original) // 2])  # a torn write
-    with pytest.raises(load.ResultsFileError, match=re.escape(str(part))):
-        load.load(copy)
+    with pytest.raises(SpecError, match=r"resources.gpu: a fraction of one GPU"):
+        parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": 1.5}))
+    parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": 2}))  # whole GPUs are fine
 
-    table = pq.read_table(pa.BufferReader(original))  # another schema version
-    table = table.replace_schema_metadata({b"kdstudy_schema_version": b"0"})
-    pq.write_table(table, part)
-    with pytest.raises(load.SchemaVersionError, match=re.escape(str(part))):
-        load.load(copy)
+    import torch
+
+    if not torch.cuda.is_available():
+        cuda = micro_spec(tmp_path, data_root, teachers=None, methods={}, runtime={"device": "cuda"})
+        assert main(["run", str(write_spec(tmp_path / "cuda.yaml", cuda)), "--no-report"]) == 2
+        assert "runtime.device: cuda" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- a diverging trial
+
+
+def test_diverging_trial_is_an_outcome_and_the_study_goes_on(tmp_path, data_root, ray_local):
+    """`scratch` searched at lr=10 with SGD diverges (NaN loss); it is recorded as such, not retried as an error."""
+    raw = micro_spec(tmp_path, data_root, student={"family": "cnn1d", "size": 16}, teachers=None,
+                     train={"epochs": 3, "batch_size": 128, "lr": 0.05, "optimizer": "sgd"},
+                     failure={"max_failures": 1},
+                     methods={"scratch": {"trials": 1, "space": {"lr": 10.0,
+                                                                 "weight_decay": {"low": 0.0, "high": 1e-6}}}})
+    root, outcome = run_study(parse_spec(raw))
+    assert not outcome.failed
+    df = read_rows(Path(root))
+    bad = df[df.stage == "search"].sort_values("epoch")
+    assert bad["trial_id"].nunique() == 1 and set(bad["status"]) == {"diverged"}
+    last = bad.iloc[-1]
+    assert last["train_loss"] != last["train_loss"]  # NaN at the epoch it diverged
+    assert bad["epoch"].max() < 3
 
 
 # --------------------------------------------------------------------------- safety
@@ -210,41 +386,38 @@ def test_weights_load_weights_only_and_nothing_is_unpickled():
             assert "weights_only=True" in call, f"{path}: {call}"
             loads += 1
         for bad in ("pickle.load", "cloudpickle.load", "dill.load", "joblib.load", "yaml.load(",
-                    "yaml.unsafe_load", "allow_pickle=True"):  # np.load is safe without allow_pickle
+                    "yaml.unsafe_load", "allow_pickle=True", "Tuner.restore", "tune.Tuner.restore"):
             assert bad not in text, f"{path} uses {bad}"
     assert loads >= 1  # the loader is there, and it is weights-only
 
 
-def test_runner_keeps_the_dashboard_private():
-    text = (REPO / "study" / "runner.py").read_text()
-    calls = re.findall(r"ray\.init\(([^)]*)\)", text)
-    assert calls, "the runner starts or joins Ray"
-    assert "0.0.0.0" not in text and "dashboard_host" not in text
-    local = [c for c in calls if "address" not in c]
-    assert local and all("include_dashboard=False" in c for c in local), calls
-    # and no spec field or CLI flag can turn the dashboard on
-    assert "dashboard" not in (REPO / "study" / "cli.py").read_text().replace("ray dashboard", "")
+def test_a_pickled_checkpoint_is_refused(tmp_path):
+    from trainables import storage
 
-
-# --------------------------------------------------------------------------- storage is a URI
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "state.pt"
+    evil.write_bytes(pickle.dumps(Payload(marker)))
+    with pytest.raises(storage.CorruptCheckpointError, match=re.escape(str(evil))):
+        storage.load_state(str(evil))
+    assert not marker.exists()
 
 
 def test_file_uri_storage_end_to_end(tmp_path, data_root, ray_local, capsys):
-    """With `storage: file://...` everything (spec, zoo, Tune, Optuna, results, markers) lives under the URI."""
+    """With `storage: file://...` everything (spec, zoo, Optuna, results, markers) lives under the URI."""
     uri = f"file://{tmp_path}/remote"
-    spec = parse_spec(micro_spec(tmp_path, data_root, storage=uri, baseline={"seeds": 1},
+    spec = parse_spec(micro_spec(tmp_path, data_root, storage=uri, confirm={"seeds": 1, "top_k": 1},
                                  teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
                                  train={"epochs": 2, "batch_size": 128, "lr": 0.01}, methods={"kd": {"trials": 1}}))
-    root = run_study(spec)
-    assert root == f"{uri}/micro"
+    root, outcome = run_study(spec)
+    assert root == f"{uri}/micro" and not outcome.failed
     study = tmp_path / "remote" / "micro"
-    assert {p.name for p in study.iterdir()} >= {"spec.json", "zoo", "tune", "optuna", "results", "stages"}
+    assert {p.name for p in study.iterdir()} >= {"spec.json", "zoo", "optuna", "results", "stages", "checkpoints"}
     assert not (tmp_path / "results").exists()  # nothing beside the URI
     df = read_rows(study)
-    assert set(df["stage"]) == {"teachers", "baseline", "search"}
+    assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"}
     assert_rows_exactly_once(df, 2)
     load = pytest.importorskip("analysis.load")
     assert len(load.load(root)) == len(df)  # readable through the URI too
     capsys.readouterr()
-    run_study(spec)  # a second run finds every stage finished, through the URI
-    assert capsys.readouterr().out.count("finished earlier") == 2
+    run_study(spec)  # a second run finds every experiment finished, through the URI
+    assert "finished earlier (verified), skipped" in capsys.readouterr().out

@@ -304,7 +304,6 @@ def check_dataset(cfg: dict) -> list[str]:
 def _load_cifar(cfg: dict, name: str, num_classes: int, mean, std) -> _Raw:
     cls = _cifar_class(name)
     root = _root(cfg)
-    download = bool(cfg.get("download", False))
     problem = _cifar_missing(cfg, name)
     if problem:
         raise FileNotFoundError(problem)

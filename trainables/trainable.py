@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import traceback
 
@@ -48,14 +49,25 @@ def error_uri(root: str, key: str) -> str:
     return storage.join(root, "errors", f"{key}.txt")
 
 
+#: fault injection for the reliability tests: "<stage>:<epoch>" makes every trial of that stage
+#: raise after reporting that epoch (read from the environment the Ray workers inherit)
+FAULT_ENV = "KDSTUDY_INJECT_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by KDSTUDY_INJECT_FAULT (tests of failure handling)."""
+
+
 class TuneHooks:
     """Connects the loop to Ray Tune: results out; checkpoints in and out of study storage."""
 
-    def __init__(self, trial_key: str, root: str | None, every_s: float = 30.0):
+    def __init__(self, trial_key: str, root: str | None, every_s: float = 30.0, stage: str = ""):
         self.trial_id = trial_key
         self.root = root
         self.every_s = every_s
         self.last_save = time.monotonic()
+        fault = os.environ.get(FAULT_ENV, "")
+        self.fault_epoch = int(fault.split(":")[1]) if fault.split(":")[0] == stage and ":" in fault else None
 
     def load_checkpoint(self):
         if not self.root:
@@ -68,6 +80,8 @@ class TuneHooks:
             storage.save_state(state, checkpoint_uri(self.root, self.trial_id))
             self.last_save = time.monotonic()
         tune.report({**metrics, "rows": rows})
+        if self.fault_epoch is not None and metrics.get("progress") == self.fault_epoch:
+            raise InjectedFault(f"injected fault at epoch {self.fault_epoch} ({FAULT_ENV})")
 
 
 def tune_trainable(config: dict, base: dict | None = None) -> None:
@@ -81,7 +95,7 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
         trial_config = resolve(base, sampled)
         trial_config["config_id"] = config_id(sampled)
         every = float(trial_config.get("runtime", {}).get("checkpoint_every_s", 30.0))
-        run_trial(trial_config, TuneHooks(key, root, every))
+        run_trial(trial_config, TuneHooks(key, root, every, stage=trial_config.get("stage", "")))
     except Exception as exc:
         if root:
             last = (traceback.format_exception_only(type(exc), exc)[-1].strip() or type(exc).__name__)[:2000]
