@@ -47,26 +47,42 @@ def test_mean_ci_and_bootstrap():
 
 def test_planted_capacity_gap_is_detected(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=GAP, seeds=3))["kd"]
-    assert v.status == "capacity gap" and v.largest_worse
+    assert v.status == "capacity gap" and v.gap.outcome == "shown"
     assert v.peak_teacher.startswith("size 16 ")
     assert v.ci_points[1] < 0 and v.diff_points == pytest.approx(-7.0, abs=1.5)
-    assert v.text.split(": ", 1)[1].startswith("capacity gap: student peaks at teacher size 16")
-    assert "worse by" in v.text and "95% CI [" in v.text
-    assert v.beats_baseline is True and "kd beat the no-KD baseline" in v.text
+    assert v.text.split(": ", 1)[1].startswith("CAPACITY GAP: the student peaks (on validation) at teacher size 16")
+    assert "worse by" in v.text and "CI [" in v.text and "Holm-adjusted over 3 comparisons" in v.text
+    assert v.vs_baseline.outcome == "shown" and v.vs_baseline.estimate > 0
+    assert "kd at teacher size 16" in v.vs_baseline.text and "no-KD student: SHOWN" in v.text
     assert "Budget mode: per_teacher_size" in v.text and "WARNING" not in v.text
+    assert "no-KD student 6 epochs" in v.text
 
 
-def test_monotone_trend_is_no_gap(tmp_path):
+def test_monotone_trend_is_not_a_gap(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=MONOTONE, seeds=3))["kd"]
-    assert v.status == "no capacity gap" and v.largest_worse is False
-    assert "no capacity gap" in v.text and "not significantly worse" in v.text
-    assert v.peak_teacher.startswith("size 256 ")
+    assert v.status == "largest teacher better" and v.gap.outcome == "shown"
+    assert v.peak_teacher.startswith("size 256 ") and "runner-up size 64" in v.text
+    assert "capacity gap" not in v.text.lower().replace("largest teacher better", "")
+
+
+def test_equal_students_are_equivalent_no_gap(tmp_path):
+    flat = {4: 0.70, 16: 0.75, 64: 0.75, 256: 0.75}
+    v = _verdicts(write_study(tmp_path, student_means=flat, seeds=5, noise=0.001))["kd"]
+    assert v.status == "no capacity gap" and v.gap.outcome == "equivalent"
+    assert "NO CAPACITY GAP (equivalent within delta)" in v.text and "EQUIVALENT within +-0.5 points" in v.text
+
+
+def test_noisy_students_are_inconclusive_with_seeds_needed(tmp_path):
+    flat = {16: 0.75, 256: 0.75}
+    v = _verdicts(write_study(tmp_path, student_means=flat, seeds=4, noise=0.03))["kd"]
+    assert v.status == "inconclusive" and v.gap.seeds_needed > 4
+    assert f"about {v.gap.seeds_needed} paired seeds would resolve delta = 0.5 points" in v.text
 
 
 def test_one_seed_cannot_tell(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=GAP, seeds=1))["kd"]
     assert v.status == "cannot tell"
-    assert "cannot tell: needs at least 2 seeds per teacher size" in v.text
+    assert "cannot tell, 1 paired seed (at least 3 are needed)" in v.text
 
 
 def test_search_fallback_and_unequal_budget_warning(tmp_path):
