@@ -257,7 +257,13 @@ def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
 
     teacher_rows = finished(summary[(summary["stage"] == "teachers") & (summary["role"] == "teacher")])
     teacher_rows = teacher_rows[teacher_rows["teacher_size"].isin(sizes)]
-    if not teacher_rows.empty:
+    online = summary[(summary["method"] == method) & (summary["role"] == "teacher")
+                     & summary["trial_id"].isin(runs["trial_id"]) & (summary["stage"] == source)]
+    if not online.empty:  # a method that trains its own (online) teacher, e.g. TriKD: that teacher's accuracy
+        online = online[online["generation"].fillna(0) == online.groupby("trial_id")["generation"].transform("max").fillna(0)]
+        teachers = summarize(online, ["teacher_size"], "test_acc")
+        teacher_source = "online teacher, last generation"
+    elif not teacher_rows.empty:
         teachers = summarize(teacher_rows, ["teacher_size"], "test_acc")
         teacher_source = "stage teachers"
     else:

@@ -234,9 +234,10 @@ def seeds_needed(sd, delta: float, alpha: float, power: float = POWER, max_seeds
     """
     sd = np.asarray(sd, dtype=float)
     n = np.arange(MIN_PAIRS, max_seeds + 1, dtype=float)
-    factor = (_tq(1 - alpha / 2, n - 1) + _tq(power, n - 1)) ** 2 / delta ** 2  # (N,)
-    ok = n >= factor * sd[..., None] ** 2
-    first = np.where(ok.any(axis=-1), n[ok.argmax(axis=-1)], max_seeds + 1)
+    factor = (_tq(1 - alpha / 2, n - 1) + _tq(power, n - 1)) ** 2 / delta ** 2
+    ratio = n / factor  # increasing in n: n >= factor(n) sd^2  <=>  ratio(n) >= sd^2
+    pos = np.searchsorted(ratio, np.where(np.isfinite(sd), sd, 0.0) ** 2, side="left")
+    first = np.where(pos < n.size, n[np.minimum(pos, n.size - 1)], max_seeds + 1)
     return np.where(np.isfinite(sd), first, np.nan)
 
 

@@ -239,3 +239,49 @@ def write_study(root, study: str = "synthetic", *, student_means: dict[float, fl
                     rows += _trial_rows(base, acc, epochs, rng, noise, final_val=v, final_test=t)
     _write(study_dir, "confirm", rows)
     return study_dir
+
+
+def summary_from_arrays(val, test, sizes, base_val=None, base_test=None, method: str = "kd",
+                        epochs: float = 6.0, search_val=None) -> "pd.DataFrame":
+    """A trial summary (one row per trial at its best-val epoch, as `load.trial_summary` returns)
+    holding given confirm accuracies, for checking the DataFrame path against `capacity_gap.decide`.
+
+    val, test: (S, C, k) percent for teacher sizes `sizes` (ascending), C
+    configurations (ids c0, c1, ... in that order) and confirm seeds 0..k-1;
+    base_val/base_test: (k,) the no-KD student (one configuration). NaN = no
+    finished run (the row is written with status ``failed``).
+    """
+    import pandas as pd
+
+    from .schema import COLUMNS
+
+    rows = []
+    S, C, k = np.shape(val)
+
+    def row(**kw):
+        r = {c: None for c in COLUMNS}
+        r.update(study="sim", dataset="synthetic", generation=0, role="student", epochs=epochs, epoch=int(epochs),
+                 best_epoch=int(epochs), n_epochs=int(epochs), diverged=False)
+        r.update(kw)
+        return r
+
+    for i, size in enumerate(sizes):
+        for c in range(C):
+            for s in range(k):
+                ok = np.isfinite(val[i, c, s])
+                rows.append(row(stage="confirm", method=method, trial_id=f"{method}_{size:g}_c{c}_{s}", seed=s,
+                                teacher_size=float(size), teacher_params=float(1000 * size ** 2),
+                                config_id=f"c{c}", status="ok" if ok else "failed",
+                                val_acc=val[i, c, s] / 100 if ok else None,
+                                test_acc=test[i, c, s] / 100 if ok else None))
+    if base_val is not None:
+        for s in range(k):
+            rows.append(row(stage="baseline", method="scratch", trial_id=f"base_{s}", seed=s, config_id="b0",
+                            status="ok", val_acc=base_val[s] / 100, test_acc=base_test[s] / 100))
+    frame = pd.DataFrame(rows)
+    for col in ("seed",):
+        frame[col] = frame[col].astype("int64")
+    for col in ("val_acc", "test_acc", "teacher_size", "teacher_params", "epochs", "generations", "exit",
+                "teacher_acc", "lr", "weight_decay"):
+        frame[col] = frame[col].astype(float)
+    return frame
