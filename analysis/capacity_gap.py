@@ -9,9 +9,10 @@ val_acc. Test accuracy never chooses anything. Without confirm rows the best
 finished search trial (on val_acc) per teacher size is shown, one run each,
 and nothing is tested.
 
-The verdict (see VERDICTS.md) compares, paired by seed, every other teacher
-size with the peak (one Holm family; the headline is the largest teacher vs
-the peak) and the method at every teacher size with the no-KD student
+The verdict (see VERDICTS.md) compares, paired by seed, the largest teacher
+with every smaller teacher size (one Holm family, fixed before the data are
+seen; the headline member is the largest teacher minus the peak, or minus
+the runner-up when the peak is the largest) and the method at every teacher size with the no-KD student
 (stage ``baseline``, the configuration chosen on validation among those with
 the method's epochs budget; one Holm family over the methods and sizes when
 built with `verdicts`). Each comparison is *shown*, *equivalent within
@@ -32,7 +33,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
-from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, SHOWN, PairedVerdict, accuracy_range, compare,
+from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, accuracy_range, compare,
                     mean_ci, paired_family, summarize)
 
 #: methods that are not distillation from a teacher ladder
@@ -82,8 +83,8 @@ class Verdict:
     status: str  # "capacity gap" | "no capacity gap" | "largest teacher better" | "inconclusive" | "cannot tell"
     peak_teacher: str | None
     largest_teacher: str | None
-    gap: PairedVerdict | None  # the headline comparison (largest - peak, or runner-up - largest)
-    sizes: tuple = ()  # every other teacher size - peak (one Holm family)
+    gap: PairedVerdict | None  # the headline comparison (largest - peak, or largest - runner-up)
+    sizes: tuple = ()  # the largest teacher - every smaller size (one Holm family), sizes ascending
     vs_baseline: PairedVerdict | None = None  # the method at the peak size - no-KD student
     vs_baseline_sizes: tuple = ()  # the method at every size - no-KD student
     text: str = ""
@@ -161,40 +162,56 @@ def decide(val: np.ndarray, test: np.ndarray, base_test: np.ndarray | None, delt
 
     val, test: (..., S, C, k) percent (NaN = no finished run), sizes ascending,
     configs in id order; base_test: (..., k) the chosen no-KD student per seed.
-    Returns: config (..., S) chosen config per size, peak (...,), runner (...,)
-    the best other size on validation, head (...,) the size compared in the
-    headline, gap (paired_family of test[s] - test[peak], (..., S), the peak's
-    own entry untestable), head_sign (+1: largest - peak; -1: runner - largest
-    when the peak is the largest), base (paired_family of test[s] - base, (..., S)) or None.
+
+    The gap family is fixed before looking at the data: the largest teacher
+    minus every smaller teacher size (S - 1 comparisons, Holm-adjusted), so
+    that choosing the peak on the validation accuracy of the same runs cannot
+    bias it. The peak (best mean val over seeds) picks the headline member:
+    the largest minus the peak, or, when the peak is the largest, the largest
+    minus the runner-up on validation.
+
+    Returns: config (..., S) the chosen config per size, peak (...,),
+    head (...,) the headline member (index of the smaller size), gap
+    (paired_family of test[largest] - test[s] for s < largest, (..., S-1)),
+    status (..., ) the capacity-gap status (see `gap_status`), and base
+    (paired_family of test[s] - base, (..., S)) or None.
     """
     cfg = choose(val, axis=-2)
     v = take(val, cfg, axis=-2)  # (..., S, k)
     t = take(test, cfg, axis=-2)
     peak = choose(v, axis=-2)  # (...,)
     S = v.shape[-2]
-    t_peak = take(t, peak, axis=-2)  # (..., k)
-    d = t - t_peak[..., None, :]
-    is_peak = np.arange(S) == peak[..., None]
-    d = np.where(is_peak[..., None], np.nan, d)
-    gap = paired_family(d, delta=delta, level=level)
-    v_other = np.where(is_peak[..., None], np.nan, v)
-    runner = choose(v_other, axis=-2) if S > 1 else peak
     largest = S - 1
-    head = np.where(peak == largest, runner, largest)
-    out = {"config": cfg, "peak": peak, "runner": runner, "head": head,
-           "head_sign": np.where(peak == largest, -1, 1), "gap": gap, "base": None}
+    d = t[..., largest:, :] - t[..., :largest, :]  # (..., S-1, k)
+    gap = paired_family(d, delta=delta, level=level)
+    runner = choose(v[..., :largest, :], axis=-2) if S > 1 else peak
+    head = np.where(peak == largest, runner, peak)
+    out = {"config": cfg, "peak": peak, "head": head, "gap": gap, "base": None,
+           "status": gap_status(gap, head, delta) if S > 1 else np.full(np.shape(peak), CANNOT_TELL, dtype=object)}
     if base_test is not None:
         out["base"] = paired_family(t - base_test[..., None, :], delta=delta, level=level)
     return out
 
 
-def gap_status(outcome: str, diff_largest_minus_peak: float) -> str:
-    """The capacity-gap status from the headline outcome and the sign of largest - peak."""
-    if outcome == SHOWN:
-        return GAP if diff_largest_minus_peak < 0 else LARGEST_BETTER
-    if outcome == EQUIVALENT:
-        return NO_GAP
-    return outcome  # inconclusive | cannot tell
+def gap_status(gap: dict, head, delta: float) -> np.ndarray:
+    """The capacity-gap status per family (vectorised) from `paired_family` output of largest - smaller sizes.
+
+    * "capacity gap": some smaller teacher is shown better than the largest (Holm over the family);
+    * "largest teacher better": else, the headline member is shown with the largest better;
+    * "no capacity gap": else, the headline member is equivalent within delta and no member's
+      equivalence interval reaches below -delta (the largest is not worse than any smaller size by delta);
+    * "cannot tell" when the headline member has fewer than 3 pairs; else "inconclusive".
+    """
+    out_codes = np.asarray(gap["outcome"])
+    head = np.asarray(head)
+    pick = lambda a: np.take_along_axis(np.asarray(a), head[..., None], axis=-1)[..., 0]  # noqa: E731
+    shown_worse = ((out_codes == 1) & (gap["estimate"] < 0)).any(axis=-1)
+    h_out, h_est = pick(out_codes), pick(gap["estimate"])
+    testable = out_codes != 0
+    noninferior = np.where(testable, gap["eq_low"] > -delta, True).all(axis=-1)
+    return np.select(
+        [shown_worse, (h_out == 1) & (h_est > 0), (h_out == 2) & noninferior, h_out == 0],
+        [GAP, LARGEST_BETTER, NO_GAP, CANNOT_TELL], default=INCONCLUSIVE).astype(object)
 
 
 # --------------------------------------------------------------------------- data from a trial summary
@@ -397,28 +414,31 @@ def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseli
         text = f"{prefix}cannot tell about a capacity gap: only one teacher size ({largest_label})."
         return Verdict(method, CANNOT_TELL, peak_label, largest_label, None, (), vs_base, tuple(base_family),
                        f"{text} {base_text} {budget}", delta, level)
-    peak_series = pd.Series(t[peak_i], index=data.seeds)
-    others = [i for i in range(len(sizes)) if i != peak_i]
-    pairs = [(f"{method} student of teacher {_size_label(data, sizes[i])}",
-              f"the peak teacher {peak_label}", pd.Series(t[i], index=data.seeds), peak_series) for i in others]
-    family = compare(pairs, family=f"{method}: teacher sizes vs the peak", delta=delta, level=level)
-    by_size = dict(zip(others, family))
+    largest_series = pd.Series(t[largest_i], index=data.seeds)
+    pairs = [(f"{method} student of the largest teacher {largest_label}",
+              f"of teacher {_size_label(data, sizes[i])}", largest_series, pd.Series(t[i], index=data.seeds))
+             for i in range(largest_i)]
+    family = compare(pairs, family=f"{method}: largest teacher vs each smaller teacher size", delta=delta,
+                     level=level)
     if peak_i != largest_i:
-        head = by_size[largest_i]
-        diff = head.estimate
-        where = (f"the student peaks (on validation) at teacher {peak_label}; "
-                 f"largest teacher {largest_label} minus peak:")
+        head_i = peak_i
+        where = f"the student peaks (on validation) at teacher {peak_label}; largest minus peak:"
     else:
-        runner_i = int(choose(np.where((np.arange(len(sizes)) == peak_i)[:, None], np.nan, v), axis=-2))
-        head = by_size[runner_i]
-        diff = -head.estimate
+        head_i = int(choose(v[:largest_i], axis=-2))
         where = (f"the student peaks (on validation) at the largest teacher {largest_label}; "
-                 f"runner-up {_size_label(data, sizes[runner_i])} minus largest:")
-    status = gap_status(head.outcome, diff)
+                 f"largest minus the runner-up {_size_label(data, sizes[head_i])}:")
+    head = family[head_i]
+    arrays = {"outcome": np.array([OUTCOMES.index(f.outcome) for f in family]),
+              "estimate": np.array([f.estimate for f in family]), "eq_low": np.array([f.eq_ci[0] for f in family])}
+    status = str(gap_status(arrays, np.array(head_i), delta))
     lead = {GAP: "CAPACITY GAP", NO_GAP: "NO CAPACITY GAP (equivalent within delta)",
             LARGEST_BETTER: "LARGEST TEACHER BETTER (shown)",
             INCONCLUSIVE: "capacity gap INCONCLUSIVE", CANNOT_TELL: "capacity gap: cannot tell"}[status]
-    text = f"{prefix}{lead}: {where} {head.text} {base_text} {budget}"
+    text = f"{prefix}{lead}: {where} {head.text}"
+    others = [f.text for i, f in enumerate(family) if i != head_i and f.outcome == SHOWN and f.estimate < 0]
+    if others:
+        text += " Also: " + " ".join(others)
+    text += f" {base_text} {budget}"
     return Verdict(method, status, peak_label, largest_label, head, tuple(family), vs_base, tuple(base_family),
                    text, delta, level)
 

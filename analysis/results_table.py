@@ -34,7 +34,7 @@ METHOD_COLUMNS = [
     "method", "teacher_size", "teacher_params", "peak", "hyperparameters", "config_id", "source", "k",
     "test_acc", "test_low", "test_high", "val_acc", "teacher_acc",
     "diff_vs_no_kd", "diff_low", "diff_high", "diff_level", "outcome_vs_no_kd", "sd_vs_no_kd", "seeds_needed_vs_no_kd",
-    "diff_vs_peak", "vs_peak_low", "vs_peak_high", "outcome_vs_peak",
+    "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this",
     "no_kd_test_acc", "epochs", "generations", "total_epochs", "search_trials", "configs_confirmed",
     "no_kd_config", "no_kd_epochs", "no_kd_configs", "no_kd_search_trials", "no_kd_rule",
 ]
@@ -75,8 +75,9 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
     on); teacher_acc (the teacher's own test accuracy, stage teachers);
     diff_vs_no_kd with its Holm-adjusted interval (diff_low, diff_high at
     confidence diff_level) and outcome, sd of the paired differences and the
-    seeds needed to resolve delta; diff_vs_peak and its outcome (the
-    capacity-gap family; empty on the peak row, peak = True); the budgets
+    seeds needed to resolve delta; largest_minus_this: the largest teacher's
+    student minus this size's, with its interval and outcome (the capacity-gap
+    family; empty on the largest size); peak = chosen on validation; the budgets
     (epochs, generations, total_epochs per model, search trials at that size,
     configurations confirmed) beside the no-KD student's (config, epochs,
     configurations it was chosen among, scratch search trials, rule).
@@ -88,7 +89,7 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
     rows = []
     for data, v in zip(datas, verdicts):
         teachers = data.teachers.set_index("teacher_size")["mean"] if not data.teachers.empty else pd.Series(dtype=float)
-        vs_peak = {pv.a: pv for pv in v.sizes}
+        vs_largest = list(v.sizes) + [None]  # the largest teacher minus each smaller size; none on the largest
         base_by_size = list(v.vs_baseline_sizes) if len(v.vs_baseline_sizes) == len(data.sizes) else [None] * len(data.sizes)
         info = data.baseline_info or {}
         base_mean = float(np.nanmean(data.baseline_test)) if np.isfinite(data.baseline_test).any() else math.nan
@@ -96,8 +97,7 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
             cfg_row = data.config_table.iloc[i]
             runs = data.students[data.students["teacher_size"] == size]
             mean, lo, hi = _pct_ci(runs["test_acc"].dropna())
-            label = f"{data.method} student of teacher {capacity_gap._size_label(data, size)}"
-            pv = vs_peak.get(label)
+            pv = vs_largest[i] if len(vs_largest) == len(data.sizes) else None
             bv = base_by_size[i]
             gens = cfg_row["generations"] or 1.0
             rows.append({
@@ -111,8 +111,9 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
                 "diff_high": bv.ci[1] if bv else math.nan, "diff_level": bv.level if bv else math.nan,
                 "outcome_vs_no_kd": bv.outcome if bv else None, "sd_vs_no_kd": bv.sd if bv else math.nan,
                 "seeds_needed_vs_no_kd": bv.seeds_needed if bv else None,
-                "diff_vs_peak": pv.estimate if pv else math.nan, "vs_peak_low": pv.ci[0] if pv else math.nan,
-                "vs_peak_high": pv.ci[1] if pv else math.nan, "outcome_vs_peak": pv.outcome if pv else None,
+                "largest_minus_this": pv.estimate if pv else math.nan,
+                "largest_minus_low": pv.ci[0] if pv else math.nan, "largest_minus_high": pv.ci[1] if pv else math.nan,
+                "outcome_largest_vs_this": pv.outcome if pv else None,
                 "no_kd_test_acc": base_mean, "epochs": cfg_row["epochs"], "generations": gens,
                 "total_epochs": None if cfg_row["epochs"] is None else cfg_row["epochs"] * gens,
                 "search_trials": int(cfg_row["search_trials"]), "configs_confirmed": int(cfg_row["configs_confirmed"]),
