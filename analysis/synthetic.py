@@ -115,7 +115,8 @@ def write_study(root, study: str = "synthetic", *, student_means: dict[float, fl
                 seeds: int = 3, search_trials: int | dict[float, int] = 4, epochs: int = 6,
                 noise: float = 0.004, trikd: bool = False, multiexit: bool = False,
                 budget_mode: str | None = "per_teacher_size", seed: int = 0, seed_sd: float = 0.018,
-                confirm_configs: int = 2, val_test_corr: float = 0.8) -> pathlib.Path:
+                confirm_configs: int = 2, val_test_corr: float = 0.8,
+                baseline_lrs: tuple = (1e-3,)) -> pathlib.Path:
     """Write a synthetic study; return its directory.
 
     student_means: teacher size -> the distilled student's mean final accuracy
@@ -125,7 +126,9 @@ def write_study(root, study: str = "synthetic", *, student_means: dict[float, fl
     is the paired SD of two arms on one seed, `seed_sd` the SD of the seed
     effect shared by all arms (see the module docstring). Confirm seeds are
     0 .. seeds-1; search seeds start at 1000. The second confirmed
-    configuration is planted 1 point below the best.
+    configuration is planted 1 point below the best. `baseline_lrs`: one
+    no-KD configuration per learning rate, each planted 0.5 points below the
+    previous one.
     """
     rng = np.random.default_rng(seed)
     study_dir = pathlib.Path(root) / study
@@ -160,13 +163,15 @@ def write_study(root, study: str = "synthetic", *, student_means: dict[float, fl
     _write(study_dir, "teachers", rows)
 
     def write_baseline(stage_rows, n_epochs, tag):
-        cid = _config_id({"method": "scratch", "epochs": n_epochs})
-        for s in range(seeds):
-            v, t = confirm_acc(baseline, s)
-            base = {**common, "stage": "baseline", "method": "scratch", "role": "student", "epochs": float(n_epochs),
-                    "trial_id": f"baseline{tag}_{s}", "seed": s, "hparams_json": hp(seed=s, epochs=n_epochs),
-                    "config_id": cid}
-            stage_rows += _trial_rows(base, baseline, n_epochs, rng, noise, final_val=v, final_test=t)
+        for j, lr in enumerate(baseline_lrs):
+            cid = _config_id({"method": "scratch", "epochs": n_epochs, "lr": lr})
+            mean = baseline - 0.005 * j
+            for s in range(seeds):
+                v, t = confirm_acc(mean, s)
+                base = {**common, "stage": "baseline", "method": "scratch", "role": "student",
+                        "epochs": float(n_epochs), "lr": lr, "trial_id": f"baseline{tag}_{j}_{s}", "seed": s,
+                        "hparams_json": hp(seed=s, epochs=n_epochs, lr=lr), "config_id": cid}
+                stage_rows += _trial_rows(base, mean, n_epochs, rng, noise, final_val=v, final_test=t)
 
     if baseline is not None:
         rows = []
