@@ -54,7 +54,8 @@ class CapacityData:
 
     method: str
     source: str  # "confirm" or "search"
-    students: pd.DataFrame  # chosen config per size, one row per run: teacher_size, teacher_params, seed, test_acc, val_acc
+    # the chosen config per size, one row per run: teacher_size, teacher_params, seed, test_acc, val_acc, ...
+    students: pd.DataFrame
     teachers: pd.DataFrame  # per teacher_size: teacher_params, mean, low, high, n
     teacher_source: str
     baseline: np.ndarray  # no-KD student test accuracies (chosen baseline config), one per seed
@@ -277,7 +278,8 @@ def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
     online = summary[(summary["method"] == method) & (summary["role"] == "teacher")
                      & summary["trial_id"].isin(runs["trial_id"]) & (summary["stage"] == source)]
     if not online.empty:  # a method that trains its own (online) teacher, e.g. TriKD: that teacher's accuracy
-        online = online[online["generation"].fillna(0) == online.groupby("trial_id")["generation"].transform("max").fillna(0)]
+        last = online.groupby("trial_id")["generation"].transform("max").fillna(0)
+        online = online[online["generation"].fillna(0) == last]
         teachers = summarize(online, ["teacher_size"], "test_acc")
         teacher_source = "online teacher, last generation"
     elif not teacher_rows.empty:
@@ -416,7 +418,7 @@ def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseli
                        f"{text} {base_text} {budget}", delta, level)
     largest_series = pd.Series(t[largest_i], index=data.seeds)
     pairs = [(f"{method} student of the largest teacher {largest_label}",
-              f"of teacher {_size_label(data, sizes[i])}", largest_series, pd.Series(t[i], index=data.seeds))
+              f"{method} student of teacher {_size_label(data, sizes[i])}", largest_series, pd.Series(t[i], index=data.seeds))
              for i in range(largest_i)]
     family = compare(pairs, family=f"{method}: largest teacher vs each smaller teacher size", delta=delta,
                      level=level)

@@ -97,7 +97,7 @@ def generation_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: flo
             b_ep = "" if info.get("epochs") is None else f" ({info['epochs']:g} epochs)"
             pairs.append((f"trikd{size_txt} student at generation {g}", f"no-KD student{b_ep}", a, b))
             infos.append({**info, "test_acc": float(b.mean()) if len(b) else float("nan")})
-        verdicts = compare(pairs, family=f"trikd generations vs no-KD student{'' if size < 0 else f', teacher size {size:g}'}",
-                           delta=delta, level=level)
+        family = "trikd generations vs no-KD student" + ("" if size < 0 else f", teacher size {size:g}")
+        verdicts = compare(pairs, family=family, delta=delta, level=level)
         out += [(float(size), g, v, info) for g, v, info in zip(gens, verdicts, infos)]
     return out

@@ -88,9 +88,12 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
         verdicts = capacity_gap.verdicts_of(datas, delta, level)
     rows = []
     for data, v in zip(datas, verdicts):
-        teachers = data.teachers.set_index("teacher_size")["mean"] if not data.teachers.empty else pd.Series(dtype=float)
+        teachers = (data.teachers.set_index("teacher_size")["mean"] if not data.teachers.empty
+                    else pd.Series(dtype=float))
         vs_largest = list(v.sizes) + [None]  # the largest teacher minus each smaller size; none on the largest
-        base_by_size = list(v.vs_baseline_sizes) if len(v.vs_baseline_sizes) == len(data.sizes) else [None] * len(data.sizes)
+        base_by_size = list(v.vs_baseline_sizes)
+        if len(base_by_size) != len(data.sizes):
+            base_by_size = [None] * len(data.sizes)
         info = data.baseline_info or {}
         base_mean = float(np.nanmean(data.baseline_test)) if np.isfinite(data.baseline_test).any() else math.nan
         for i, size in enumerate(data.sizes):
@@ -177,7 +180,8 @@ def trikd_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: floa
                      "hyperparameters": hparams_text(mine.iloc[0]) if len(mine) else "",
                      "student_acc": 100 * mine["test_acc"].mean(),
                      "online_teacher_acc": 100 * online["test_acc"].mean() if len(online) else math.nan,
-                     "no_kd_acc": info.get("test_acc", math.nan), "no_kd_epochs": info.get("epochs"), "k": v.k, "diff": v.estimate,
+                     "no_kd_acc": info.get("test_acc", math.nan), "no_kd_epochs": info.get("epochs"), "k": v.k,
+                     "diff": v.estimate,
                      "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
                      "sd": v.sd, "seeds_needed": v.seeds_needed})
     return pd.DataFrame(rows, columns=cols)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import special as _sp
 
 
 @dataclass(frozen=True)
@@ -166,8 +167,6 @@ def accuracy_range(fig) -> list[float]:
 # ---------------------------------------------------------------------------
 # Paired comparisons (per-seed differences), Holm's correction and TOST
 # ---------------------------------------------------------------------------
-
-from scipy import special as _sp  # noqa: E402  (kept beside the code that needs it)
 
 SHOWN, EQUIVALENT, INCONCLUSIVE, CANNOT_TELL = "shown", "equivalent", "inconclusive", "cannot tell"
 #: outcome codes of `paired_family` (index into this tuple)

@@ -192,8 +192,8 @@ def _choices(df):
     from analysis import generations, multiexit, results_table
 
     summary = trial_summary(df)
-    out = {"best_epoch": summary.assign(exit=summary["exit"].fillna(-1)).set_index(["stage", "trial_id", "generation", "role", "exit"])["best_epoch"]
-           .sort_index().to_dict()}
+    keyed = summary.assign(exit=summary["exit"].fillna(-1)).set_index(["stage", "trial_id", "generation", "role", "exit"])
+    out = {"best_epoch": keyed["best_epoch"].sort_index().to_dict()}
     for m in cg.capacity_methods(summary):
         data = cg.capacity_data(summary, m)
         out[m] = (data.chosen, data.peak_size, data.baseline_info["config_id"], cg.verdict(data).peak_teacher)
