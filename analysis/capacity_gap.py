@@ -183,12 +183,13 @@ def decide(val: np.ndarray, test: np.ndarray, base_test: np.ndarray | None, delt
     peak = choose(v, axis=-2)  # (...,)
     S = v.shape[-2]
     largest = S - 1
-    d = t[..., largest:, :] - t[..., :largest, :]  # (..., S-1, k)
-    gap = paired_family(d, delta=delta, level=level)
-    runner = choose(v[..., :largest, :], axis=-2) if S > 1 else peak
-    head = np.where(peak == largest, runner, peak)
-    out = {"config": cfg, "peak": peak, "head": head, "gap": gap, "base": None,
-           "status": gap_status(gap, head, delta) if S > 1 else np.full(np.shape(peak), CANNOT_TELL, dtype=object)}
+    out = {"config": cfg, "peak": peak, "head": None, "gap": None, "base": None,
+           "status": np.full(np.shape(peak), CANNOT_TELL, dtype=object)}
+    if S > 1:
+        gap = paired_family(t[..., largest:, :] - t[..., :largest, :], delta=delta, level=level)  # (..., S-1)
+        runner = choose(v[..., :largest, :], axis=-2)
+        head = np.where(peak == largest, runner, peak)
+        out.update(head=head, gap=gap, status=gap_status(gap, head, delta))
     if base_test is not None:
         out["base"] = paired_family(t - base_test[..., None, :], delta=delta, level=level)
     return out

@@ -56,6 +56,22 @@ def verdict_settings(path) -> tuple[float, float]:
     return delta, level
 
 
+def all_comparisons(summary: pd.DataFrame, delta: float = DEFAULT_DELTA,
+                    level: float = DEFAULT_LEVEL) -> list:
+    """Every paired comparison of a study as PairedVerdicts: per method the capacity-gap family
+    (largest teacher vs each smaller size), the methods x sizes vs the no-KD student, multi-exit
+    distillation vs exit-wise CE per exit and TriKD per generation vs the no-KD student."""
+    out = []
+    verdicts = capacity_gap.verdicts(summary, delta, level)
+    for v in verdicts:
+        out += list(v.sizes)
+    for v in verdicts:
+        out += list(v.vs_baseline_sizes)
+    out += multiexit.exit_comparisons(summary, delta, level)
+    out += [v for *_, v, _ in generations.generation_comparisons(summary, delta, level)]
+    return out
+
+
 def verdict_frame(verdicts) -> pd.DataFrame:
     """One row per PairedVerdict (its `as_dict`)."""
     return pd.DataFrame([v.as_dict() for v in verdicts])

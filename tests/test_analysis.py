@@ -286,6 +286,18 @@ def test_results_tables(tmp_path):
     assert gens["student_acc"].is_monotonic_increasing and (gens["outcome"] == "shown").all()
 
 
+def test_all_comparisons_frame(tmp_path):
+    from analysis import results_table
+
+    summary = trial_summary(load(write_study(tmp_path, student_means=GAP, seeds=3, trikd=True, multiexit=True)))
+    frame = results_table.verdict_frame(results_table.all_comparisons(summary))
+    assert len(frame) == 3 + 5 + 3 + 3  # gap family, methods x sizes vs no-KD, exits, generations
+    assert set(frame["outcome"]) <= {"shown", "equivalent", "inconclusive", "cannot tell"}
+    assert not frame["text"].str.contains(r"^KD ", regex=True).any()  # methods are named
+    one = cg.decide(np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), None)
+    assert one["status"] == "cannot tell" and one["gap"] is None  # one teacher size: nothing to compare
+
+
 def test_verdict_settings_from_spec_json(tmp_path):
     import json
 
