@@ -1,13 +1,25 @@
 """The central chart: distilled-student accuracy against teacher size, and a verdict from the data.
 
-For each distillation method: the student's test accuracy (at its best-val
-epoch) against the teacher's parameter count (log x), mean and 95% t-interval
-over seeds, from stage ``confirm`` when it has the method, else the best trial
-(on val_acc) per teacher size from ``search`` (one run each, so no interval).
-Beside it, the teachers' own accuracy and the no-KD student (stage
-``baseline``) as a band. `verdict` says whether the largest teacher gives a
-significantly worse student than the best teacher (bootstrap CI on the
-difference excluding 0) and whether KD beat the no-KD baseline.
+For each distillation method the reported model is the student (last
+generation, final exit). Per teacher size the configuration is chosen among
+the confirmed ones (stage ``confirm``, each run on every confirm seed) by its
+mean val_acc over seeds, and its test accuracy is reported; the *peak*
+teacher size is the one whose chosen configuration has the best mean
+val_acc. Test accuracy never chooses anything. Without confirm rows the best
+finished search trial (on val_acc) per teacher size is shown, one run each,
+and nothing is tested.
+
+The verdict (see VERDICTS.md) compares, paired by seed, the largest teacher
+with every smaller teacher size (one Holm family, fixed before the data are
+seen; the headline member is the largest teacher minus the peak, or minus
+the runner-up when the peak is the largest) and the method at every teacher size with the no-KD student
+(stage ``baseline``, the configuration chosen on validation among those with
+the method's epochs budget; one Holm family over the methods and sizes when
+built with `verdicts`). Each comparison is *shown*, *equivalent within
+delta* or *inconclusive* (or *cannot tell* with fewer than 3 paired seeds).
+
+The decisions are computed on arrays by `decide` so that the same code is
+simulated in tests/test_calibration.py.
 """
 
 from __future__ import annotations
@@ -20,40 +32,73 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .select import best_config
-from .stats import accuracy_range, bootstrap_diff, mean_ci, summarize
+from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
+from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, accuracy_range, compare,
+                    mean_ci, paired_family, summarize)
 
 #: methods that are not distillation from a teacher ladder
 NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_ce"}
+#: capacity-gap statuses
+GAP, NO_GAP, LARGEST_BETTER = "capacity gap", "no capacity gap", "largest teacher better"
 
 
 @dataclass
 class CapacityData:
-    """Everything the chart and the verdict of one method need (accuracies in [0, 1])."""
+    """Everything the chart and the verdict of one method need.
+
+    The DataFrame fields hold accuracies in [0, 1] (as in the results); the
+    arrays `val` and `test` hold percent. `val`/`test` have shape
+    (sizes, configs, seeds): every confirmed configuration of every teacher
+    size (configurations sorted by id, NaN-padded) on the seeds `seeds`.
+    """
 
     method: str
     source: str  # "confirm" or "search"
-    students: pd.DataFrame  # one row per run: teacher_size, teacher_params, seed, test_acc, val_acc
+    # the chosen config per size, one row per run: teacher_size, teacher_params, seed, test_acc, val_acc, ...
+    students: pd.DataFrame
     teachers: pd.DataFrame  # per teacher_size: teacher_params, mean, low, high, n
     teacher_source: str
-    baseline: np.ndarray  # no-KD student test accuracies, one per seed
-    search_trials: dict = field(default_factory=dict)  # teacher_size -> number of search trials
+    baseline: np.ndarray  # no-KD student test accuracies (chosen baseline config), one per seed
+    search_trials: dict = field(default_factory=dict)  # teacher_size -> number of search trials (any status)
     budget_mode: str = "not recorded"
+    sizes: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)
+    configs: list = field(default_factory=list)  # per size: config ids (sorted)
+    val: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    test: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0)))
+    chosen: list = field(default_factory=list)  # per size: chosen config id
+    peak_size: float | None = None
+    config_table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    baseline_val: np.ndarray = field(default_factory=lambda: np.zeros(0))  # percent, aligned with `seeds`
+    baseline_test: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    baseline_info: dict = field(default_factory=dict)
+    epochs: float | None = None
+    generations: float | None = None
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """What the data say about the capacity gap of one method."""
+    """What the data say about the capacity gap of one method, and about the method vs the no-KD student."""
 
     method: str
-    status: str  # "capacity gap" | "no capacity gap" | "cannot tell"
+    status: str  # "capacity gap" | "no capacity gap" | "largest teacher better" | "inconclusive" | "cannot tell"
     peak_teacher: str | None
     largest_teacher: str | None
-    largest_worse: bool | None
-    diff_points: float | None  # mean(largest) - mean(peak), in accuracy points
-    ci_points: tuple[float, float] | None
-    beats_baseline: bool | None
-    text: str
+    gap: PairedVerdict | None  # the headline comparison (largest - peak, or largest - runner-up)
+    sizes: tuple = ()  # the largest teacher - every smaller size (one Holm family), sizes ascending
+    vs_baseline: PairedVerdict | None = None  # the method at the peak size - no-KD student
+    vs_baseline_sizes: tuple = ()  # the method at every size - no-KD student
+    text: str = ""
+    delta: float = 0.5
+    level: float = 0.95
+
+    @property
+    def diff_points(self) -> float | None:
+        return None if self.gap is None else self.gap.estimate
+
+    @property
+    def ci_points(self) -> tuple[float, float] | None:
+        return None if self.gap is None else self.gap.ci
 
 
 def capacity_methods(summary: pd.DataFrame) -> list[str]:
@@ -67,20 +112,9 @@ def capacity_methods(summary: pd.DataFrame) -> list[str]:
     return sorted(rows["method"].dropna().unique())
 
 
-def _final_student_rows(summary: pd.DataFrame) -> pd.DataFrame:
-    """Student rows at each trial's last generation and last exit (the model reported)."""
-    rows = summary[summary["role"] == "student"]
-    if rows.empty:
-        return rows
-    last_gen = rows.groupby(["stage", "trial_id"])["generation"].transform("max")
-    rows = rows[rows["generation"] == last_gen]
-    last_exit = rows.groupby(["stage", "trial_id"])["exit"].transform("max")
-    return rows[rows["exit"].isna() | (rows["exit"] == last_exit)]
-
-
 def _label(size: float, params: float) -> str:
     size_txt = f"{size:g}"
-    if not (isinstance(params, float) and math.isnan(params)) and params is not None:
+    if params is not None and not (isinstance(params, float) and math.isnan(params)):
         return f"size {size_txt} ({_fmt_params(params)} params)"
     return f"size {size_txt}"
 
@@ -103,27 +137,153 @@ def _budget_mode(search_rows: pd.DataFrame) -> str:
     return "not recorded"
 
 
+# --------------------------------------------------------------------------- decisions on arrays
+
+def choose(val: np.ndarray, axis: int) -> np.ndarray:
+    """Index along `axis` (negative, counted on `val`) of the best mean val over seeds (the last axis).
+
+    Ties go to the first index; an entry with no finite val (no finished run)
+    is never chosen while another has one.
+    """
+    fin = np.isfinite(val)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(fin, val, 0.0).sum(axis=-1) / fin.sum(axis=-1)
+    return np.argmax(np.where(np.isfinite(means), means, -np.inf), axis=axis + 1)
+
+
+def take(arr: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
+    """arr with `axis` removed by picking `index` (shape of arr without that axis and the seed axis)."""
+    idx = np.expand_dims(np.expand_dims(index, axis if axis >= 0 else axis + 1), -1)
+    return np.take_along_axis(arr, idx, axis=axis).squeeze(axis)
+
+
+def decide(val: np.ndarray, test: np.ndarray, base_test: np.ndarray | None, delta: float = 0.5,
+           level: float = 0.95) -> dict:
+    """The capacity-gap and baseline decisions of one method, vectorised over leading axes.
+
+    val, test: (..., S, C, k) percent (NaN = no finished run), sizes ascending,
+    configs in id order; base_test: (..., k) the chosen no-KD student per seed.
+
+    The gap family is fixed before looking at the data: the largest teacher
+    minus every smaller teacher size (S - 1 comparisons, Holm-adjusted), so
+    that choosing the peak on the validation accuracy of the same runs cannot
+    bias it. The peak (best mean val over seeds) picks the headline member:
+    the largest minus the peak, or, when the peak is the largest, the largest
+    minus the runner-up on validation.
+
+    Returns: config (..., S) the chosen config per size, peak (...,),
+    head (...,) the headline member (index of the smaller size), gap
+    (paired_family of test[largest] - test[s] for s < largest, (..., S-1)),
+    status (..., ) the capacity-gap status (see `gap_status`), and base
+    (paired_family of test[s] - base, (..., S)) or None.
+    """
+    cfg = choose(val, axis=-2)
+    v = take(val, cfg, axis=-2)  # (..., S, k)
+    t = take(test, cfg, axis=-2)
+    peak = choose(v, axis=-2)  # (...,)
+    S = v.shape[-2]
+    largest = S - 1
+    out = {"config": cfg, "peak": peak, "head": None, "gap": None, "base": None,
+           "status": np.full(np.shape(peak), CANNOT_TELL, dtype=object)}
+    if S > 1:
+        gap = paired_family(t[..., largest:, :] - t[..., :largest, :], delta=delta, level=level)  # (..., S-1)
+        runner = choose(v[..., :largest, :], axis=-2)
+        head = np.where(peak == largest, runner, peak)
+        out.update(head=head, gap=gap, status=gap_status(gap, head, delta))
+    if base_test is not None:
+        out["base"] = paired_family(t - base_test[..., None, :], delta=delta, level=level)
+    return out
+
+
+def gap_status(gap: dict, head, delta: float) -> np.ndarray:
+    """The capacity-gap status per family (vectorised) from `paired_family` output of largest - smaller sizes.
+
+    * "capacity gap": some smaller teacher is shown better than the largest (Holm over the family);
+    * "largest teacher better": else, the headline member is shown with the largest better;
+    * "no capacity gap": else, the headline member is equivalent within delta and no member's
+      equivalence interval reaches below -delta (the largest is not worse than any smaller size by delta);
+    * "cannot tell" when the headline member has fewer than 3 pairs; else "inconclusive".
+    """
+    out_codes = np.asarray(gap["outcome"])
+    head = np.asarray(head)
+    pick = lambda a: np.take_along_axis(np.asarray(a), head[..., None], axis=-1)[..., 0]  # noqa: E731
+    shown_worse = ((out_codes == 1) & (gap["estimate"] < 0)).any(axis=-1)
+    h_out, h_est = pick(out_codes), pick(gap["estimate"])
+    testable = out_codes != 0
+    noninferior = np.where(testable, gap["eq_low"] > -delta, True).all(axis=-1)
+    return np.select(
+        [shown_worse, (h_out == 1) & (h_est > 0), (h_out == 2) & noninferior, h_out == 0],
+        [GAP, LARGEST_BETTER, NO_GAP, CANNOT_TELL], default=INCONCLUSIVE).astype(object)
+
+
+# --------------------------------------------------------------------------- data from a trial summary
+
+def _percent_grid(runs: pd.DataFrame, sizes, configs, seeds, column: str) -> np.ndarray:
+    out = np.full((len(sizes), max([len(c) for c in configs] + [1]), len(seeds)), np.nan)
+    pos_seed = {s: i for i, s in enumerate(seeds)}
+    for i, (size, cfgs) in enumerate(zip(sizes, configs)):
+        pos_cfg = {c: j for j, c in enumerate(cfgs)}
+        sub = runs[runs["teacher_size"] == size]
+        for cfg, seed, value in zip(sub["config_id"], sub["seed"], sub[column]):
+            out[i, pos_cfg[cfg], pos_seed[seed]] = 100.0 * value
+    return out
+
+
 def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
-    """Gather students, teachers, baseline and search budgets of `method` from a trial summary."""
-    students_all = _final_student_rows(summary)
-    mine = students_all[(students_all["method"] == method) & students_all["teacher_size"].notna()]
+    """Gather students, teachers, the no-KD student and the budgets of `method` from a trial summary."""
+    students_all = reported_rows(summary)
+    mine_all = students_all[(students_all["method"] == method) & students_all["teacher_size"].notna()]
+    mine = finished(mine_all)
     confirm = mine[mine["stage"] == "confirm"]
     search = mine[mine["stage"] == "search"]
     if not confirm.empty:
-        source = "confirm"
-        runs = best_config(confirm, ["teacher_size"])
+        source, pool = "confirm", confirm
     else:
         source = "search"
-        ordered = search.sort_values("val_acc", ascending=False, na_position="last", kind="stable")
-        runs = ordered.drop_duplicates(subset=["teacher_size"], keep="first")
-    runs = runs[["teacher_size", "teacher_params", "seed", "trial_id", "test_acc", "val_acc", "teacher_acc"]].copy()
-    params = mine.groupby("teacher_size")["teacher_params"].median()
-    runs["teacher_params"] = runs["teacher_size"].map(params)
+        ordered = search.assign(config_id=config_ids(search))
+        ordered = ordered.sort_values(["val_acc", "trial_id"], ascending=[False, True], na_position="last",
+                                      kind="stable")
+        pool = ordered.drop_duplicates(subset=["teacher_size"], keep="first")
+    pool = pool.assign(config_id=config_ids(pool))
+    # one run per (config, seed): the last-finished duplicate would be a bug upstream; keep the first trial id
+    pool = pool.sort_values("trial_id", kind="stable").drop_duplicates(["teacher_size", "config_id", "seed"])
+    sizes = sorted(float(s) for s in pool["teacher_size"].unique())
+    configs = [sorted(pool.loc[pool["teacher_size"] == s, "config_id"].unique()) for s in sizes]
+
+    epochs = _first(pool, "epochs")
+    generations = _first(pool, "generations")
+    total = None if epochs is None else epochs * (generations or 1.0)
+    base_runs, base_info = choose_baseline(summary, total, epochs)
+    seeds = sorted(set(int(s) for s in pool["seed"].dropna()) | set(int(s) for s in base_runs["seed"].dropna()))
+    val = _percent_grid(pool, sizes, configs, seeds, "val_acc")
+    test = _percent_grid(pool, sizes, configs, seeds, "test_acc")
+    base_by_seed = base_runs.drop_duplicates("seed").set_index("seed")
+    base_val = np.array([100.0 * base_by_seed["val_acc"].get(s, np.nan) for s in seeds])
+    base_test = np.array([100.0 * base_by_seed["test_acc"].get(s, np.nan) for s in seeds])
+
+    chosen, peak = [], None
+    if sizes:
+        cfg = choose(val, axis=-2)
+        chosen = [configs[i][int(cfg[i])] for i in range(len(sizes))]
+        peak = sizes[int(choose(take(val, cfg, axis=-2), axis=-2))]
+    keep = pd.DataFrame({"teacher_size": sizes, "config_id": chosen})
+    runs = pool.merge(keep, on=["teacher_size", "config_id"], how="inner") if sizes else pool.iloc[0:0]
+    params = mine_all.groupby("teacher_size")["teacher_params"].median()
+    out_cols = ["teacher_size", "teacher_params", "seed", "trial_id", "config_id", "test_acc", "val_acc",
+                "teacher_acc"]
+    runs = runs.assign(teacher_params=runs["teacher_size"].map(params))[out_cols]
     runs = runs.sort_values(["teacher_size", "seed"]).reset_index(drop=True)
 
-    teacher_rows = summary[(summary["stage"] == "teachers") & (summary["role"] == "teacher")]
-    teacher_rows = teacher_rows[teacher_rows["teacher_size"].isin(runs["teacher_size"])]
-    if not teacher_rows.empty:
+    teacher_rows = finished(summary[(summary["stage"] == "teachers") & (summary["role"] == "teacher")])
+    teacher_rows = teacher_rows[teacher_rows["teacher_size"].isin(sizes)]
+    online = summary[(summary["method"] == method) & (summary["role"] == "teacher")
+                     & summary["trial_id"].isin(runs["trial_id"]) & (summary["stage"] == source)]
+    if not online.empty:  # a method that trains its own (online) teacher, e.g. TriKD: that teacher's accuracy
+        last = online.groupby("trial_id")["generation"].transform("max").fillna(0)
+        online = online[online["generation"].fillna(0) == last]
+        teachers = summarize(online, ["teacher_size"], "test_acc")
+        teacher_source = "online teacher, last generation"
+    elif not teacher_rows.empty:
         teachers = summarize(teacher_rows, ["teacher_size"], "test_acc")
         teacher_source = "stage teachers"
     else:
@@ -132,101 +292,158 @@ def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
         teacher_source = "teacher_acc column"
     teachers["teacher_params"] = teachers["teacher_size"].map(params)
 
-    baseline_rows = students_all[
-        (students_all["stage"] == "baseline") & (students_all["method"] == "scratch")
-    ]
-    baseline_runs = best_config(baseline_rows, []) if not baseline_rows.empty else baseline_rows
-    counts = search.groupby("teacher_size")["trial_id"].nunique().to_dict()
+    search_all = summary[(summary["stage"] == "search") & (summary["method"] == method)]
+    counts = search_all.groupby("teacher_size")["trial_id"].nunique().to_dict()
+    rows = []
+    for i, size in enumerate(sizes):
+        chosen_rows = runs[runs["teacher_size"] == size]
+        first = pool[(pool["teacher_size"] == size) & (pool["config_id"] == chosen[i])].iloc[0]
+        with np.errstate(invalid="ignore"):
+            val_mean = float(np.nanmean(val[i, configs[i].index(chosen[i])])) if len(seeds) else math.nan
+        rows.append({"teacher_size": size, "config_id": chosen[i], "hyperparameters": hparams_text(first),
+                     "val_mean": val_mean, "configs_confirmed": len(configs[i]) if source == "confirm" else 0,
+                     "k": int(chosen_rows["test_acc"].notna().sum()), "epochs": _num(first.get("epochs")),
+                     "generations": _num(first.get("generations")) or 1.0,
+                     "search_trials": int(counts.get(size, 0)), "peak": size == peak})
     return CapacityData(
-        method=method,
-        source=source,
-        students=runs,
-        teachers=teachers,
-        teacher_source=teacher_source,
-        baseline=baseline_runs["test_acc"].to_numpy(dtype=float),
+        method=method, source=source, students=runs, teachers=teachers, teacher_source=teacher_source,
+        baseline=base_runs["test_acc"].to_numpy(dtype=float),
         search_trials={float(k): int(v) for k, v in counts.items()},
-        budget_mode=_budget_mode(summary[(summary["stage"] == "search") & (summary["method"] == method)]),
+        budget_mode=_budget_mode(search_all), sizes=sizes, seeds=seeds, configs=configs, val=val, test=test,
+        chosen=chosen, peak_size=peak, config_table=pd.DataFrame(rows), baseline_val=base_val,
+        baseline_test=base_test, baseline_info=base_info, epochs=epochs, generations=generations,
     )
 
 
+def _num(v):
+    return None if v is None or pd.isna(v) else float(v)
+
+
+def _first(rows: pd.DataFrame, column: str):
+    values = rows[column].dropna() if column in rows else pd.Series(dtype=float)
+    return float(values.iloc[0]) if len(values) else None
+
+
+# --------------------------------------------------------------------------- verdicts
+
 def _budget_text(data: CapacityData) -> str:
     counts = data.search_trials
-    if not counts:
-        return f"Budget mode: {data.budget_mode}; no search trials recorded."
-    listing = ", ".join(f"{k:g}: {v}" for k, v in sorted(counts.items()))
-    text = f"Budget mode: {data.budget_mode}; search trials per teacher size: {listing}."
-    if len(set(counts.values())) > 1:
+    epochs = "not recorded" if data.epochs is None else f"{data.epochs:g}"
+    gens = data.generations or 1.0
+    parts = [f"Budgets: {data.method} trains {epochs} epochs x {gens:g} generation{'s' if gens != 1 else ''} "
+             f"per model"]
+    if counts:
+        parts.append("search trials per teacher size " + ", ".join(f"{k:g}: {v}" for k, v in sorted(counts.items())))
+    else:
+        parts.append("no search trials recorded")
+    if data.source == "confirm" and not data.config_table.empty:
+        parts.append("configurations confirmed per size " + ", ".join(
+            f"{r.teacher_size:g}: {r.configs_confirmed}" for r in data.config_table.itertuples()))
+    info = data.baseline_info or {}
+    if info.get("config_id") is not None:
+        b_ep = "?" if info.get("epochs") is None else f"{info['epochs']:g}"
+        recipe = ", ".join(f"{k}={info[k]:g}" for k in ("lr", "weight_decay") if info.get(k) is not None)
+        parts.append(f"no-KD student {b_ep} epochs ({recipe}; chosen on validation among {info['n_configs']} "
+                     f"configuration(s), rule: {info['rule']}; {info['search_trials']} scratch search trials)")
+    text = f"Budget mode: {data.budget_mode}. " + "; ".join(parts) + "."
+    if counts and len(set(counts.values())) > 1:
         text += " WARNING: search budgets per teacher size were unequal, which can favour the better-searched sizes."
     return text
 
 
-def verdict(data: CapacityData, n_boot: int = 10_000, seed: int = 0) -> Verdict:
-    """Decide from the data whether a larger teacher made a worse student.
+def _size_label(data: CapacityData, size: float) -> str:
+    params = data.students.groupby("teacher_size")["teacher_params"].first() if not data.students.empty else {}
+    return _label(size, params.get(size) if hasattr(params, "get") else None)
 
-    The peak is the teacher size with the highest mean student test accuracy;
-    the gap is significant when the bootstrap 95% CI of mean(largest) -
-    mean(peak) lies below 0. Needs at least 2 seeds per teacher size.
+
+def verdicts(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list[Verdict]:
+    """The verdict of every capacity method, the method-vs-baseline comparisons Holm-adjusted over all
+    methods and teacher sizes together (one family)."""
+    datas = [capacity_data(summary, m) for m in capacity_methods(summary)]
+    datas = [d for d in datas if not d.students.empty]
+    return verdicts_of(datas, delta, level)
+
+
+def verdicts_of(datas: list[CapacityData], delta: float = 0.5, level: float = 0.95) -> list[Verdict]:
+    """As `verdicts`, from CapacityData already built."""
+    pairs, owner = [], []
+    for data in datas:
+        for j, v in enumerate(_baseline_pairs(data)):
+            pairs.append(v)
+            owner.append((data.method, j))
+    fam = compare(pairs, family="methods vs no-KD student", delta=delta, level=level)
+    per_method: dict[str, list] = {}
+    for (method, _), pv in zip(owner, fam):
+        per_method.setdefault(method, []).append(pv)
+    return [verdict(d, delta, level, _baseline=per_method.get(d.method, [])) for d in datas]
+
+
+def _baseline_pairs(data: CapacityData) -> list:
+    """(a_label, b_label, a, b) per teacher size: the chosen config vs the chosen no-KD student, by seed."""
+    if not data.sizes or not np.isfinite(data.baseline_test).any():
+        return []
+    cfg = choose(data.val, axis=-2)
+    t = take(data.test, cfg, axis=-2)
+    base = pd.Series(data.baseline_test, index=data.seeds)
+    return [(f"{data.method} at teacher {_size_label(data, s)}", "no-KD student",
+             pd.Series(t[i], index=data.seeds), base) for i, s in enumerate(data.sizes)]
+
+
+def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseline=None) -> Verdict:
+    """Decide from the data whether a larger teacher made a worse student, and how the method compares
+    with the no-KD student (see the module docstring and VERDICTS.md).
+
+    Alone, the method-vs-baseline family is this method's teacher sizes; `verdicts` builds it over all methods.
     """
-    runs = data.students.dropna(subset=["test_acc"])
-    per_size = runs.groupby("teacher_size")["test_acc"]
-    sizes = sorted(per_size.groups)
     budget = _budget_text(data)
+    method = data.method
+    base_family = (compare(_baseline_pairs(data), family="methods vs no-KD student", delta=delta, level=level)
+                   if _baseline is None else list(_baseline))
+    sizes = data.sizes
+    prefix = f"{method} (from {data.source}): "
     if not sizes:
-        return Verdict(data.method, "cannot tell", None, None, None, None, None, None,
-                       f"cannot tell: no finished student runs for {data.method}. {budget}")
-    means = per_size.mean()
-    params = data.students.groupby("teacher_size")["teacher_params"].first()
-    peak, largest = float(means.idxmax()), float(sizes[-1])
-    peak_label, largest_label = _label(peak, params.get(peak)), _label(largest, params.get(largest))
-    baseline_text, beats = _baseline_text(data, runs[runs["teacher_size"] == peak]["test_acc"], n_boot, seed)
-    prefix = f"{data.method} (from {data.source}): "
-    if per_size.size().min() < 2:
-        text = (f"{prefix}cannot tell: needs at least 2 seeds per teacher size "
-                f"(have {per_size.size().min()}); the student peaks at teacher {peak_label} on a single run.")
-        return Verdict(data.method, "cannot tell", peak_label, largest_label, None, None, None, beats,
-                       f"{text} {baseline_text} {budget}")
+        return Verdict(method, CANNOT_TELL, None, None, None, text=f"{prefix}cannot tell: no finished student "
+                       f"runs. {budget}", delta=delta, level=level)
+    cfg = choose(data.val, axis=-2)
+    v = take(data.val, cfg, axis=-2)
+    t = take(data.test, cfg, axis=-2)
+    peak_i = int(choose(v, axis=-2))
+    largest_i = len(sizes) - 1
+    peak_label = _size_label(data, sizes[peak_i])
+    largest_label = _size_label(data, sizes[largest_i])
+    vs_base = base_family[peak_i] if len(base_family) == len(sizes) else None
+    base_text = vs_base.text if vs_base is not None else "No no-KD student (stage baseline, finished) to compare with."
     if len(sizes) < 2:
-        text = f"{prefix}cannot tell: only one teacher size ({largest_label})."
-        return Verdict(data.method, "cannot tell", peak_label, largest_label, None, None, None, beats,
-                       f"{text} {baseline_text} {budget}")
-    if peak == largest:
-        text = (f"{prefix}no capacity gap: the student peaks at the largest teacher {largest_label} "
-                f"({100 * means[peak]:.2f}%); the largest teacher is not significantly worse.")
-        return Verdict(data.method, "no capacity gap", peak_label, largest_label, False, 0.0, (0.0, 0.0), beats,
-                       f"{text} {baseline_text} {budget}")
-    diff = bootstrap_diff(per_size.get_group(largest), per_size.get_group(peak), n_boot=n_boot, seed=seed)
-    d, lo, hi = 100 * diff.diff, 100 * diff.low, 100 * diff.high
-    worse = diff.high < 0
-    if worse:
-        text = (f"{prefix}capacity gap: student peaks at teacher {peak_label}; the largest teacher "
-                f"{largest_label} is worse by {-d:.2f} points (95% CI [{-hi:.2f}, {-lo:.2f}]).")
-        status = "capacity gap"
+        text = f"{prefix}cannot tell about a capacity gap: only one teacher size ({largest_label})."
+        return Verdict(method, CANNOT_TELL, peak_label, largest_label, None, (), vs_base, tuple(base_family),
+                       f"{text} {base_text} {budget}", delta, level)
+    largest_series = pd.Series(t[largest_i], index=data.seeds)
+    pairs = [(f"{method} student of the largest teacher {largest_label}",
+              f"{method} student of teacher {_size_label(data, sizes[i])}", largest_series, pd.Series(t[i], index=data.seeds))
+             for i in range(largest_i)]
+    family = compare(pairs, family=f"{method}: largest teacher vs each smaller teacher size", delta=delta,
+                     level=level)
+    if peak_i != largest_i:
+        head_i = peak_i
+        where = f"the student peaks (on validation) at teacher {peak_label}; largest minus peak:"
     else:
-        text = (f"{prefix}no capacity gap: the student peaks at teacher {peak_label}, but the largest teacher "
-                f"{largest_label} is not significantly worse ({d:+.2f} points, 95% CI [{lo:.2f}, {hi:.2f}]).")
-        status = "no capacity gap"
-    return Verdict(data.method, status, peak_label, largest_label, worse, d, (lo, hi), beats,
-                   f"{text} {baseline_text} {budget}")
-
-
-def _baseline_text(data: CapacityData, best: pd.Series, n_boot: int, seed: int) -> tuple[str, bool | None]:
-    m = data.method
-    base = data.baseline[np.isfinite(data.baseline)]
-    if base.size == 0:
-        return "No no-KD baseline (stage baseline) to compare with.", None
-    best = best.to_numpy(dtype=float)
-    if base.size < 2 or best.size < 2:
-        d = 100 * (best.mean() - base.mean())
-        return (f"{m} at the best teacher vs the no-KD student: {d:+.2f} points "
-                "(not testable: needs at least 2 seeds each)."), None
-    diff = bootstrap_diff(best, base, n_boot=n_boot, seed=seed)
-    d, lo, hi = 100 * diff.diff, 100 * diff.low, 100 * diff.high
-    if diff.low > 0:
-        return f"{m} beat the no-KD baseline by {d:.2f} points (95% CI [{lo:.2f}, {hi:.2f}]).", True
-    if diff.high < 0:
-        return f"{m} was worse than the no-KD baseline by {-d:.2f} points (95% CI [{-hi:.2f}, {-lo:.2f}]).", False
-    return (f"{m} did not significantly beat the no-KD baseline ({d:+.2f} points, "
-            f"95% CI [{lo:.2f}, {hi:.2f}])."), False
+        head_i = int(choose(v[:largest_i], axis=-2))
+        where = (f"the student peaks (on validation) at the largest teacher {largest_label}; "
+                 f"largest minus the runner-up {_size_label(data, sizes[head_i])}:")
+    head = family[head_i]
+    arrays = {"outcome": np.array([OUTCOMES.index(f.outcome) for f in family]),
+              "estimate": np.array([f.estimate for f in family]), "eq_low": np.array([f.eq_ci[0] for f in family])}
+    status = str(gap_status(arrays, np.array(head_i), delta))
+    lead = {GAP: "CAPACITY GAP", NO_GAP: "NO CAPACITY GAP (equivalent within delta)",
+            LARGEST_BETTER: "LARGEST TEACHER BETTER (shown)",
+            INCONCLUSIVE: "capacity gap INCONCLUSIVE", CANNOT_TELL: "capacity gap: cannot tell"}[status]
+    text = f"{prefix}{lead}: {where} {head.text}"
+    others = [f.text for i, f in enumerate(family) if i != head_i and f.outcome == SHOWN and f.estimate < 0]
+    if others:
+        text += " Also: " + " ".join(others)
+    text += f" {base_text} {budget}"
+    return Verdict(method, status, peak_label, largest_label, head, tuple(family), vs_base, tuple(base_family),
+                   text, delta, level)
 
 
 def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:

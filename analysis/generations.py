@@ -53,3 +53,51 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
                       template="plotly_white")
     fig.update_xaxes(dtick=1)
     return fig
+
+
+def trikd_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """TriKD student rows (every generation) of the configuration chosen on validation per teacher size.
+
+    Stage ``confirm`` only, finished trials; the configuration with the best
+    mean val_acc of the student at its last generation; the online teacher's
+    rows (role teacher) are never the method's result and are left out.
+    """
+    from .select import config_ids
+
+    rows = summary[(summary["stage"] == "confirm") & summary["method"].isin(METHODS) & (summary["role"] == "student")]
+    if rows.empty:
+        return rows
+    rows = rows.assign(teacher_size=rows["teacher_size"].fillna(-1.0), config_id=config_ids(rows))
+    last_gen = rows.groupby("trial_id")["generation"].transform("max")
+    return best_config(rows, ["teacher_size"], rows["generation"] == last_gen)
+
+
+def generation_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
+    """TriKD student at every generation minus the no-KD student, paired by seed.
+
+    One Holm family per teacher size over the generations. Generation g is
+    compared with the baseline configuration (chosen on validation) whose
+    epochs equal (g + 1) x the TriKD epochs when one exists, else with the
+    TriKD epochs. Returns a list of (teacher_size, generation, PairedVerdict, baseline info).
+    """
+    from .select import choose_baseline
+    from .stats import compare
+
+    runs = trikd_runs(summary)
+    out = []
+    for size, grp in runs.groupby("teacher_size", sort=True):
+        epochs = grp["epochs"].dropna()
+        ep = float(epochs.iloc[0]) if len(epochs) else None
+        pairs, infos, gens = [], [], sorted(grp["generation"].dropna().astype(int).unique())
+        for g in gens:
+            base, info = choose_baseline(summary, None if ep is None else (g + 1) * ep, ep)
+            a = grp[grp["generation"] == g].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+            b = base.drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+            size_txt = "" if size < 0 else f" (teacher size {size:g})"
+            b_ep = "" if info.get("epochs") is None else f" ({info['epochs']:g} epochs)"
+            pairs.append((f"trikd{size_txt} student at generation {g}", f"no-KD student{b_ep}", a, b))
+            infos.append({**info, "test_acc": float(b.mean()) if len(b) else float("nan")})
+        family = "trikd generations vs no-KD student" + ("" if size < 0 else f", teacher size {size:g}")
+        verdicts = compare(pairs, family=family, delta=delta, level=level)
+        out += [(float(size), g, v, info) for g, v, info in zip(gens, verdicts, infos)]
+    return out

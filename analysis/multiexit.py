@@ -55,3 +55,39 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
     if use_flops:
         fig.update_xaxes(type="log")
     return fig
+
+
+def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per method (multiexit, multiexit_ce): the runs of its configuration chosen on validation.
+
+    Stage ``confirm`` only, finished student trials; the configuration with
+    the best mean final-exit val_acc over seeds; one row per (trial, exit) at
+    that exit's best-val epoch.
+    """
+    rows = summary[(summary["stage"] == "confirm") & summary["method"].isin(METHODS)
+                   & (summary["role"] == "student") & summary["exit"].notna()]
+    if rows.empty:
+        return {}
+    last_exit = rows.groupby("trial_id")["exit"].transform("max")
+    chosen = best_config(rows, ["method"], rows["exit"] == last_exit)
+    return {m: grp for m, grp in chosen.groupby("method", sort=True)}
+
+
+def exit_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
+    """Multi-exit distillation minus exit-wise CE at every exit, paired by seed (one Holm family over exits).
+
+    Returns a list of PairedVerdict, one per exit present in both methods (empty without both).
+    """
+    from .stats import compare
+
+    runs = exit_runs(summary)
+    if set(runs) != set(METHODS):
+        return []
+    kd, ce = runs["multiexit"], runs["multiexit_ce"]
+    exits = sorted(set(kd["exit"].dropna().astype(int)) & set(ce["exit"].dropna().astype(int)))
+    pairs = []
+    for x in exits:
+        a = kd[kd["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+        b = ce[ce["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+        pairs.append((f"multiexit (distillation) at exit {x}", f"exit-wise CE (multiexit_ce) at exit {x}", a, b))
+    return compare(pairs, family="multiexit vs exit-wise CE, per exit", delta=delta, level=level)

@@ -1,19 +1,149 @@
-"""Choosing which trials a chart reports: confirmed runs first, configurations chosen on validation.
+"""Choosing which trials a chart or a verdict reports: confirmed runs first, configurations chosen on validation.
 
 All selection here uses ``val_acc`` only; ``test_acc`` is carried along to be
-reported, never compared.
+reported, never compared. Only finished measurements are ever chosen: trials
+whose status is ``ok`` or ``diverged`` (a diverged trial is a real outcome of
+its configuration); trials stopped by the scheduler, failed or still running
+never count as a configuration's result.
 """
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 
 from .schema import HPARAM_COLUMNS
 
 #: hparams_json keys that identify a run rather than a configuration
 _RUN_KEYS = {"seed", "trial_id", "storage_path", "study", "stage"}
+
+
+#: trial outcomes that are finished measurements (see schema.STATUSES)
+FINISHED = ("ok", "diverged")
+
+
+def finished(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows of trials that are finished measurements (status ok or diverged)."""
+    return rows[rows["status"].isin(FINISHED)]
+
+
+def reported_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The model a method reports: role student, each trial's last generation and its final exit.
+
+    (TriKD/TAKD trials hold several generations and TriKD also its online
+    teacher; a multi-exit model is reported at its final exit.)
+    """
+    rows = summary[summary["role"] == "student"]
+    if rows.empty:
+        return rows
+    last_gen = rows.groupby(["stage", "trial_id"])["generation"].transform("max")
+    rows = rows[rows["generation"].fillna(0) == last_gen.fillna(0)]
+    last_exit = rows.groupby(["stage", "trial_id"])["exit"].transform("max")
+    return rows[rows["exit"].isna() | (rows["exit"] == last_exit)]
+
+
+def config_ids(df: pd.DataFrame) -> pd.Series:
+    """The ``config_id`` column where recorded, else `config_key` (version-1 files)."""
+    if df.empty:
+        return pd.Series([], dtype=object, index=df.index)
+    ids = df["config_id"] if "config_id" in df else pd.Series(None, index=df.index, dtype=object)
+    if ids.notna().all():
+        return ids.astype(str)
+    return ids.astype(object).where(ids.notna(), config_key(df))
+
+
+def total_epochs(rows: pd.DataFrame) -> pd.Series:
+    """Epochs each model of a method is trained in total: epochs x generations (generations null -> 1)."""
+    return rows["epochs"] * rows["generations"].fillna(1.0)
+
+
+def config_means(rows: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
+    """Per group and configuration of finished trials: mean val_acc over seeds, seeds, trials.
+
+    Sorted best first within each group (ties broken by configuration id, never by test).
+    """
+    rows = finished(rows)
+    cols = list(group_cols) + ["config_id", "val_acc", "n_seeds", "n_trials"]
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows = rows.assign(config_id=config_ids(rows))
+    keys = list(group_cols) + ["config_id"]
+    per_trial = rows.groupby(keys + ["trial_id"], dropna=False).agg(val_acc=("val_acc", "mean"), seed=("seed", "first"))
+    per_trial = per_trial.reset_index()
+    out = per_trial.groupby(keys, dropna=False).agg(val_acc=("val_acc", "mean"), n_seeds=("seed", "nunique"),
+                                                     n_trials=("trial_id", "nunique")).reset_index()
+    out = out.sort_values(list(group_cols) + ["val_acc", "config_id"],
+                          ascending=[True] * len(group_cols) + [False, True], na_position="last", kind="stable")
+    return out[cols].reset_index(drop=True)
+
+
+def choose_config(rows: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
+    """Rows (finished trials) of the configuration with the best mean val_acc in each group."""
+    means = config_means(rows, group_cols)
+    if means.empty:
+        return rows.iloc[0:0].assign(config_id=pd.Series(dtype=object))
+    chosen = means.drop_duplicates(subset=list(group_cols), keep="first") if group_cols else means.head(1)
+    rows = finished(rows)
+    rows = rows.assign(config_id=config_ids(rows))
+    keys = list(group_cols) + ["config_id"]
+    return rows.merge(chosen[keys], on=keys, how="inner")
+
+
+def choose_baseline(summary: pd.DataFrame, epochs: float | None, own_epochs: float | None = None,
+                    stage: str = "baseline") -> tuple[pd.DataFrame, dict]:
+    """The no-KD student (method scratch, stage baseline) a method is compared with, chosen on validation.
+
+    Among the baseline configurations whose ``epochs`` equal `epochs` (the
+    method's total epochs per model) if any, else those with `own_epochs`
+    (the method's own epochs), else all of them, the one with the best mean
+    val_acc over seeds. Returns its rows (finished trials, one per seed) and a
+    dict: config_id, epochs, lr, weight_decay, n_configs (candidates),
+    n_configs_all, rule (which epochs rule applied), search_trials (scratch
+    trials of stage search).
+    """
+    base = reported_rows(summary)
+    base = base[(base["stage"] == stage) & (base["method"] == "scratch")]
+    base = finished(base)
+    search = summary[(summary["stage"] == "search") & (summary["method"] == "scratch")]
+    info = {"config_id": None, "epochs": None, "lr": None, "weight_decay": None, "n_configs": 0,
+            "n_configs_all": 0, "rule": "no baseline", "search_trials": int(search["trial_id"].nunique())}
+    if base.empty:
+        return base.assign(config_id=pd.Series(dtype=object)), info
+    base = base.assign(config_id=config_ids(base))
+    info["n_configs_all"] = int(base["config_id"].nunique())
+    candidates, rule = base, "all baseline configurations (none matches the method's epochs)"
+    for target, why in ((epochs, "same total epochs per model"), (own_epochs, "same epochs as the method")):
+        if target is None or not np.isfinite(target):
+            continue
+        match = base[np.isclose(base["epochs"].astype(float), float(target))]
+        if not match.empty:
+            candidates, rule = match, why
+            break
+    runs = choose_config(candidates, [])
+    first = runs.iloc[0]
+    info.update(config_id=first["config_id"], epochs=_num(first.get("epochs")), lr=_num(first.get("lr")),
+                weight_decay=_num(first.get("weight_decay")), n_configs=int(candidates["config_id"].nunique()),
+                rule=rule)
+    return runs, info
+
+
+def _num(v):
+    return None if v is None or (isinstance(v, float) and not np.isfinite(v)) or pd.isna(v) else float(v)
+
+
+def hparams_text(row, columns=None) -> str:
+    """The hyperparameters of a chosen configuration as 'name=value, ...' (non-null columns only)."""
+    from .schema import HPARAM_COLUMNS as _H
+
+    cols = columns or [c for c in _H if c not in ("batch_size",)]
+    parts = []
+    for c in cols:
+        v = row.get(c)
+        if v is not None and not (isinstance(v, float) and np.isnan(v)):
+            parts.append(f"{c}={v:g}" if isinstance(v, (int, float)) else f"{c}={v}")
+    return ", ".join(parts)
 
 
 def config_key(df: pd.DataFrame) -> pd.Series:
@@ -53,18 +183,23 @@ def best_config(rows: pd.DataFrame, group_cols: list[str], score: pd.Series | No
 
     `score` (aligned with `rows`) marks which rows count toward the mean (for
     example the final exit only); by default every row counts. Means are over
-    seeds (trials) of the same configuration.
+    seeds (trials) of the same configuration. Only finished trials (status ok
+    or diverged) are candidates or kept.
     """
     if rows.empty:
         return rows
     if not group_cols:
         kept = best_config(rows.assign(_all=0), ["_all"], score)
         return kept.drop(columns="_all")
-    rows = rows.assign(_config=config_key(rows))
+    rows = finished(rows)
+    if rows.empty:
+        return rows
+    rows = rows.assign(_config=config_ids(rows))
     scored = rows if score is None else rows[score.reindex(rows.index).fillna(False).astype(bool)]
     per_trial = scored.groupby(group_cols + ["_config", "trial_id"], dropna=False)["val_acc"].mean().reset_index()
     per_config = per_trial.groupby(group_cols + ["_config"], dropna=False)["val_acc"].mean().reset_index()
-    per_config = per_config.sort_values("val_acc", ascending=False, na_position="last", kind="stable")
+    per_config = per_config.sort_values(["val_acc", "_config"], ascending=[False, True], na_position="last",
+                                        kind="stable")
     chosen = per_config.drop_duplicates(subset=group_cols, keep="first")
     keep = rows.merge(chosen[group_cols + ["_config"]], on=group_cols + ["_config"], how="inner")
     return keep.drop(columns="_config")

@@ -47,26 +47,42 @@ def test_mean_ci_and_bootstrap():
 
 def test_planted_capacity_gap_is_detected(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=GAP, seeds=3))["kd"]
-    assert v.status == "capacity gap" and v.largest_worse
+    assert v.status == "capacity gap" and v.gap.outcome == "shown"
     assert v.peak_teacher.startswith("size 16 ")
     assert v.ci_points[1] < 0 and v.diff_points == pytest.approx(-7.0, abs=1.5)
-    assert v.text.split(": ", 1)[1].startswith("capacity gap: student peaks at teacher size 16")
-    assert "worse by" in v.text and "95% CI [" in v.text
-    assert v.beats_baseline is True and "kd beat the no-KD baseline" in v.text
+    assert v.text.split(": ", 1)[1].startswith("CAPACITY GAP: the student peaks (on validation) at teacher size 16")
+    assert "worse by" in v.text and "CI [" in v.text and "Holm-adjusted over 3 comparisons" in v.text
+    assert v.vs_baseline.outcome == "shown" and v.vs_baseline.estimate > 0
+    assert "kd at teacher size 16" in v.vs_baseline.text and "no-KD student: SHOWN" in v.text
     assert "Budget mode: per_teacher_size" in v.text and "WARNING" not in v.text
+    assert "no-KD student 6 epochs" in v.text
 
 
-def test_monotone_trend_is_no_gap(tmp_path):
+def test_monotone_trend_is_not_a_gap(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=MONOTONE, seeds=3))["kd"]
-    assert v.status == "no capacity gap" and v.largest_worse is False
-    assert "no capacity gap" in v.text and "not significantly worse" in v.text
-    assert v.peak_teacher.startswith("size 256 ")
+    assert v.status == "largest teacher better" and v.gap.outcome == "shown"
+    assert v.peak_teacher.startswith("size 256 ") and "runner-up size 64" in v.text
+    assert "capacity gap" not in v.text.lower().replace("largest teacher better", "")
+
+
+def test_equal_students_are_equivalent_no_gap(tmp_path):
+    flat = {4: 0.70, 16: 0.75, 64: 0.75, 256: 0.75}
+    v = _verdicts(write_study(tmp_path, student_means=flat, seeds=5, noise=0.001))["kd"]
+    assert v.status == "no capacity gap" and v.gap.outcome == "equivalent"
+    assert "NO CAPACITY GAP (equivalent within delta)" in v.text and "EQUIVALENT within +-0.5 points" in v.text
+
+
+def test_noisy_students_are_inconclusive_with_seeds_needed(tmp_path):
+    flat = {16: 0.75, 256: 0.75}
+    v = _verdicts(write_study(tmp_path, student_means=flat, seeds=4, noise=0.03))["kd"]
+    assert v.status == "inconclusive" and v.gap.seeds_needed > 4
+    assert f"about {v.gap.seeds_needed} paired seeds would resolve delta = 0.5 points" in v.text
 
 
 def test_one_seed_cannot_tell(tmp_path):
     v = _verdicts(write_study(tmp_path, student_means=GAP, seeds=1))["kd"]
     assert v.status == "cannot tell"
-    assert "cannot tell: needs at least 2 seeds per teacher size" in v.text
+    assert "cannot tell, 1 paired seed (at least 3 are needed)" in v.text
 
 
 def test_search_fallback_and_unequal_budget_warning(tmp_path):
@@ -167,3 +183,127 @@ def test_analysis_never_imports_ray_or_sibling_packages():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
             for name in names:
                 assert name.split(".")[0] not in {"ray", "trainables", "study", "torch"}, (path, name)
+
+
+# --------------------------------------------------------------------------- selection on validation only
+
+def _choices(df):
+    """Every choice the analysis makes: best epochs, configurations, peaks, baseline configurations."""
+    from analysis import generations, multiexit, results_table
+
+    summary = trial_summary(df)
+    keyed = summary.assign(exit=summary["exit"].fillna(-1)).set_index(["stage", "trial_id", "generation", "role", "exit"])
+    out = {"best_epoch": keyed["best_epoch"].sort_index().to_dict()}
+    for m in cg.capacity_methods(summary):
+        data = cg.capacity_data(summary, m)
+        out[m] = (data.chosen, data.peak_size, data.baseline_info["config_id"], cg.verdict(data).peak_teacher)
+    out["multiexit"] = {m: sorted(r["trial_id"].unique()) for m, r in multiexit.exit_runs(summary).items()}
+    out["trikd"] = sorted(generations.trikd_runs(summary)["trial_id"].unique())
+    out["trikd_baselines"] = [info["config_id"] for *_, info in generations.generation_comparisons(summary)]
+    table = results_table.method_table(summary)
+    out["table"] = table[["method", "teacher_size", "config_id", "peak", "no_kd_config"]].to_dict("records")
+    return out
+
+
+def test_permuting_test_accuracies_changes_no_choice(tmp_path):
+    study = write_study(tmp_path, student_means=GAP, seeds=5, trikd=True, multiexit=True, baseline_lrs=(1e-3, 3e-3))
+    df = load(study)
+    before = _choices(df)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        shuffled = df.copy()
+        shuffled["test_acc"] = rng.permutation(df["test_acc"].to_numpy())
+        shuffled["test_loss"] = rng.permutation(df["test_loss"].to_numpy())
+        assert _choices(shuffled) == before
+    assert before["kd"][1] == 16.0 and len(before["trikd_baselines"]) == 3
+
+
+def test_stopped_failed_and_running_trials_are_never_chosen(tmp_path):
+    summary = trial_summary(load(write_study(tmp_path, student_means=GAP, seeds=3, search_trials=6)))
+    data = cg.capacity_data(summary, "kd")
+    chosen = data.chosen[1]
+    other = summary[(summary["stage"] == "confirm") & (summary["teacher_size"] == 16.0)
+                    & (summary["config_id"] != chosen)]
+    assert other["trial_id"].nunique() == 3
+    for status in ("stopped", "failed", "running"):
+        tweaked = summary.copy()
+        hit = tweaked["trial_id"].isin(other["trial_id"])
+        tweaked.loc[hit, "val_acc"] = 0.99
+        assert cg.capacity_data(tweaked, "kd").chosen[1] != chosen  # a finished better config would win...
+        tweaked.loc[hit, "status"] = status
+        assert cg.capacity_data(tweaked, "kd").chosen[1] == chosen  # ...an unfinished one never does
+    # without confirm rows the best *finished* search trial per size is shown
+    search = summary[summary["stage"] != "confirm"].copy()
+    stopped = search["status"] == "stopped"
+    assert stopped.any()
+    search.loc[stopped, "val_acc"] = 0.99
+    fallback = cg.capacity_data(search, "kd")
+    assert fallback.source == "search" and not fallback.students["trial_id"].isin(search.loc[stopped, "trial_id"]).any()
+
+
+def test_baseline_is_chosen_on_validation_with_the_methods_epochs(tmp_path):
+    from analysis import results_table
+
+    study = write_study(tmp_path, student_means=GAP, seeds=3, trikd=True, baseline_lrs=(1e-3, 3e-3))
+    summary = trial_summary(load(study))
+    table = results_table.method_table(summary).set_index(["method", "teacher_size"])
+    kd, tri = table.loc[("kd", 16.0)], table.loc[("trikd", 256.0)]
+    assert (kd["no_kd_epochs"], kd["total_epochs"], kd["no_kd_configs"]) == (6.0, 6.0, 2)
+    assert (tri["no_kd_epochs"], tri["total_epochs"], tri["generations"]) == (18.0, 18.0, 3.0)
+    assert kd["no_kd_rule"] == "same total epochs per model"
+    base = summary[(summary["stage"] == "baseline") & (summary["epochs"] == 6.0)]
+    means = base.groupby("config_id")["val_acc"].mean()
+    assert kd["no_kd_config"] == means.idxmax()  # on validation
+    v = cg.verdicts(summary)[0]
+    assert "no-KD student 6 epochs (lr=0.001" in v.text and "among 2 configuration(s)" in v.text
+
+
+def test_results_tables(tmp_path):
+    from analysis import results_table
+
+    study = write_study(tmp_path, student_means=GAP, seeds=5, trikd=True, multiexit=True)
+    summary = trial_summary(load(study))
+    table = results_table.method_table(summary)
+    kd = table[table["method"] == "kd"].set_index("teacher_size")
+    assert list(kd.index) == [4.0, 16.0, 64.0, 256.0] and kd["peak"].tolist() == [False, True, False, False]
+    assert kd.loc[16.0, "test_acc"] == pytest.approx(78, abs=1.5)  # percent
+    assert kd.loc[16.0, "test_low"] < kd.loc[16.0, "test_acc"] < kd.loc[16.0, "test_high"]
+    assert kd.loc[16.0, "outcome_vs_no_kd"] == "shown" and kd.loc[16.0, "diff_vs_no_kd"] > 5
+    assert kd.loc[4.0, "largest_minus_this"] == pytest.approx(1.0, abs=1.5)
+    assert kd.loc[16.0, "outcome_largest_vs_this"] == "shown" and np.isnan(kd.loc[256.0, "largest_minus_this"])
+    assert kd.loc[16.0, "teacher_acc"] == pytest.approx(80, abs=2) and kd.loc[16.0, "k"] == 5
+    assert (kd["search_trials"] == 4).all() and (kd["configs_confirmed"] == 2).all()
+    assert kd.loc[16.0, "hyperparameters"].endswith("temperature=4, alpha=0.9")
+    tri = table[table["method"] == "trikd"].iloc[0]
+    assert tri["teacher_acc"] == pytest.approx(79, abs=2)  # its online teacher, not the frozen ladder's 90%
+
+    exits = results_table.multiexit_table(summary)
+    assert exits["exit"].tolist() == [0, 1, 2] and exits.loc[0, "outcome"] == "shown"
+    assert exits.loc[0, "diff"] == pytest.approx(2.0, abs=0.8) and (exits["k"] == 5).all()
+
+    gens = results_table.trikd_table(summary)
+    assert gens["generation"].tolist() == [0, 1, 2] and gens["no_kd_epochs"].tolist() == [6.0, 6.0, 18.0]
+    assert gens["student_acc"].is_monotonic_increasing and (gens["outcome"] == "shown").all()
+
+
+def test_all_comparisons_frame(tmp_path):
+    from analysis import results_table
+
+    summary = trial_summary(load(write_study(tmp_path, student_means=GAP, seeds=3, trikd=True, multiexit=True)))
+    frame = results_table.verdict_frame(results_table.all_comparisons(summary))
+    assert len(frame) == 3 + 5 + 3 + 3  # gap family, methods x sizes vs no-KD, exits, generations
+    assert set(frame["outcome"]) <= {"shown", "equivalent", "inconclusive", "cannot tell"}
+    assert not frame["text"].str.contains(r"^KD ", regex=True).any()  # methods are named
+    one = cg.decide(np.zeros((1, 2, 3)), np.zeros((1, 2, 3)), None)
+    assert one["status"] == "cannot tell" and one["gap"] is None  # one teacher size: nothing to compare
+
+
+def test_verdict_settings_from_spec_json(tmp_path):
+    import json
+
+    from analysis.results_table import verdict_settings
+
+    study = write_study(tmp_path, student_means=GAP, seeds=2)
+    assert verdict_settings(study) == (0.5, 0.95)
+    (study / "spec.json").write_text(json.dumps({"verdict": {"delta": 1.0, "level": 0.9}}))
+    assert verdict_settings(study) == (1.0, 0.9)

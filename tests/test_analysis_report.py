@@ -15,7 +15,7 @@ from analysis.load import load
 from analysis.synthetic import write_study
 
 GAP = {4: 0.70, 16: 0.78, 64: 0.75, 256: 0.71}
-FULL = {"capacity_gap_kd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance",
+FULL = {"capacity_gap_kd", "capacity_gap_trikd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance",
         "learning_curves"}
 
 
@@ -36,15 +36,15 @@ def test_report_has_every_figure_the_data_support(full_report):
     assert _figure_ids(html) == FULL
     assert html.count("plotly.js v") <= 2 and len(re.findall(r"Plotly\.newPlot", html)) == len(FULL)
     assert "<script src=" not in html  # self-contained: plotly.js inline, nothing fetched
-    assert "capacity gap: student peaks at teacher size 16" in html
-    assert "kd beat the no-KD baseline" in html and "teachers" in html and "confirm" in html
+    assert "CAPACITY GAP: the student peaks (on validation) at teacher size 16" in html
+    assert "kd at teacher size 16 (256k params) vs no-KD student: SHOWN" in html and "teachers" in html and "confirm" in html
 
 
 def test_report_omits_figures_without_data(tmp_path):
     study = write_study(tmp_path, student_means=GAP, seeds=3)
     out = tmp_path / "elsewhere"
     html = write_report(study, out_dir=out, png=False).read_text()
-    assert _figure_ids(html) == FULL - {"trikd_generations", "multiexit_flops"}
+    assert _figure_ids(html) == FULL - {"trikd_generations", "multiexit_flops", "capacity_gap_trikd"}
     assert not (study / "report").exists()
 
 

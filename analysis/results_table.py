@@ -1,0 +1,203 @@
+"""Result tables as pandas DataFrames (the report and the CLI render them).
+
+All accuracies are in percent; differences in accuracy points. Every choice
+behind a row (epoch, configuration, peak teacher size, baseline
+configuration) was made on validation accuracy; test accuracy is only
+reported. Comparisons are paired by confirm seed and decided as *shown*,
+*equivalent* (within delta) or *inconclusive* (*cannot tell* below 3 pairs),
+Holm-adjusted within their family (see VERDICTS.md).
+
+* `method_table`: per method x teacher size (the capacity-gap ladder)
+* `multiexit_table`: multi-exit distillation vs exit-wise CE per exit
+* `trikd_table`: TriKD per generation vs the no-KD student
+* `verdict_frame`: any list of PairedVerdict as rows
+* `verdict_settings`: delta and level from ``<study>/spec.json``
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+
+import numpy as np
+import pandas as pd
+
+from . import capacity_gap, generations, multiexit
+from .select import finished, hparams_text
+from .stats import mean_ci
+
+DEFAULT_DELTA = 0.5
+DEFAULT_LEVEL = 0.95
+
+METHOD_COLUMNS = [
+    "method", "teacher_size", "teacher_params", "peak", "hyperparameters", "config_id", "source", "k",
+    "test_acc", "test_low", "test_high", "val_acc", "teacher_acc",
+    "diff_vs_no_kd", "diff_low", "diff_high", "diff_level", "outcome_vs_no_kd", "sd_vs_no_kd", "seeds_needed_vs_no_kd",
+    "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this",
+    "no_kd_test_acc", "epochs", "generations", "total_epochs", "search_trials", "configs_confirmed",
+    "no_kd_config", "no_kd_epochs", "no_kd_configs", "no_kd_search_trials", "no_kd_rule",
+]
+
+
+def verdict_settings(path) -> tuple[float, float]:
+    """(delta, level) from the study's ``spec.json`` field ``verdict: {delta, level}`` (defaults 0.5, 0.95)."""
+    from .load import locate
+
+    try:
+        loc = locate(path)
+        with loc.fs.open_input_stream(posixpath.join(loc.study_dir, "spec.json")) as f:
+            spec = json.loads(f.read().decode())
+    except (OSError, ValueError, FileNotFoundError):
+        return DEFAULT_DELTA, DEFAULT_LEVEL
+    v = spec.get("verdict") or {} if isinstance(spec, dict) else {}
+    delta = float(v.get("delta", DEFAULT_DELTA)) if isinstance(v, dict) else DEFAULT_DELTA
+    level = float(v.get("level", DEFAULT_LEVEL)) if isinstance(v, dict) else DEFAULT_LEVEL
+    return delta, level
+
+
+def all_comparisons(summary: pd.DataFrame, delta: float = DEFAULT_DELTA,
+                    level: float = DEFAULT_LEVEL) -> list:
+    """Every paired comparison of a study as PairedVerdicts: per method the capacity-gap family
+    (largest teacher vs each smaller size), the methods x sizes vs the no-KD student, multi-exit
+    distillation vs exit-wise CE per exit and TriKD per generation vs the no-KD student."""
+    out = []
+    verdicts = capacity_gap.verdicts(summary, delta, level)
+    for v in verdicts:
+        out += list(v.sizes)
+    for v in verdicts:
+        out += list(v.vs_baseline_sizes)
+    out += multiexit.exit_comparisons(summary, delta, level)
+    out += [v for *_, v, _ in generations.generation_comparisons(summary, delta, level)]
+    return out
+
+
+def verdict_frame(verdicts) -> pd.DataFrame:
+    """One row per PairedVerdict (its `as_dict`)."""
+    return pd.DataFrame([v.as_dict() for v in verdicts])
+
+
+def _pct_ci(values) -> tuple[float, float, float]:
+    ci = mean_ci(100.0 * np.asarray(values, dtype=float))
+    return ci.mean, ci.low, ci.high
+
+
+def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL,
+                 verdicts: list | None = None) -> pd.DataFrame:
+    """Per distillation method x teacher size: the chosen configuration and what it achieved.
+
+    Columns (percent / points): test_acc mean and t-interval (test_low,
+    test_high) over the k confirm seeds; val_acc (the mean the choice was made
+    on); teacher_acc (the teacher's own test accuracy, stage teachers);
+    diff_vs_no_kd with its Holm-adjusted interval (diff_low, diff_high at
+    confidence diff_level) and outcome, sd of the paired differences and the
+    seeds needed to resolve delta; largest_minus_this: the largest teacher's
+    student minus this size's, with its interval and outcome (the capacity-gap
+    family; empty on the largest size); peak = chosen on validation; the budgets
+    (epochs, generations, total_epochs per model, search trials at that size,
+    configurations confirmed) beside the no-KD student's (config, epochs,
+    configurations it was chosen among, scratch search trials, rule).
+    """
+    datas = [capacity_gap.capacity_data(summary, m) for m in capacity_gap.capacity_methods(summary)]
+    datas = [d for d in datas if not d.students.empty]
+    if verdicts is None:
+        verdicts = capacity_gap.verdicts_of(datas, delta, level)
+    rows = []
+    for data, v in zip(datas, verdicts):
+        teachers = (data.teachers.set_index("teacher_size")["mean"] if not data.teachers.empty
+                    else pd.Series(dtype=float))
+        vs_largest = list(v.sizes) + [None]  # the largest teacher minus each smaller size; none on the largest
+        base_by_size = list(v.vs_baseline_sizes)
+        if len(base_by_size) != len(data.sizes):
+            base_by_size = [None] * len(data.sizes)
+        info = data.baseline_info or {}
+        base_mean = float(np.nanmean(data.baseline_test)) if np.isfinite(data.baseline_test).any() else math.nan
+        for i, size in enumerate(data.sizes):
+            cfg_row = data.config_table.iloc[i]
+            runs = data.students[data.students["teacher_size"] == size]
+            mean, lo, hi = _pct_ci(runs["test_acc"].dropna())
+            pv = vs_largest[i] if len(vs_largest) == len(data.sizes) else None
+            bv = base_by_size[i]
+            gens = cfg_row["generations"] or 1.0
+            rows.append({
+                "method": data.method, "teacher_size": size,
+                "teacher_params": runs["teacher_params"].iloc[0] if len(runs) else math.nan,
+                "peak": bool(cfg_row["peak"]), "hyperparameters": cfg_row["hyperparameters"],
+                "config_id": cfg_row["config_id"], "source": data.source, "k": int(cfg_row["k"]),
+                "test_acc": mean, "test_low": lo, "test_high": hi, "val_acc": cfg_row["val_mean"],
+                "teacher_acc": 100.0 * teachers.get(size, math.nan),
+                "diff_vs_no_kd": bv.estimate if bv else math.nan, "diff_low": bv.ci[0] if bv else math.nan,
+                "diff_high": bv.ci[1] if bv else math.nan, "diff_level": bv.level if bv else math.nan,
+                "outcome_vs_no_kd": bv.outcome if bv else None, "sd_vs_no_kd": bv.sd if bv else math.nan,
+                "seeds_needed_vs_no_kd": bv.seeds_needed if bv else None,
+                "largest_minus_this": pv.estimate if pv else math.nan,
+                "largest_minus_low": pv.ci[0] if pv else math.nan, "largest_minus_high": pv.ci[1] if pv else math.nan,
+                "outcome_largest_vs_this": pv.outcome if pv else None,
+                "no_kd_test_acc": base_mean, "epochs": cfg_row["epochs"], "generations": gens,
+                "total_epochs": None if cfg_row["epochs"] is None else cfg_row["epochs"] * gens,
+                "search_trials": int(cfg_row["search_trials"]), "configs_confirmed": int(cfg_row["configs_confirmed"]),
+                "no_kd_config": info.get("config_id"), "no_kd_epochs": info.get("epochs"),
+                "no_kd_configs": info.get("n_configs"), "no_kd_search_trials": info.get("search_trials"),
+                "no_kd_rule": info.get("rule"),
+            })
+    return pd.DataFrame(rows, columns=METHOD_COLUMNS)
+
+
+def multiexit_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+    """Per exit: multi-exit distillation and exit-wise CE (configs chosen on final-exit val), paired difference.
+
+    Columns: exit, exit_flops, multiexit / multiexit_ce test accuracy (mean over
+    seeds, %), their hyperparameters, k, diff (points) with its Holm-adjusted
+    interval over the exits, outcome, sd, seeds_needed.
+    """
+    cols = ["exit", "exit_flops", "multiexit_acc", "multiexit_ce_acc", "k", "diff", "diff_low", "diff_high",
+            "diff_level", "outcome", "sd", "seeds_needed", "multiexit_hyperparameters", "multiexit_ce_hyperparameters"]
+    runs = multiexit.exit_runs(summary)
+    verdicts = multiexit.exit_comparisons(summary, delta, level)
+    if not verdicts:
+        return pd.DataFrame(columns=cols)
+    kd, ce = runs["multiexit"], runs["multiexit_ce"]
+    rows = []
+    for v in verdicts:
+        x = int(v.a.rsplit(" ", 1)[1])
+        a, b = kd[kd["exit"] == x], ce[ce["exit"] == x]
+        rows.append({"exit": x, "exit_flops": a["exit_flops"].median(), "multiexit_acc": 100 * a["test_acc"].mean(),
+                     "multiexit_ce_acc": 100 * b["test_acc"].mean(), "k": v.k, "diff": v.estimate,
+                     "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
+                     "sd": v.sd, "seeds_needed": v.seeds_needed,
+                     "multiexit_hyperparameters": hparams_text(a.iloc[0]) if len(a) else "",
+                     "multiexit_ce_hyperparameters": hparams_text(b.iloc[0]) if len(b) else ""})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def trikd_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+    """Per TriKD teacher size x generation: the student's test accuracy and its paired difference to the no-KD student.
+
+    The configuration is chosen on the last generation's student val_acc; the
+    baseline of generation g is the one trained (g + 1) x epochs when it
+    exists (else the TriKD epochs). Columns: teacher_size, generation,
+    hyperparameters, student_acc (%), online_teacher_acc (% of the chosen
+    trials' online teacher, for information only), no_kd_acc, no_kd_epochs,
+    k, diff, diff_low, diff_high, diff_level, outcome, sd, seeds_needed.
+    """
+    cols = ["teacher_size", "generation", "hyperparameters", "student_acc", "online_teacher_acc", "no_kd_acc",
+            "no_kd_epochs", "k", "diff", "diff_low", "diff_high", "diff_level", "outcome", "sd", "seeds_needed"]
+    comps = generations.generation_comparisons(summary, delta, level)
+    if not comps:
+        return pd.DataFrame(columns=cols)
+    runs = generations.trikd_runs(summary)
+    teachers = finished(summary[(summary["stage"] == "confirm") & (summary["method"].isin(generations.METHODS))
+                                & (summary["role"] == "teacher") & summary["trial_id"].isin(runs["trial_id"])])
+    rows = []
+    for size, g, v, info in comps:
+        mine = runs[(runs["teacher_size"] == size) & (runs["generation"] == g)]
+        online = teachers[(teachers["generation"] == g) & teachers["trial_id"].isin(mine["trial_id"])]
+        rows.append({"teacher_size": None if size < 0 else size, "generation": g,
+                     "hyperparameters": hparams_text(mine.iloc[0]) if len(mine) else "",
+                     "student_acc": 100 * mine["test_acc"].mean(),
+                     "online_teacher_acc": 100 * online["test_acc"].mean() if len(online) else math.nan,
+                     "no_kd_acc": info.get("test_acc", math.nan), "no_kd_epochs": info.get("epochs"), "k": v.k,
+                     "diff": v.estimate,
+                     "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
+                     "sd": v.sd, "seeds_needed": v.seeds_needed})
+    return pd.DataFrame(rows, columns=cols)
