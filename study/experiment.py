@@ -25,6 +25,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray
+
 from trainables import storage
 
 log = logging.getLogger(__name__)
@@ -287,3 +289,9 @@ def run_launch(launch: Launch) -> dict:
             journal.sync()
         shutil.rmtree(private, ignore_errors=True)
     return {"ran": n}
+
+
+@ray.remote(num_cpus=0, max_retries=1)
+def experiment_task(launch: Launch) -> dict:
+    """One experiment's driver, as a Ray task (no resources: its trials hold them)."""
+    return run_launch(launch)

@@ -45,7 +45,7 @@ from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
 from . import graph  # noqa: E402
-from .experiment import Launch, run_launch  # noqa: E402
+from .experiment import Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
@@ -82,11 +82,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, log_dir: s
     from .localray import start_local_ray
 
     start_local_ray(num_cpus=num_cpus, log_dir=log_dir, logging_level=logging.WARNING)
-
-
-@ray.remote(num_cpus=0, max_retries=1)
-def _experiment_task(launch: Launch) -> dict:
-    return run_launch(launch)
 
 
 class ExperimentFailed(RuntimeError):
@@ -149,7 +144,7 @@ class StudyRunner:
                         self._settle(e, launch, owed, state, outcome)
                         continue
                     self.progress.say(f"{graph_label(e)}: started ({self._describe(e, launch, owed)})")
-                    ref = _experiment_task.options(**self._on_this_node()).remote(launch)
+                    ref = experiment_task.options(**self._on_this_node()).remote(launch)
                     running[ref] = (e.name, launch, owed)
                     state[e.name] = "running"
                 if not running:

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import functools
 
-from .spec import MethodSpec, Range
+from typing import TYPE_CHECKING
+
+from .ranges import Range
+
+if TYPE_CHECKING:
+    from .spec import MethodSpec
 
 
 def define_space(trial, params: tuple, constants: dict):
@@ -26,7 +31,7 @@ def define_space(trial, params: tuple, constants: dict):
     return dict(constants)
 
 
-def method_params(method: MethodSpec, teacher_sizes: list | None, export_epochs: list) -> dict[str, Range]:
+def method_params(method: "MethodSpec", teacher_sizes: list | None, export_epochs: list) -> dict[str, Range]:
     """The searched parameters of one method's search, teacher size included when given."""
     params = dict(method.search)
     if teacher_sizes:

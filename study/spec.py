@@ -43,6 +43,8 @@ from trainables.loop import OPTIMIZERS, SCHEDULES
 from trainables.methods import HParam, available_methods
 from trainables.models import available_families, build_model, family_options, family_sizes_hint
 
+from .ranges import Range  # noqa: F401  (part of the spec's vocabulary)
+
 #: hyperparameters every method can search besides its own
 COMMON_HPARAMS = {
     "lr": HParam(3e-3, "float", 1e-7, 10.0, log=True, help="learning rate (same bounds as train.lr)"),
@@ -65,17 +67,6 @@ class SpecError(ValueError):
         self.problems = problems
         self.source = source
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(f"  - {p}" for p in problems))
-
-
-@dataclass(frozen=True)
-class Range:
-    """One searched parameter: a numeric range or a list of choices."""
-
-    kind: str  # float | int | categorical
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple | None = None
 
 
 @dataclass

@@ -18,7 +18,6 @@ import tempfile
 import uuid
 
 import pyarrow.fs as pafs
-import torch
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -177,6 +176,8 @@ def read_bytes(uri: str) -> bytes:
 
 def save_state(obj, uri: str) -> None:
     """torch.save a state (tensors, numbers, strings, lists, dicts) atomically."""
+    import torch  # here, not at import: the processes that drive experiments never need torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_bytes(uri, buf.getvalue())
@@ -188,6 +189,8 @@ class CorruptCheckpointError(RuntimeError):
 
 def load_state(uri: str, map_location="cpu"):
     """Load a state saved by `save_state`; weights only, never pickled code."""
+    import torch
+
     data = read_bytes(uri)
     try:
         return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)

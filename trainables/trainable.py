@@ -28,7 +28,6 @@ from ray import tune
 
 from . import storage
 from .config import resolve
-from .loop import run_trial
 
 #: sampled keys that identify a run rather than a configuration
 RUN_KEYS = ("seed", "_trial_key")
@@ -95,6 +94,7 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
         trial_config = resolve(base, sampled)
         trial_config["config_id"] = config_id(sampled)
         every = float(trial_config.get("runtime", {}).get("checkpoint_every_s", 30.0))
+        from .loop import run_trial  # torch is imported by the trial's process only
         run_trial(trial_config, TuneHooks(key, root, every, stage=trial_config.get("stage", "")))
     except Exception as exc:
         if root:
