@@ -282,7 +282,8 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
         x=s[xcol], y=100 * s["mean"], error_y=err(s), mode="lines+markers+text",
         name=f"{data.method} student ({label})", line=dict(width=3, color="#1f77b4"), marker=dict(size=9),
         text=[tick(z, p).replace("<br>", ", ") for z, p in zip(s["teacher_size"], s["teacher_params"])],
-        textposition="top right", textfont=dict(size=10, color="#1f77b4"),
+        textposition=["top right"] * (len(s) - 1) + ["top left"], textfont=dict(size=10, color="#1f77b4"),
+        cliponaxis=False,
         customdata=s[["teacher_size", "n"]],
         hovertemplate="teacher size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}<extra></extra>"))
     cols = list(dict.fromkeys(["teacher_size", xcol, "teacher_params"]))
@@ -299,8 +300,7 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
     xs = [v for v in ticks[xcol] if v and v > 0]
     if xs:  # room for the outermost point labels
         fig.update_xaxes(range=[math.log10(min(xs)) - 0.3, math.log10(max(xs)) + 0.3])
-    subtitle = f"source: {data.source}"
-    if result is not None:
-        subtitle = f"verdict: {result.status} · {subtitle}"
-    return finish(fig, f"Capacity gap — {data.method}: student test accuracy vs teacher size", subtitle,
+    subtitle = f"verdict: {result.status}" if result is not None else None
+    return finish(fig, f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})",
+                  subtitle,
                   legend_rows=2)

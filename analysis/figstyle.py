@@ -61,12 +61,11 @@ def finish(fig: go.Figure, title: str, subtitle: str | None = None, height: int 
     """Title at the top left (with an optional smaller second line), legend below the plot, margins that fit."""
     top, bottom = (90 if subtitle else 70), 90 + 20 * legend_rows
     plot_h = max(100, height - top - bottom)
-    text = title if not subtitle else f"{title}<br><span style='font-size:12px;color:#555'>{subtitle}</span>"
     fig.update_layout(
         template="plotly_white", height=height,
-        title=dict(text=text, x=0.01, xanchor="left", xref="container", y=1, yref="container", yanchor="top",
-                   pad=dict(t=14, l=4), automargin=True,
-                   font=dict(size=16)),
+        title=dict(text=title, x=0.01, xanchor="left", xref="container", y=1 - 14 / height, yref="container",
+                   yanchor="top", font=dict(size=16),
+                   subtitle=dict(text=subtitle or "", font=dict(size=12, color="#555"))),
         legend=dict(orientation="h", x=0, xanchor="left", y=-58 / plot_h, yanchor="top", title_text=legend_title,
                     font=dict(size=11)),
         margin=dict(l=70, r=30, t=top, b=bottom),
