@@ -117,3 +117,22 @@ def test_status_accepts_a_single_parquet_file(tmp_path, capsys):
     stages = {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
     assert stages == {"confirm"}
     assert len(pq.read_table(study / "results" / "confirm" / "part-0.parquet")) > 0
+
+
+def test_readme_duckdb_queries_give_the_students_best(tmp_path):
+    """The README's two SQL recipes agree, and name the TriKD student (not its online teacher)."""
+    duckdb = pytest.importorskip("duckdb")
+    from analysis import write_report
+
+    study = write_study(tmp_path, "quickstart", student_means=GAP, seeds=2, trikd=True)
+    write_report(study, png=False)
+    queries = re.findall(r"```sql\n(.*?)```", README.read_text(), re.S)
+    assert len(queries) == 2
+    con = duckdb.connect()
+    results = []
+    for q in queries:  # every stage (the synthetic TriKD rows live in a stage of their own)
+        q = q.replace("kdstudy_results/quickstart", str(study)).replace("stage IN ('search', 'confirm') AND ", "")
+        q = q.replace("AND stage IN ('search', 'confirm') ", "")
+        results.append(con.sql(q).df().set_index("method")["test_acc_at_best_val"])
+    assert results[0].to_dict() == pytest.approx(results[1].to_dict())
+    assert results[0]["trikd"] < 0.76  # the student; the online teacher reaches ~0.79
