@@ -358,14 +358,15 @@ table.facts tr:nth-child(even) td{background:none}
 .verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
 .verdict b{color:#1f4e79}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
 .note{color:#555}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
+table.status td,table.status th{white-space:nowrap}
 """
 
 
 def render_table(table: ResultTable, css_class: str = "results") -> str:
     """A DataFrame as a styled HTML table with its title and caption; numbers right-aligned, text left."""
     frame = table.frame.copy()
-    head = "".join(f"<th class='{'num' if pd.api.types.is_numeric_dtype(frame[c]) else 'text'}'>"
-                   f"{html.escape(str(c))}</th>" for c in frame.columns)
+    col_class = {c: "num" if pd.api.types.is_numeric_dtype(frame[c]) else "text" for c in frame.columns}
+    head = "".join(f"<th class='{col_class[c]}'>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
     for _, row in frame.iterrows():
         cells = []
@@ -378,7 +379,9 @@ def render_table(table: ResultTable, css_class: str = "results") -> str:
                 txt = f"{v:.2f}" if abs(v) < 1e5 else f"{v:.3g}"
             else:
                 txt = str(v)
-            cls = "num" if numeric else ("error" if c in ("error", "last error") else "text")
+            missing = v is None or (numeric and v != v)
+            cls = "error" if c in ("error", "last error") and not missing else (
+                col_class[c] if missing else ("num" if numeric else "text"))
             cells.append(f"<td class='{cls}'>{html.escape(txt)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f" id='{html.escape(table.name)}'" if table.name else ""
