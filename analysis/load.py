@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 from dataclasses import dataclass
 
 import pandas as pd
@@ -104,7 +105,8 @@ def _result_files(loc: Location) -> list[str]:
 def _short(exc: BaseException) -> str:
     """The first line of an exception's message (pyarrow's can run over several)."""
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    first = text[0] if text else type(exc).__name__
+    return re.sub(r"^Could not open Parquet input source '[^']*': ", "", first)  # the path is named already
 
 
 def _check_fragment(fragment) -> int:
@@ -233,6 +235,12 @@ def trial_summary(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _last_line(text: str) -> str:
+    """The last non-empty line of an error text (the exception's own message)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
 def trial_outcomes(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (stage, trial_id): method, outcome and the error line of a failed trial.
 
@@ -249,7 +257,8 @@ def trial_outcomes(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "method": last["method"],
         "status": last["status"],
-        "error": g["error"].agg(lambda s: next((e for e in reversed(s.tolist()) if isinstance(e, str) and e), None)),
+        "error": g["error"].agg(lambda s: next((_last_line(e) for e in reversed(s.tolist())
+                                                 if isinstance(e, str) and e.strip()), None)),
         "timestamp": g["timestamp"].max(),
     })
     last_gen = work[work["generation"] == g["generation"].transform("max")]

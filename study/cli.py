@@ -175,9 +175,9 @@ def _results_error(exc: Exception) -> int:
     """One line naming the problem (and the file); never a traceback."""
     from analysis.load import ResultsFileError, SchemaVersionError
 
-    print(f"kdstudy: {exc}", file=sys.stderr)
-    if isinstance(exc, (ResultsFileError, SchemaVersionError)):
-        print("kdstudy: pass --skip-bad to report on the other files", file=sys.stderr)
+    hint = "; pass --skip-bad to report on the other files" if isinstance(
+        exc, (ResultsFileError, SchemaVersionError)) else ""
+    print(f"kdstudy: {exc}{hint}", file=sys.stderr)
     return 2
 
 

@@ -93,7 +93,7 @@ def test_torn_parquet_is_one_line_and_skip_bad_reports_the_rest(tmp_path, capsys
         assert main(cmd) == 2
         err = capsys.readouterr().err
         assert "torn.parquet" in err and "Traceback" not in err and "--skip-bad" in err
-        assert len(err.strip().splitlines()) == 2
+        assert len(err.strip().splitlines()) == 1
     assert main(["status", str(study), "--skip-bad"]) == 0
     out = capsys.readouterr().out
     assert "skipped 1 unreadable results file" in out and "torn.parquet" in out and "confirm" in out
