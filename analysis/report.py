@@ -136,6 +136,28 @@ def _duration(seconds: float) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
+#: train / test sizes of a dataset's own splits, before the validation carve (mnist1d: 80% / 20%)
+_BASE_SPLITS = {"cifar10": lambda ds: (50_000, 10_000), "cifar100": lambda ds: (50_000, 10_000),
+                "mnist1d": lambda ds: (int(0.8 * int(ds.get("num_samples", 10_000))),
+                                       int(int(ds.get("num_samples", 10_000)) - int(0.8 * int(ds.get("num_samples", 10_000)))))}
+
+
+def split_sizes(ds: dict) -> str | None:
+    """"train N / val N / test N" from the spec's dataset section (val carved from train), if known."""
+    base = _BASE_SPLITS.get(str(ds.get("name")))
+    if base is None:
+        return None
+    try:
+        n_train, n_test = base(ds)
+        n_val = int(round(n_train * float(ds.get("val_fraction", 0.1))))
+        train = n_train - n_val
+        if ds.get("train_subset") is not None:
+            train = min(train, int(ds["train_subset"]))
+    except (TypeError, ValueError):
+        return None
+    return f"train {train:,} / val {n_val:,} / test {n_test:,}"
+
+
 def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
     """(label, value) pairs for the report's header, from spec.json and the rows."""
     spec = spec or {}
@@ -145,6 +167,9 @@ def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
     ds = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     facts.append(("dataset", f"{datasets or ds.get('name', '-')}" + (f" ({_kv(ds)})" if ds else "")))
+    splits = split_sizes(ds) if ds else None
+    if splits:
+        facts.append(("splits", f"{splits} (validation carved from the training split; it alone selects)"))
     students = df[df["role"] == "student"].dropna(subset=["student_arch"]).drop_duplicates("student_arch")
     student_txt = ", ".join(f"{r.student_arch} ({_params(r.student_params)} params)" for r in students.itertuples())
     if isinstance(spec.get("student"), dict):

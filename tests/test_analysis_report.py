@@ -79,7 +79,8 @@ def test_report_header_names_the_study_and_its_budgets(full_report):
     _, path = full_report
     header = path.read_text().split("id='header'>", 1)[1].split("</table>", 1)[0]
     for fact in ("study", "synthetic", "dataset", "num_samples=4000", "student", "mlp-16", "recipe", "epochs=6",
-                 "budgets", "stratified", "code version", "wall time", "compute", "dates"):
+                 "budgets", "stratified", "code version", "wall time", "compute", "dates",
+                 "train 2,880 / val 320 / test 800"):
         assert fact in header, fact
 
 
