@@ -200,10 +200,15 @@ def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
         facts.append(("wall time", _duration((last - first).total_seconds())))
     epochs = df.drop_duplicates(["stage", "trial_id", "generation", "epoch"])
     compute = epochs["epoch_time_s"].sum(min_count=1)
+    for extra in ("eval_time_s",):  # schema columns added later: counted when present
+        if extra in epochs and epochs[extra].notna().any():
+            compute = (0 if compute != compute else compute) + epochs[extra].sum()
+    if "setup_time_s" in df and df["setup_time_s"].notna().any():
+        compute = (0 if compute != compute else compute) + df.groupby(["stage", "trial_id"])["setup_time_s"].max().sum()
     devices = ", ".join(sorted(df["device"].dropna().unique())) or "-"
     nodes = df["node"].dropna().nunique()
-    facts.append(("compute", f"{_duration(compute) if compute == compute else '-'} of training "
-                             f"(sum of epoch times over {df.groupby(['stage', 'trial_id']).ngroups} trials) "
+    facts.append(("compute", f"{_duration(compute) if compute == compute else '-'} of trial time "
+                             f"(sum of epoch, evaluation and set-up times over {df.groupby(['stage', 'trial_id']).ngroups} trials) "
                              f"on {devices}, {nodes} node(s)"))
     facts.append(("report written", pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")))
     return facts
@@ -225,7 +230,11 @@ def results_tables(df: pd.DataFrame, delta: float | None = None) -> list[ResultT
         from . import results_table  # written alongside; returns DataFrames
     except ImportError:
         return fallback_tables(df)
-    made = results_table.tables(df) if delta is None else results_table.tables(df, delta=delta)
+    build = getattr(results_table, "tables", None) or getattr(results_table, "results_tables", None)
+    if build is None:
+        log.warning("analysis.results_table has no tables(); using the fallback results table")
+        return fallback_tables(df)
+    made = build(df) if delta is None else build(df, delta=delta)
     return as_tables(made)
 
 
