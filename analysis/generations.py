@@ -42,7 +42,8 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
         aw_txt = "none" if aw < 0 else f"{aw:g}"
         fig.add_trace(go.Scatter(
             x=grp["generation"], y=100 * grp["mean"], mode="lines+markers",
-            name=f"{'student' if role == 'student' else 'online teacher'}, anchor weight {aw_txt}", legendgroup=f"aw={aw_txt}",
+            name=f"{'student' if role == 'student' else 'online teacher'}, anchor weight {aw_txt}",
+            legendgroup=f"aw={aw_txt}",
             line=dict(dash="solid" if role == "student" else "dash"),
             error_y=dict(type="data", symmetric=False, array=100 * (grp["high"] - grp["mean"]).fillna(0),
                          arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),

@@ -62,6 +62,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
     if use_flops:
         ticks = data.drop_duplicates("exit").sort_values("exit")
         fig.update_xaxes(type="log", tickmode="array", tickvals=list(ticks["exit_flops"]),
-                         ticktext=[f"exit {int(e)}<br>{_flops(f)} FLOPs" for e, f in zip(ticks["exit"], ticks["exit_flops"])])
+                         ticktext=[f"exit {int(e)}<br>{_flops(f)} FLOPs"
+                                   for e, f in zip(ticks["exit"], ticks["exit_flops"])])
     return finish(fig, "Multi-exit: test accuracy per exit",
                   f"stage: {stage}; mean ± 95% CI over seeds")

@@ -26,7 +26,7 @@ import os
 import pathlib
 import posixpath
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -40,7 +40,7 @@ from . import capacity_gap, curves, generations, landscape, multiexit
 from .figstyle import HEIGHT, PNG_WIDTH
 from .load import final_models, load, locate, trial_outcomes, trial_summary
 from .schema import HPARAM_COLUMNS, SCHEMA
-from .select import best_config, config_key
+from .select import best_config
 from .stats import mean_ci
 from .status import failures, status_frame
 
@@ -137,9 +137,13 @@ def _duration(seconds: float) -> str:
 
 
 #: train / test sizes of a dataset's own splits, before the validation carve (mnist1d: 80% / 20%)
+def _mnist1d_splits(ds: dict) -> tuple[int, int]:
+    n = int(ds.get("num_samples", 10_000))
+    return int(0.8 * n), n - int(0.8 * n)
+
+
 _BASE_SPLITS = {"cifar10": lambda ds: (50_000, 10_000), "cifar100": lambda ds: (50_000, 10_000),
-                "mnist1d": lambda ds: (int(0.8 * int(ds.get("num_samples", 10_000))),
-                                       int(int(ds.get("num_samples", 10_000)) - int(0.8 * int(ds.get("num_samples", 10_000)))))}
+                "mnist1d": _mnist1d_splits}
 
 
 def split_sizes(ds: dict) -> str | None:
@@ -178,7 +182,8 @@ def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
     teachers = df.dropna(subset=["teacher_size"]).drop_duplicates("teacher_size").sort_values("teacher_size")
     if not teachers.empty:
         facts.append(("teachers", ", ".join(
-            f"{r.teacher_arch or ''} size {r.teacher_size:g} ({_params(r.teacher_params)})" for r in teachers.itertuples())
+            f"{r.teacher_arch or ''} size {r.teacher_size:g} ({_params(r.teacher_params)})"
+            for r in teachers.itertuples())
             + (f" — spec: {_kv(spec['teachers'])}" if isinstance(spec.get("teachers"), dict) else "")))
     if isinstance(spec.get("train"), dict):
         facts.append(("recipe", _kv(spec["train"])))
@@ -208,7 +213,8 @@ def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
     devices = ", ".join(sorted(df["device"].dropna().unique())) or "-"
     nodes = df["node"].dropna().nunique()
     facts.append(("compute", f"{_duration(compute) if compute == compute else '-'} of trial time "
-                             f"(sum of epoch, evaluation and set-up times over {df.groupby(['stage', 'trial_id']).ngroups} trials) "
+                             "(sum of the recorded epoch, evaluation and set-up times over "
+                             f"{df.groupby(['stage', 'trial_id']).ngroups} trials) "
                              f"on {devices}, {nodes} node(s)"))
     facts.append(("report written", pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")))
     return facts
@@ -386,7 +392,8 @@ table{border-collapse:collapse;margin:.6em 0 .3em;font-size:14px}
 td,th{border:1px solid #d0d7de;padding:4px 9px;text-align:right;vertical-align:top}
 th{background:#f3f5f7;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
 td.text,th.text{text-align:left}
-table.facts td{text-align:left;border:none;padding:2px 10px 2px 0}table.facts td:first-child{color:#555;white-space:nowrap}
+table.facts td{text-align:left;border:none;padding:2px 10px 2px 0}
+table.facts td:first-child{color:#555;white-space:nowrap}
 table.facts tr:nth-child(even) td{background:none}
 .caption{color:#555;font-size:13px;max-width:1100px;margin:.2em 0 1.2em}
 .verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
@@ -542,13 +549,19 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
                  skip_bad: bool = False) -> pathlib.Path:
     """Write ``report.html`` (PNGs, ``students.parquet``) for the study at `path`; return the HTML's path.
 
-    `out_dir` defaults to ``<study>/report``. For a remote study URI the files
+    `out_dir` defaults to ``<study>/report`` (``<name>_report`` beside the
+    file when `path` is a single Parquet file). For a remote study URI the files
     are built locally and copied to ``<study>/report`` on that filesystem; the
     returned path is then the path within that filesystem. `df` reuses rows
     already loaded from `path`.
     """
     loc = locate(path)
     df = load(path, skip_bad=skip_bad) if df is None else df
+    if out_dir is None and loc.file is not None:  # one file's report never replaces the study's own
+        out_dir = posixpath.join(posixpath.dirname(loc.file),
+                                 posixpath.basename(loc.file).rsplit(".", 1)[0] + "_report")
+        if not loc.is_local:
+            raise ValueError(f"give --out for the report of the single remote file {loc.file}")
     sections, verdicts = build_sections(df)
     studies = sorted(df["study"].dropna().unique())
     title = f"kdstudy report: {', '.join(studies) or posixpath.basename(loc.study_dir)}"

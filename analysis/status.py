@@ -112,7 +112,8 @@ def format_status(df: pd.DataFrame) -> str:
     if studies:
         lines.append(f"study {', '.join(studies)}: {len(trial_outcomes(df))} trials; "
                      "accuracies in %; each trial at its epoch of best val accuracy (test % at that epoch); "
-                     "per row the best search trial, or the configuration with the best mean val % averaged over its seeds")
+                     "per row the best search trial, or the configuration with the best mean val % "
+                     "averaged over its seeds")
     shown = frame.assign(**{"last error": frame["last error"].map(_clip)})
     if shown["last error"].isna().all():
         shown = shown.drop(columns="last error")

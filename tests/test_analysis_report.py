@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -34,7 +33,8 @@ def _figure_ids(html: str) -> set[str]:
 def full_report(tmp_path_factory):
     study = write_study(tmp_path_factory.mktemp("full"), student_means=GAP, seeds=3, trikd=True, multiexit=True)
     (study / "spec.json").write_text(json.dumps({
-        "name": "synthetic", "dataset": {"name": "mnist1d", "num_samples": 4000}, "student": {"family": "mlp", "size": 16},
+        "name": "synthetic", "dataset": {"name": "mnist1d", "num_samples": 4000},
+        "student": {"family": "mlp", "size": 16},
         "train": {"epochs": 6, "lr": 0.001}, "search": {"budget": "stratified"}, "confirm": {"seeds": 3},
         "methods": {"kd": {"trials": 4}}}))
     _mark_outcomes(study)

@@ -116,7 +116,9 @@ def test_status_accepts_a_single_parquet_file(tmp_path, capsys):
     out = capsys.readouterr().out
     stages = {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
     assert stages == {"confirm"}
-    assert len(pq.read_table(study / "results" / "confirm" / "part-0.parquet")) > 0
+    assert main(["report", str(study / "results" / "confirm" / "part-0.parquet"), "--no-png"]) == 0
+    assert (study / "results" / "confirm" / "part-0_report" / "report.html").exists()
+    assert not (study / "report").exists()  # the study's own report is not replaced by one file's
 
 
 def test_readme_duckdb_queries_give_the_students_best(tmp_path):
