@@ -541,7 +541,9 @@ def write_students(df: pd.DataFrame, path) -> None:
     frame = students_frame(df)
     fields = list(SCHEMA) + [pa.field("best_epoch", pa.int32()), pa.field("n_epochs", pa.int32()),
                              pa.field("outcome", pa.string())]
-    table = pa.Table.from_pandas(frame, schema=pa.schema(fields, metadata=SCHEMA.metadata), preserve_index=False)
+    # not a results file: no kdstudy_schema_version, so `load` refuses it loudly if it is ever given one
+    meta = {b"kdstudy_students_of_schema_version": SCHEMA.metadata[b"kdstudy_schema_version"]}
+    table = pa.Table.from_pandas(frame, schema=pa.schema(fields, metadata=meta), preserve_index=False)
     pq.write_table(table, path)
 
 
@@ -549,8 +551,8 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
                  skip_bad: bool = False) -> pathlib.Path:
     """Write ``report.html`` (PNGs, ``students.parquet``) for the study at `path`; return the HTML's path.
 
-    `out_dir` defaults to ``<study>/report`` (``<name>_report`` beside the
-    file when `path` is a single Parquet file). For a remote study URI the files
+    `out_dir` defaults to ``<study>/report`` (``<study>/report/<file stem>``
+    when `path` is a single Parquet file). For a remote study URI the files
     are built locally and copied to ``<study>/report`` on that filesystem; the
     returned path is then the path within that filesystem. `df` reuses rows
     already loaded from `path`.
@@ -558,8 +560,7 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
     loc = locate(path)
     df = load(path, skip_bad=skip_bad) if df is None else df
     if out_dir is None and loc.file is not None:  # one file's report never replaces the study's own
-        out_dir = posixpath.join(posixpath.dirname(loc.file),
-                                 posixpath.basename(loc.file).rsplit(".", 1)[0] + "_report")
+        out_dir = posixpath.join(loc.study_dir, "report", posixpath.basename(loc.file).rsplit(".", 1)[0])
         if not loc.is_local:
             raise ValueError(f"give --out for the report of the single remote file {loc.file}")
     sections, verdicts = build_sections(df)

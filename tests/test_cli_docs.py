@@ -117,8 +117,8 @@ def test_status_accepts_a_single_parquet_file(tmp_path, capsys):
     stages = {line.split()[0] for line in out.splitlines()[2:] if line.strip()}
     assert stages == {"confirm"}
     assert main(["report", str(study / "results" / "confirm" / "part-0.parquet"), "--no-png"]) == 0
-    assert (study / "results" / "confirm" / "part-0_report" / "report.html").exists()
-    assert not (study / "report").exists()  # the study's own report is not replaced by one file's
+    assert (study / "report" / "part-0" / "report.html").exists()
+    assert not (study / "report" / "report.html").exists()  # the study's own report is not replaced
 
 
 def test_readme_duckdb_queries_give_the_students_best(tmp_path):
