@@ -273,11 +273,19 @@ def importance_figure(summary: pd.DataFrame, method: str, seed: int = 0) -> tupl
                              marker_color=colour))
     name = evaluator_for(seed)[1]
     used = int(trials["outcome"].isin(["ok", "diverged"]).sum())
-    fig.update_layout(barmode="group", xaxis_title="importance (fraction of variance of best val accuracy)",
+    fig.update_layout(barmode="group", xaxis_title="importance for best val accuracy (normalised to sum to 1)",
                       showlegend=len(groups) > 1)
+    if searched_size:
+        scope = "teacher size searched jointly, so it is a parameter"
+    elif len(sizes) > 1:
+        scope = ("within each teacher size (stratified budget)" if len(groups) > 1
+                 else "teacher sizes pooled; stratified budget, so teacher size is not a parameter")
+    else:
+        scope = None
     finish(fig, f"Hyperparameter importance — {method}",
            f"Optuna {name} over {used} fully trained search trials"
-           + (f"; {n_stopped} stopped/failed left out" if n_stopped else ""),
+           + (f"; {n_stopped} stopped early, failed or unfinished left out" if n_stopped else "")
+           + (f"; {scope}" if scope else ""),
            height=max(360, 150 + 40 * sum(len(g[1]) for g in groups)))
     fig.update_yaxes(automargin=True)
     return fig, notes
