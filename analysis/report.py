@@ -272,17 +272,35 @@ def as_tables(made) -> list[ResultTable]:
     return out
 
 
-def _hparams_text(row: pd.Series) -> str:
+_NOT_HPARAMS = {"seed", "budget_mode", "teacher_size", "trial_id", "study", "stage"}
+
+
+def _params_of(row: pd.Series) -> dict:
     text = row.get("hparams_json")
-    params = {}
     if isinstance(text, str):
         try:
-            params = {k: v for k, v in json.loads(text).items()
-                      if k not in {"seed", "budget_mode", "teacher_size", "trial_id", "study", "stage"}}
-        except ValueError:
-            params = {}
-    if not params:
-        params = {c: row[c] for c in HPARAM_COLUMNS if c in row and pd.notna(row[c])}
+            params = {k: v for k, v in json.loads(text).items() if k not in _NOT_HPARAMS}
+            if params:
+                return params
+        except (ValueError, AttributeError):
+            pass
+    return {c: row[c] for c in HPARAM_COLUMNS if c in row and pd.notna(row[c])}
+
+
+def searched_keys(rows: pd.DataFrame) -> set[str]:
+    """Hyperparameters that take more than one value among `rows` (what the search varied)."""
+    seen: dict[str, set] = {}
+    for _, row in rows.iterrows():
+        for k, v in _params_of(row).items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return {k for k, vals in seen.items() if len(vals) > 1}
+
+
+def _hparams_text(row: pd.Series, keys: set[str] | None = None) -> str:
+    """The row's hyperparameters as ``k=v``; only `keys` (the searched ones) when given and present."""
+    params = _params_of(row)
+    if keys and keys & set(params):
+        params = {k: v for k, v in params.items() if k in keys}
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
 
 
@@ -332,8 +350,9 @@ def fallback_tables(df: pd.DataFrame) -> list[ResultTable]:
             t_acc = chosen["teacher_acc"].mean()
         budget = int(searched[(searched["method"] == method)
                               & (searched["teacher_size"].fillna(-1.0) == size)]["trial_id"].nunique())
+        keys = searched_keys(dist[dist["method"] == method])
         rows.append({"method": method, "teacher size": "-" if size < 0 else f"{size:g}",
-                     "chosen hyperparameters": _hparams_text(chosen.iloc[0]),
+                     "chosen hyperparameters": _hparams_text(chosen.iloc[0], keys),
                      "test % (mean ± 95% CI)": test,
                      "vs no-KD, paired by seed (points)": diff,
                      "teacher's own test %": "-" if t_acc is None or t_acc != t_acc else f"{100 * t_acc:.2f}",
@@ -348,7 +367,8 @@ def fallback_tables(df: pd.DataFrame) -> list[ResultTable]:
     if rows:
         out.append(ResultTable("Results per method and teacher size", pd.DataFrame(rows),
                                "Test accuracy of the student (role student, last generation, final exit) at its "
-                               "best-validation epoch, for the configuration chosen on mean validation accuracy; "
+                               "best-validation epoch, for the configuration chosen on mean validation accuracy "
+                               "(the hyperparameters the search varied are shown); "
                                "± is the half-width of the 95% t-interval over seeds. The difference to the no-KD "
                                "student pairs runs of the same seed. (Fallback table built from trial_summary.)",
                                "results"))
