@@ -162,7 +162,7 @@ def test_landscape_marks_stopped_and_failed_trials(full_report):
     names = {tr.name for tr in fig.data}
     assert {"trained fully", "stopped early by the scheduler (open)", "failed (no accuracy)", "unfinished"} <= names
     assert "failed" in fig.layout.title.subtitle.text and "stopped early" in fig.layout.title.subtitle.text
-    assert not any(isinstance(tr, type(None)) or tr.type == "heatmap" for tr in fig.data)
+    assert all(tr.type == "scatter" for tr in fig.data)  # points, not binned heatmap cells
 
 
 def test_importance_names_the_method_and_leaves_out_stopped_trials(full_report):
@@ -213,8 +213,9 @@ def test_png_without_a_browser_is_one_line(tmp_path, monkeypatch, caplog):
 def test_results_tables_render_any_dataframe_with_title_and_caption():
     frame = pd.DataFrame({"method": ["kd"], "mean": [71.234], "n": [3]})
     frame.attrs.update(title="Custom", caption="A caption")
-    tables = report_mod.as_tables([frame, ("Second", frame), {"Third": frame}])
-    assert [t.title for t in tables] == ["Custom", "Second"] or [t.title for t in tables][:2] == ["Custom", "Second"]
+    tables = report_mod.as_tables([frame, ("Second", frame, "its caption")]) + report_mod.as_tables({"Third": frame})
+    assert [t.title for t in tables] == ["Custom", "Second", "Third"]
+    assert tables[1].caption == "its caption"
     html = report_mod.render_table(tables[0])
     assert "<h3>Custom</h3>" in html and "A caption" in html and "71.23" in html
 
