@@ -447,43 +447,77 @@ def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseli
 
 
 def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
-    """Student and teacher accuracy vs teacher parameters (log x), baseline as a band."""
+    """Student and teacher accuracy vs teacher parameters (log x), baseline as a band.
+
+    Each teacher size is a tick labelled with its size and parameter count
+    (and the student's points carry the same label); error bars are 95%
+    t-intervals over seeds and are never clipped: the y range holds every bar.
+    """
+    from .figstyle import finish, y_range_with_bars
+
     students = summarize(data.students, ["teacher_size"], "test_acc")
     students["teacher_params"] = students["teacher_size"].map(
         data.students.groupby("teacher_size")["teacher_params"].first())
-    use_params = students["teacher_params"].notna().all() and data.teachers["teacher_params"].notna().all()
+    teachers = data.teachers.copy()
+    use_params = bool(students["teacher_params"].notna().all()
+                      and (teachers.empty or teachers["teacher_params"].notna().all()))
     xcol = "teacher_params" if use_params else "teacher_size"
     fig = go.Figure()
 
     def err(frame):
         return dict(type="data", symmetric=False, array=100 * (frame["high"] - frame["mean"]).fillna(0),
-                    arrayminus=100 * (frame["mean"] - frame["low"]).fillna(0), visible=True)
+                    arrayminus=100 * (frame["mean"] - frame["low"]).fillna(0), visible=True, thickness=1.5)
+
+    def tick(size, params):
+        if use_params and params == params and params is not None:
+            return f"size {size:g}<br>{_fmt_params(params)} params"
+        return f"size {size:g}"
 
     base = mean_ci(data.baseline)
+    extra = []
     if base.n:
         if base.n >= 2:
-            fig.add_hrect(y0=100 * base.low, y1=100 * base.high, fillcolor="gray", opacity=0.2, line_width=0)
-        fig.add_hline(y=100 * base.mean, line_dash="dot", line_color="gray",
-                      annotation_text=f"no-KD student (n={base.n})", annotation_position="bottom right")
-    if not data.teachers.empty:
-        t = data.teachers.sort_values(xcol)
+            fig.add_hrect(y0=100 * base.low, y1=100 * base.high, fillcolor="gray", opacity=0.15, line_width=0)
+            extra += [100 * base.low, 100 * base.high]
+        extra.append(100 * base.mean)
+        # a legend entry for the band (the shape itself has none)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", line=dict(dash="dot", color="gray", width=2),
+                                 name=f"no-KD student: {100 * base.mean:.2f}%"
+                                      + (" (band: 95% CI" if base.n >= 2 else " (") + f", n={base.n})"))
+        fig.add_hline(y=100 * base.mean, line_dash="dot", line_color="gray")
+    if not teachers.empty:
+        t = teachers.sort_values(xcol)
         fig.add_trace(go.Scatter(x=t[xcol], y=100 * t["mean"], error_y=err(t), mode="lines+markers",
                                  name=f"teacher's own accuracy ({data.teacher_source})",
-                                 line=dict(dash="dash", color="#7f7f7f"),
+                                 line=dict(dash="dash", color="#7f7f7f"), marker=dict(symbol="square"),
                                  customdata=t[["teacher_size", "n"]],
-                                 hovertemplate="size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"))
+                                 hovertemplate="teacher size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"
+                                               "<extra></extra>"))
     s = students.sort_values(xcol)
-    label = "confirm runs, mean ± 95% CI over seeds" if data.source == "confirm" else "best search trial per teacher size"
-    fig.add_trace(go.Scatter(x=s[xcol], y=100 * s["mean"], error_y=err(s), mode="lines+markers",
-                             name=f"{data.method} student ({label})", line=dict(width=3),
-                             customdata=s[["teacher_size", "n"]],
-                             hovertemplate="size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"))
-    title = f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})"
-    if result is not None:
-        title += f"<br><sup>{result.status}</sup>"
-    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
-    fig.update_layout(title=title, yaxis_title="test accuracy (%) at best-val epoch",
-                      xaxis_title="teacher parameters (log)" if use_params else "teacher size (log)",
-                      legend=dict(orientation="h", y=-0.2), template="plotly_white")
-    fig.update_xaxes(type="log")
-    return fig
+    label = "mean ± 95% CI over confirm seeds" if data.source == "confirm" else "best search trial per size, one run"
+    fig.add_trace(go.Scatter(
+        x=s[xcol], y=100 * s["mean"], error_y=err(s), mode="lines+markers+text",
+        name=f"{data.method} student ({label})", line=dict(width=3, color="#1f77b4"), marker=dict(size=9),
+        text=[tick(z, p).replace("<br>", ", ") for z, p in zip(s["teacher_size"], s["teacher_params"])],
+        textposition=["top right"] * (len(s) - 1) + ["top left"], textfont=dict(size=10, color="#1f77b4"),
+        cliponaxis=False,
+        customdata=s[["teacher_size", "n"]],
+        hovertemplate="teacher size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}<extra></extra>"))
+    cols = list(dict.fromkeys(["teacher_size", xcol, "teacher_params"]))
+    ticks = s[cols].drop_duplicates("teacher_size")
+    if not teachers.empty:
+        more = teachers[~teachers["teacher_size"].isin(ticks["teacher_size"])]
+        ticks = pd.concat([ticks, more[cols]])
+    ticks = ticks.sort_values(xcol)
+    fig.update_xaxes(type="log", tickmode="array", tickvals=list(ticks[xcol]),
+                     ticktext=[tick(z, p) for z, p in zip(ticks["teacher_size"], ticks["teacher_params"])],
+                     title_text="teacher (size, parameters; log scale)" if use_params else "teacher size (log scale)")
+    lo, hi = y_range_with_bars(fig, extra)
+    fig.update_yaxes(range=[lo, hi + 0.04 * (hi - lo)], title_text="test accuracy (%) at best-val epoch")
+    xs = [v for v in ticks[xcol] if v and v > 0]
+    if xs:  # room for the outermost point labels
+        fig.update_xaxes(range=[math.log10(min(xs)) - 0.3, math.log10(max(xs)) + 0.3])
+    subtitle = f"verdict: {result.status}" if result is not None else None
+    return finish(fig, f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})",
+                  subtitle,
+                  legend_rows=2)

@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import best_config, reported_stage
-from .stats import accuracy_range, summarize
+from .figstyle import finish, y_range_with_bars
+from .stats import summarize
 
 METHODS = ("trikd",)
 
@@ -41,18 +42,19 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
         aw_txt = "none" if aw < 0 else f"{aw:g}"
         fig.add_trace(go.Scatter(
             x=grp["generation"], y=100 * grp["mean"], mode="lines+markers",
-            name=f"{role}, anchor weight {aw_txt}", legendgroup=f"aw={aw_txt}",
+            name=f"{'student' if role == 'student' else 'online teacher'}, anchor weight {aw_txt}",
+            legendgroup=f"aw={aw_txt}",
             line=dict(dash="solid" if role == "student" else "dash"),
             error_y=dict(type="data", symmetric=False, array=100 * (grp["high"] - grp["mean"]).fillna(0),
                          arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),
             customdata=grp[["n"]], hovertemplate="generation %{x}<br>%{y:.2f}%<br>n=%{customdata[0]}",
         ))
-    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
-    fig.update_layout(title=f"TriKD generations: test accuracy at best-val epoch (stage: {stage}; mean ± 95% CI)",
-                      xaxis_title="generation (0 = no anchor)", yaxis_title="test accuracy (%)",
-                      template="plotly_white")
+    fig.update_yaxes(range=y_range_with_bars(fig))  # whole error bars, even past 0 or 100
+    fig.update_layout(xaxis_title="generation (0 = no anchor)", yaxis_title="test accuracy (%) at best-val epoch")
     fig.update_xaxes(dtick=1)
-    return fig
+    return finish(fig, "TriKD generations: student and online-teacher test accuracy",
+                  f"stage: {stage}; mean ± 95% CI over seeds; solid: student, dashed: online teacher",
+                  legend_rows=1 + len(fig.data) // 4)
 
 
 def trikd_runs(summary: pd.DataFrame) -> pd.DataFrame:

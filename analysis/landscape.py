@@ -1,15 +1,21 @@
 """The hyperparameter landscape of the search stage.
 
-* `heatmap`: best val_acc over temperature x alpha, one panel per teacher size
-  (values binned when the search sampled them continuously).
+* `scatter`: every sampled (temperature, alpha) point of the search, coloured
+  by the trial's best val_acc, one panel per teacher size; trials stopped
+  early by the scheduler are open circles, failed trials grey crosses (a
+  heatmap of a few cells hides how little was sampled).
 * `importances`: Optuna's own parameter-importance evaluator (fANOVA when
   scikit-learn is installed, else Optuna's numpy-only PED-ANOVA) on an
   in-memory study rebuilt from the Parquet rows with
   ``optuna.trial.create_trial``; each trial's value is its best val_acc.
+  Trials stopped early are left out (their val_acc is of a shorter budget);
+  the teacher size is a parameter only when the search chose it (budget
+  ``joint``), else importances are computed within each teacher size.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 
@@ -38,56 +44,118 @@ def search_trials(summary: pd.DataFrame, method: str | None = None) -> pd.DataFr
         return rows
     rows = rows[rows["generation"] == rows.groupby("trial_id")["generation"].transform("max")]
     rows = rows[rows["exit"].isna() | (rows["exit"] == rows.groupby("trial_id")["exit"].transform("max"))]
-    return rows.drop_duplicates("trial_id")
+    rows = rows.drop_duplicates("trial_id").copy()
+    status = rows["status"].where(rows["status"].isin(["ok", "stopped", "diverged", "failed", "running"]), "ok")
+    short = rows["epochs"].notna() & (rows["n_epochs"] < rows["epochs"]) if "n_epochs" in rows else False
+    rows["outcome"] = status.where(~((status == "ok") & short), "stopped")
+    return rows
 
 
-def _bins(values: pd.Series) -> pd.Series:
-    """Labels for a heatmap axis: exact values if few, else equal-width (log when wide) bins."""
-    distinct = np.sort(values.dropna().unique())
-    if len(distinct) <= MAX_BINS:
-        return values.map(lambda v: f"{v:.3g}")
-    lo, hi = float(distinct[0]), float(distinct[-1])
-    if lo > 0 and hi / lo >= 10:
-        edges = np.geomspace(lo, hi, MAX_BINS + 1)
-    else:
-        edges = np.linspace(lo, hi, MAX_BINS + 1)
-    edges[0], edges[-1] = -np.inf, np.inf
-    cut = pd.cut(values, edges)
-    inner = np.r_[lo, edges[1:-1], hi]
-    labels = {iv: f"{inner[i]:.3g}–{inner[i + 1]:.3g}" for i, iv in enumerate(cut.cat.categories)}
-    return cut.map(labels).astype(object)
+def budget_mode(summary: pd.DataFrame, method: str) -> str | None:
+    """The search budget recorded in the trials' hparams_json (stratified | joint | ...), if any."""
+    rows = summary[(summary["stage"] == "search") & (summary["method"] == method)]
+    for text in rows.get("hparams_json", pd.Series(dtype=object)).dropna():
+        try:
+            mode = json.loads(text).get("budget_mode")
+        except (ValueError, AttributeError):
+            continue
+        if mode:
+            return str(mode)
+    return None
 
 
-def _order(labels: pd.Series) -> list[str]:
-    return sorted(labels.dropna().unique(), key=lambda s: float(s.split("–")[0]))
+def teacher_size_searched(summary: pd.DataFrame, method: str) -> bool:
+    """Whether the search itself picked the teacher size (budget ``joint``), so it is a hyperparameter."""
+    return budget_mode(summary, method) == "joint"
 
 
-def heatmap(summary: pd.DataFrame, method: str) -> go.Figure | None:
-    """Best val_acc per (temperature, alpha) cell, one panel per teacher size; None if not searched."""
-    trials = search_trials(summary, method).dropna(subset=["temperature", "alpha", "val_acc"])
+_MARKS = {  # outcome -> (legend text, marker)
+    "ok": ("trained fully", dict(symbol="circle", size=11, line=dict(width=1, color="#333"))),
+    "diverged": ("diverged", dict(symbol="diamond", size=11, line=dict(width=1, color="#333"))),
+    "stopped": ("stopped early by the scheduler (open)", dict(symbol="circle-open", size=11, line=dict(width=2))),
+    "running": ("unfinished", dict(symbol="circle-open-dot", size=11, line=dict(width=2))),
+}
+
+
+def scatter(summary: pd.DataFrame, method: str) -> go.Figure | None:
+    """Every sampled (temperature, alpha) of `method`'s search, coloured by best val accuracy; None if not searched.
+
+    One panel per teacher size. Stopped, unfinished and diverged trials keep
+    their colour but get their own marker; failed trials (no accuracy) are grey
+    crosses. The subtitle counts each.
+    """
+    from .figstyle import finish
+
+    trials = search_trials(summary, method)
+    if trials.empty:
+        return None
+    trials = trials.dropna(subset=["temperature", "alpha"])
     if trials.empty or (trials["temperature"].nunique() < 2 and trials["alpha"].nunique() < 2):
         return None
-    trials = trials.assign(T=_bins(trials["temperature"]), A=_bins(trials["alpha"]),
-                           size=trials["teacher_size"].fillna(-1.0))
-    t_order, a_order = _order(trials["T"]), _order(trials["A"])
+    trials = trials.assign(size=trials["teacher_size"].fillna(-1.0))
     sizes = sorted(trials["size"].unique())
-    titles = [("no teacher size" if s < 0 else f"teacher size {s:g}") for s in sizes]
-    fig = make_subplots(rows=1, cols=len(sizes), subplot_titles=titles, shared_yaxes=True)
-    zmin, zmax = 100 * trials["val_acc"].min(), 100 * trials["val_acc"].max()
+    titles = [("no teacher size" if z < 0 else f"teacher size {z:g}") for z in sizes]
+    fig = make_subplots(rows=1, cols=len(sizes), subplot_titles=titles, shared_yaxes=True,
+                        horizontal_spacing=0.04)
+    scored = trials[trials["val_acc"].notna() & (trials["outcome"] != "failed")]
+    zmin, zmax = (100 * scored["val_acc"].min(), 100 * scored["val_acc"].max()) if not scored.empty else (0, 100)
+    shown = set()
     for i, size in enumerate(sizes, start=1):
-        cell = trials[trials["size"] == size].pivot_table(index="A", columns="T", values="val_acc", aggfunc="max")
-        cell = cell.reindex(index=a_order, columns=t_order)
-        counts = trials[trials["size"] == size].pivot_table(index="A", columns="T", values="trial_id",
-                                                            aggfunc="count").reindex(index=a_order, columns=t_order)
-        fig.add_trace(go.Heatmap(z=100 * cell.to_numpy(), x=t_order, y=a_order, zmin=zmin, zmax=zmax,
-                                 coloraxis="coloraxis", customdata=counts.fillna(0).to_numpy(),
-                                 hovertemplate="T %{x}<br>alpha %{y}<br>best val %{z:.2f}%<br>%{customdata} trials"
-                                 "<extra></extra>"), row=1, col=i)
-        fig.update_xaxes(title_text="temperature", type="category", row=1, col=i)
-    fig.update_yaxes(title_text="alpha", type="category", row=1, col=1)
-    fig.update_layout(title=f"{method}: best val accuracy (%) over temperature × alpha (search)",
-                      coloraxis=dict(colorscale="Viridis", colorbar=dict(title="val %")), template="plotly_white")
-    return fig
+        panel = trials[trials["size"] == size]
+        for outcome, (label, marker) in _MARKS.items():
+            pts = panel[(panel["outcome"] == outcome) & panel["val_acc"].notna()]
+            if pts.empty:
+                continue
+            colour = dict(color=100 * pts["val_acc"], coloraxis="coloraxis")
+            if marker["symbol"].startswith("circle-open"):
+                mk = {**marker, "line": {**marker["line"], **colour}, "color": 100 * pts["val_acc"],
+                      "coloraxis": "coloraxis"}
+            else:
+                mk = {**marker, **colour}
+            fig.add_trace(go.Scatter(
+                x=pts["temperature"], y=pts["alpha"], mode="markers", marker=mk, name=label,
+                legendgroup=outcome, showlegend=outcome not in shown,
+                customdata=pts[["trial_id", "n_epochs"]].assign(v=100 * pts["val_acc"]),
+                hovertemplate="%{customdata[0]}<br>T %{x:.3g}, alpha %{y:.3g}<br>best val %{customdata[2]:.2f}%"
+                              f"<br>%{{customdata[1]}} epochs ({outcome})<extra></extra>"), row=1, col=i)
+            shown.add(outcome)
+        bad = panel[(panel["outcome"] == "failed") | panel["val_acc"].isna()]
+        if not bad.empty:
+            fig.add_trace(go.Scatter(
+                x=bad["temperature"], y=bad["alpha"], mode="markers", name="failed (no accuracy)",
+                marker=dict(symbol="x", size=10, color="#999"), legendgroup="failed",
+                showlegend="failed" not in shown, customdata=bad[["trial_id"]],
+                hovertemplate="%{customdata[0]}: failed<extra></extra>"), row=1, col=i)
+            shown.add("failed")
+    temps = trials["temperature"].astype(float)
+    log_t = np.log10(temps[temps > 0]) if (temps > 0).all() else None
+    for i in range(1, len(sizes) + 1):
+        if log_t is not None:
+            lo, hi = float(log_t.min()), float(log_t.max())
+            pad = max(0.08, 0.08 * (hi - lo))
+            ticks = sorted(temps.unique()) if temps.nunique() <= 6 else [
+                v for v in (0.5, 1, 2, 4, 8, 16, 32, 64) if 10 ** (lo - pad) <= v <= 10 ** (hi + pad)]
+            fig.update_xaxes(title_text="temperature (log)", type="log", range=[lo - pad, hi + pad],
+                             tickmode="array", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks], row=1, col=i)
+        else:
+            fig.update_xaxes(title_text="temperature", row=1, col=i)
+    a = trials["alpha"].astype(float)
+    span = max(0.1, float(a.max() - a.min()))
+    fig.update_yaxes(range=[float(a.min()) - 0.1 * span, float(a.max()) + 0.1 * span])
+    fig.update_yaxes(title_text="alpha", row=1, col=1)
+    counts = trials["outcome"].value_counts()
+    parts = [f"{counts.get(k, 0)} {name}" for k, name in
+             (("ok", "trained fully"), ("stopped", "stopped early (open circles)"),
+              ("diverged", "diverged (diamonds)"), ("failed", "failed (grey ×)"), ("running", "unfinished"))
+             if counts.get(k, 0) or k in ("ok", "stopped", "failed")]
+    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=zmax,
+                                     colorbar=dict(title=dict(text="best val %"), thickness=14)))
+    return finish(fig, f"Search landscape — {method}: sampled temperature × alpha, coloured by best val accuracy",
+                  f"{len(trials)} search trials: " + ", ".join(parts), height=460)
+
+
+#: the former name of `scatter` (a heatmap of binned cells until the scatter replaced it)
+heatmap = scatter
 
 
 def _distribution(values: pd.Series, name: str):
@@ -113,20 +181,30 @@ def evaluator_for(seed: int = 0):
         return optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA"
 
 
-def importances(summary: pd.DataFrame, method: str, seed: int = 0) -> tuple[dict[str, float], str | None]:
+def importances(summary: pd.DataFrame, method: str, seed: int = 0,
+                teacher_size: float | None = None) -> tuple[dict[str, float], str | None]:
     """Optuna importances of `method`'s searched parameters; ({}, note) when too few trials.
 
-    Parameters are the hyperparameter columns (and teacher_size) that take at
-    least 2 distinct values among the trials with a finite best val_acc.
+    Only trials that trained fully (not stopped early, failed or unfinished)
+    with a finite best val_acc count. Parameters are the hyperparameter
+    columns that take at least 2 distinct values among them, plus the teacher
+    size when the search chose it (`teacher_size_searched`). `teacher_size`
+    restricts to one stratum of a stratified search.
     """
     trials = search_trials(summary, method)
-    trials = trials[np.isfinite(trials["val_acc"].astype(float))] if not trials.empty else trials
+    if not trials.empty:
+        trials = trials[trials["outcome"].isin(["ok", "diverged"]) & np.isfinite(trials["val_acc"].astype(float))]
+        if teacher_size is not None:
+            trials = trials[trials["teacher_size"] == teacher_size]
+    where = f"{method}" + ("" if teacher_size is None else f" (teacher size {teacher_size:g})")
     if len(trials) < MIN_TRIALS:
-        return {}, f"{method}: parameter importance skipped: {len(trials)} search trials (need {MIN_TRIALS})."
-    cols = [c for c in HPARAM_COLUMNS + ["teacher_size"]
+        return {}, (f"{where}: parameter importance skipped: {len(trials)} fully trained search trials "
+                    f"(need {MIN_TRIALS})")
+    extra = ["teacher_size"] if teacher_size is None and teacher_size_searched(summary, method) else []
+    cols = [c for c in HPARAM_COLUMNS + extra
             if c in trials and trials[c].notna().all() and trials[c].nunique() >= 2]
     if not cols:
-        return {}, f"{method}: parameter importance skipped: no hyperparameter took 2 distinct values."
+        return {}, f"{where}: parameter importance skipped: no hyperparameter took 2 distinct values."
     dists = {c: _distribution(trials[c], c) for c in cols}
     study = optuna.create_study(direction="maximize", study_name=f"{method}-rebuilt")
     for _, row in trials.iterrows():
@@ -145,26 +223,69 @@ def importances(summary: pd.DataFrame, method: str, seed: int = 0) -> tuple[dict
     try:
         result = optuna.importance.get_param_importances(study, evaluator=evaluator)
     except (ValueError, RuntimeError, ZeroDivisionError) as exc:  # e.g. all values equal
-        return {}, f"{method}: parameter importance skipped: {exc}"
+        return {}, f"{where}: parameter importance skipped: {exc}"
     return {k: float(v) for k, v in result.items() if not math.isnan(v)}, None
 
 
-def importance_figure(summary: pd.DataFrame, methods: list[str], seed: int = 0) -> tuple[go.Figure | None, list[str]]:
-    """Horizontal bars of Optuna importance per method; (None, notes) when no method qualifies."""
-    rows, notes = [], []
+def importance_figure(summary: pd.DataFrame, method: str, seed: int = 0) -> tuple[go.Figure | None, list[str]]:
+    """Horizontal bars of Optuna importance for one method; (None, notes) when it does not qualify.
+
+    With a stratified budget (each teacher size searched on its own) the
+    teacher size is not a hyperparameter: importances are computed within
+    each teacher size that has enough trials (one bar colour per size), else
+    over all sizes pooled without it. The notes say which, and how many
+    stopped trials were left out.
+    """
+    from .figstyle import finish, palette
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    for method in methods:
+    trials = search_trials(summary, method)
+    if trials.empty:
+        return None, []
+    n_stopped = int((trials["outcome"] != "ok").sum() - (trials["outcome"] == "diverged").sum())
+    notes = []
+    searched_size = teacher_size_searched(summary, method)
+    sizes = sorted(trials["teacher_size"].dropna().unique())
+    groups: list[tuple[str, dict]] = []
+    if not searched_size and len(sizes) > 1:
+        per = {z: importances(summary, method, seed, teacher_size=z) for z in sizes}
+        if all(imp for imp, _ in per.values()):
+            groups = [(f"teacher size {z:g}", imp) for z, (imp, _) in per.items()]
+            notes.append(f"{method}: the budget was stratified by teacher size, so importances are computed "
+                         "within each teacher size; teacher size is not a hyperparameter here.")
+    if not groups:
         imp, note = importances(summary, method, seed)
         if note:
-            notes.append(note)
-        rows += [{"method": method, "parameter": k, "importance": v} for k, v in imp.items()]
-    if not rows:
-        return None, notes
-    data = pd.DataFrame(rows)
+            return None, [note]
+        groups = [("all teacher sizes" if len(sizes) > 1 else method, imp)]
+        if not searched_size and len(sizes) > 1:
+            notes.append(f"{method}: the budget was stratified by teacher size (too few trials per size to "
+                         "compute importances within each); trials of all sizes are pooled and teacher size is "
+                         "not treated as a hyperparameter.")
+    if n_stopped:
+        notes.append(f"{method}: {n_stopped} search trial(s) stopped early, failed or unfinished are left out "
+                     "(their val accuracy is not of the full budget).")
     fig = go.Figure()
-    for method, grp in data.groupby("method", sort=True):
-        fig.add_trace(go.Bar(x=grp["importance"], y=grp["parameter"], orientation="h", name=method))
+    colours = palette(len(groups))
+    for (label, imp), colour in zip(groups, colours):
+        items = sorted(imp.items(), key=lambda kv: kv[1])
+        fig.add_trace(go.Bar(x=[v for _, v in items], y=[k for k, _ in items], orientation="h", name=label,
+                             marker_color=colour))
     name = evaluator_for(seed)[1]
-    fig.update_layout(title=f"Hyperparameter importance for best val accuracy (Optuna {name} on the search trials)",
-                      xaxis_title="importance (fraction of variance)", barmode="group", template="plotly_white")
+    used = int(trials["outcome"].isin(["ok", "diverged"]).sum())
+    fig.update_layout(barmode="group", xaxis_title="importance for best val accuracy (normalised to sum to 1)",
+                      showlegend=len(groups) > 1)
+    if searched_size:
+        scope = "teacher size searched jointly, so it is a parameter"
+    elif len(sizes) > 1:
+        scope = ("within each teacher size (stratified budget)" if len(groups) > 1
+                 else "teacher sizes pooled; stratified budget, so teacher size is not a parameter")
+    else:
+        scope = None
+    finish(fig, f"Hyperparameter importance — {method}",
+           f"Optuna {name} over {used} fully trained search trials"
+           + (f"; {n_stopped} stopped early, failed or unfinished left out" if n_stopped else "")
+           + (f"; {scope}" if scope else ""),
+           height=max(360, 150 + 40 * sum(len(g[1]) for g in groups)))
+    fig.update_yaxes(automargin=True)
     return fig, notes

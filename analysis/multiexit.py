@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import best_config, reported_stage
-from .stats import accuracy_range, summarize
+from .figstyle import finish, y_range_with_bars
+from .stats import summarize
 
 METHODS = ("multiexit", "multiexit_ce")
 
@@ -28,6 +29,13 @@ def exit_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     out = summarize(rows, ["method", "exit"], "test_acc")
     flops = rows.groupby(["method", "exit"])["exit_flops"].median().rename("exit_flops").reset_index()
     return out.merge(flops, on=["method", "exit"], how="left"), stage
+
+
+def _flops(v: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if v >= div:
+            return f"{v / div:.3g}{unit}"
+    return f"{v:.3g}"
 
 
 def figure(summary: pd.DataFrame) -> go.Figure | None:
@@ -48,13 +56,16 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
             customdata=grp[["exit", "n"]],
             hovertemplate="exit %{customdata[0]}<br>%{x:.3s} FLOPs<br>%{y:.2f}%<br>n=%{customdata[1]}",
         ))
-    fig.update_yaxes(range=accuracy_range(fig))  # intervals of few seeds can pass 0 or 100
-    fig.update_layout(title=f"Multi-exit: test accuracy per exit (stage: {stage}; mean ± 95% CI over seeds)",
-                      xaxis_title="cumulative FLOPs per sample" if use_flops else "exit",
-                      yaxis_title="test accuracy (%) at best-val epoch", template="plotly_white")
+    fig.update_yaxes(range=y_range_with_bars(fig))  # whole error bars, even past 0 or 100
+    fig.update_layout(xaxis_title="cumulative FLOPs per sample (log; one point per exit)" if use_flops else "exit",
+                      yaxis_title="test accuracy (%) at best-val epoch")
     if use_flops:
-        fig.update_xaxes(type="log")
-    return fig
+        ticks = data.drop_duplicates("exit").sort_values("exit")
+        fig.update_xaxes(type="log", tickmode="array", tickvals=list(ticks["exit_flops"]),
+                         ticktext=[f"exit {int(e)}<br>{_flops(f)} FLOPs"
+                                   for e, f in zip(ticks["exit"], ticks["exit_flops"])])
+    return finish(fig, "Multi-exit: test accuracy per exit",
+                  f"stage: {stage}; mean ± 95% CI over seeds")
 
 
 def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:

@@ -1,30 +1,48 @@
-"""One self-contained HTML report (plotly.js inline, works offline) plus a PNG per figure.
+"""One self-contained HTML report (plotly.js inline, works offline), a PNG per figure, and students.parquet.
 
-Only figures with data are built: the capacity-gap chart per distillation
-method (with its verdict), TriKD generations, multi-exit accuracy vs FLOPs,
-the temperature x alpha landscape per method, parameter importances and the
-learning curves. PNGs use kaleido; if exporting fails the report is still
-written and one warning is logged.
+The page, top to bottom: a header (study, dataset, student, recipe,
+budgets, code version, dates, wall time and compute), the verdicts (one per
+method and comparison), the results tables (from `analysis.results_table`
+when present, else `fallback_tables`), how every trial ended (with the
+errors of failed trials), then the figures the data support: capacity gap
+per distillation method, TriKD generations, multi-exit accuracy vs FLOPs,
+the search landscape and parameter importance per method, and the learning
+curves. PNGs use kaleido; when it cannot find a browser the report is still
+written and one line says so.
+
+``students.parquet`` beside the report holds one row per student trial (the
+reported model: role student, last generation, final exit) at its best-val
+epoch, so ``SELECT method, max(test_acc) FROM 'students.parquet' GROUP BY
+method`` needs no knowledge of roles, generations or exits.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import logging
+import math
 import os
 import pathlib
 import posixpath
 import tempfile
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from . import capacity_gap, curves, generations, landscape, multiexit
-from .load import load, locate, trial_summary
-from .status import status_frame
+from .figstyle import HEIGHT, PNG_WIDTH
+from .load import final_models, load, locate, trial_outcomes, trial_summary
+from .schema import HPARAM_COLUMNS, SCHEMA
+from .select import best_config
+from .stats import mean_ci
+from .status import failures, status_frame
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +57,27 @@ class Section:
     text: list[str]
 
 
-def build_sections(df: pd.DataFrame) -> tuple[list[Section], list[capacity_gap.Verdict]]:
-    """Every figure the data support, in report order, and the capacity-gap verdicts."""
+@dataclass
+class ResultTable:
+    """A table of the report: any DataFrame with a title and a caption."""
+
+    title: str
+    frame: pd.DataFrame
+    caption: str = ""
+    name: str = ""
+
+
+# ------------------------------------------------------------------ figures
+def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> tuple[list[Section], list]:
+    """Every figure the data support, in report order, and the capacity-gap verdicts (one Holm
+    family of every method x teacher size against the no-KD student)."""
     summary = trial_summary(df)
-    sections, verdicts = [], []
-    for method in capacity_gap.capacity_methods(summary):
-        data = capacity_gap.capacity_data(summary, method)
-        if data.students.empty:
-            continue
-        result = capacity_gap.verdict(data)
-        verdicts.append(result)
-        sections.append(Section(f"capacity_gap_{method}", f"Capacity gap: {method}",
+    sections = []
+    datas = [capacity_gap.capacity_data(summary, m) for m in capacity_gap.capacity_methods(summary)]
+    datas = [d for d in datas if not d.students.empty]
+    verdicts = capacity_gap.verdicts_of(datas, delta, level) if datas else []
+    for data, result in zip(datas, verdicts):
+        sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {data.method}",
                                 capacity_gap.figure(data, result), [result.text]))
     fig = generations.figure(summary)
     if fig is not None:
@@ -59,94 +87,516 @@ def build_sections(df: pd.DataFrame) -> tuple[list[Section], list[capacity_gap.V
         sections.append(Section("multiexit_flops", "Multi-exit: accuracy vs FLOPs", fig, []))
     searched = sorted(landscape.search_trials(summary)["method"].dropna().unique()) if not summary.empty else []
     for method in searched:
-        fig = landscape.heatmap(summary, method)
+        fig = landscape.scatter(summary, method)
         if fig is not None:
-            sections.append(Section(f"landscape_{method}", f"Temperature × alpha: {method}", fig, []))
-    fig, notes = landscape.importance_figure(summary, searched)
-    if fig is not None:
-        sections.append(Section("param_importance", "Hyperparameter importance", fig, notes))
-    elif notes:
-        log.info("parameter importance skipped: %s", "; ".join(notes))
+            sections.append(Section(f"landscape_{method}", f"Search landscape: {method}", fig,
+                                    ["Each point is one search trial at its best validation epoch. Open circles "
+                                     "were stopped early by the scheduler (their accuracy is of a shorter budget); "
+                                     "grey crosses failed."]))
+    for method in searched:
+        fig, notes = landscape.importance_figure(summary, method)
+        if fig is not None:
+            sections.append(Section(f"param_importance_{method}", f"Hyperparameter importance: {method}", fig,
+                                    notes))
+        elif notes:
+            log.info("parameter importance skipped: %s", "; ".join(notes))
     fig = curves.figure(df)
     if fig is not None:
         sections.append(Section("learning_curves", "Learning curves", fig, []))
     return sections, verdicts
 
 
-def stage_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Per stage: methods, trials, rows and the longest run in epochs."""
-    grouped = df.groupby("stage", sort=True)
-    return pd.DataFrame({
-        "methods": grouped["method"].agg(lambda s: ", ".join(sorted(s.dropna().unique()))),
-        "trials": grouped["trial_id"].nunique(),
-        "rows": grouped.size(),
-        "max epoch": grouped["epoch"].max(),
-    }).reset_index()
+# ------------------------------------------------------------------ header
+def read_spec(loc) -> dict | None:
+    """The study's raw spec (``<study>/spec.json``), or None when absent or unreadable."""
+    path = posixpath.join(loc.study_dir, "spec.json")
+    try:
+        if loc.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with loc.fs.open_input_stream(path) as f:
+            spec = json.loads(f.read().decode("utf-8"))
+        return spec if isinstance(spec, dict) else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
+def _kv(d) -> str:
+    if not isinstance(d, dict):
+        return "" if d is None else str(d)
+    return ", ".join(f"{k}={_kv(v) if isinstance(v, dict) else v}" for k, v in d.items())
+
+
+def _duration(seconds: float) -> str:
+    if not seconds == seconds:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+#: train / test sizes of a dataset's own splits, before the validation carve (mnist1d: 80% / 20%)
+def _mnist1d_splits(ds: dict) -> tuple[int, int]:
+    n = int(ds.get("num_samples", 10_000))
+    return int(0.8 * n), n - int(0.8 * n)
+
+
+_BASE_SPLITS = {"cifar10": lambda ds: (50_000, 10_000), "cifar100": lambda ds: (50_000, 10_000),
+                "mnist1d": _mnist1d_splits}
+
+
+def split_sizes(ds: dict) -> str | None:
+    """"train N / val N / test N" from the spec's dataset section (val carved from train), if known."""
+    base = _BASE_SPLITS.get(str(ds.get("name")))
+    if base is None:
+        return None
+    try:
+        n_train, n_test = base(ds)
+        n_val = int(round(n_train * float(ds.get("val_fraction", 0.1))))
+        train = n_train - n_val
+        if ds.get("train_subset") is not None:
+            train = min(train, int(ds["train_subset"]))
+    except (TypeError, ValueError):
+        return None
+    return f"train {train:,} / val {n_val:,} / test {n_test:,}"
+
+
+def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the report's header, from spec.json and the rows."""
+    spec = spec or {}
+    facts = []
+    studies = sorted(df["study"].dropna().unique())
+    facts.append(("study", ", ".join(studies) or str(spec.get("name", "-"))))
+    ds = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
+    datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
+    facts.append(("dataset", f"{datasets or ds.get('name', '-')}" + (f" ({_kv(ds)})" if ds else "")))
+    splits = split_sizes(ds) if ds else None
+    if splits:
+        facts.append(("splits", f"{splits} (validation carved from the training split; it alone selects)"))
+    students = df[df["role"] == "student"].dropna(subset=["student_arch"]).drop_duplicates("student_arch")
+    student_txt = ", ".join(f"{r.student_arch} ({_params(r.student_params)} params)" for r in students.itertuples())
+    if isinstance(spec.get("student"), dict):
+        student_txt = f"{student_txt or '-'} — spec: {_kv(spec['student'])}"
+    facts.append(("student", student_txt or "-"))
+    teachers = df.dropna(subset=["teacher_size"]).drop_duplicates("teacher_size").sort_values("teacher_size")
+    if not teachers.empty:
+        facts.append(("teachers", ", ".join(
+            f"{r.teacher_arch or ''} size {r.teacher_size:g} ({_params(r.teacher_params)})"
+            for r in teachers.itertuples())
+            + (f" — spec: {_kv(spec['teachers'])}" if isinstance(spec.get("teachers"), dict) else "")))
+    if isinstance(spec.get("train"), dict):
+        facts.append(("recipe", _kv(spec["train"])))
+    budget = []
+    for key in ("search", "baseline", "confirm"):
+        if isinstance(spec.get(key), dict):
+            budget.append(f"{key}: {_kv(spec[key])}")
+    if isinstance(spec.get("methods"), dict):
+        budget.append("trials per method: " + ", ".join(
+            f"{m} {v.get('trials', '-') if isinstance(v, dict) else '-'}" for m, v in spec["methods"].items()))
+    if budget:
+        facts.append(("budgets", "; ".join(budget)))
+    versions = sorted(df["code_version"].dropna().unique())
+    facts.append(("code version", ", ".join(versions) or "not recorded"))
+    ts = df["timestamp"].dropna()
+    if not ts.empty:
+        first, last = ts.min(), ts.max()
+        facts.append(("dates", f"{first:%Y-%m-%d %H:%M} – {last:%Y-%m-%d %H:%M} UTC"))
+        facts.append(("wall time", _duration((last - first).total_seconds())))
+    epochs = df.drop_duplicates(["stage", "trial_id", "generation", "epoch"])
+    compute = epochs["epoch_time_s"].sum(min_count=1)
+    for extra in ("eval_time_s",):  # schema columns added later: counted when present
+        if extra in epochs and epochs[extra].notna().any():
+            compute = (0 if compute != compute else compute) + epochs[extra].sum()
+    if "setup_time_s" in df and df["setup_time_s"].notna().any():
+        compute = (0 if compute != compute else compute) + df.groupby(["stage", "trial_id"])["setup_time_s"].max().sum()
+    devices = ", ".join(sorted(df["device"].dropna().unique())) or "-"
+    nodes = df["node"].dropna().nunique()
+    facts.append(("compute", f"{_duration(compute) if compute == compute else '-'} of trial time "
+                             "(sum of the recorded epoch, evaluation and set-up times over "
+                             f"{df.groupby(['stage', 'trial_id']).ngroups} trials) "
+                             f"on {devices}, {nodes} node(s)"))
+    facts.append(("report written", pd.Timestamp.now(tz="UTC").strftime("%Y-%m-%d %H:%M UTC")))
+    return facts
+
+
+def _params(p) -> str:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        return "?"
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if p >= div:
+            return f"{p / div:.3g}{unit}"
+    return f"{p:.0f}"
+
+
+# ------------------------------------------------------------------ results tables
+def results_tables(df: pd.DataFrame, delta: float | None = None, level: float | None = None) -> list[ResultTable]:
+    """The results tables: `analysis.results_table.tables` when that module exists, else `fallback_tables`."""
+    try:
+        from . import results_table  # written alongside; returns DataFrames
+    except ImportError:
+        return fallback_tables(df)
+    build = getattr(results_table, "tables", None) or getattr(results_table, "results_tables", None)
+    if build is None:
+        log.warning("analysis.results_table has no tables(); using the fallback results table")
+        return fallback_tables(df)
+    kw = {k: v for k, v in (("delta", delta), ("level", level)) if v is not None}
+    made = build(df, **kw)
+    return as_tables(made)
+
+
+def as_tables(made) -> list[ResultTable]:
+    """Normalise what a table builder returns: a DataFrame (title/caption in ``.attrs``), a (title, frame[,
+    caption]) tuple, a ResultTable, an object with ``title``/``frame`` (or ``table``/``df``) attributes, or a
+    dict of title -> DataFrame, or a list of any of these."""
+    if made is None:
+        return []
+    if isinstance(made, dict):
+        made = [(k, v) for k, v in made.items()]
+    if isinstance(made, (pd.DataFrame, ResultTable)) or (isinstance(made, tuple) and made
+                                                         and isinstance(made[0], str)):
+        made = [made]
+    out = []
+    for item in made:
+        if isinstance(item, ResultTable):
+            out.append(item)
+        elif isinstance(item, pd.DataFrame):
+            out.append(ResultTable(str(item.attrs.get("title", "Results")), item, str(item.attrs.get("caption", ""))))
+        elif isinstance(item, tuple):
+            out.append(ResultTable(str(item[0]), item[1], str(item[2]) if len(item) > 2 else "",
+                                   str(item[3]) if len(item) > 3 else ""))
+        else:
+            frame = next((getattr(item, a) for a in ("frame", "table", "df", "data")
+                          if isinstance(getattr(item, a, None), pd.DataFrame)), None)
+            if frame is not None:
+                out.append(ResultTable(str(getattr(item, "title", "Results")), frame,
+                                       str(getattr(item, "caption", "") or "")))
+    return out
+
+
+_NOT_HPARAMS = {"seed", "budget_mode", "teacher_size", "trial_id", "study", "stage"}
+
+
+def _params_of(row: pd.Series) -> dict:
+    text = row.get("hparams_json")
+    if isinstance(text, str):
+        try:
+            params = {k: v for k, v in json.loads(text).items() if k not in _NOT_HPARAMS}
+            if params:
+                return params
+        except (ValueError, AttributeError):
+            pass
+    return {c: row[c] for c in HPARAM_COLUMNS if c in row and pd.notna(row[c])}
+
+
+def searched_keys(rows: pd.DataFrame) -> set[str]:
+    """Hyperparameters that take more than one value among `rows` (what the search varied)."""
+    seen: dict[str, set] = {}
+    for _, row in rows.iterrows():
+        for k, v in _params_of(row).items():
+            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
+    return {k for k, vals in seen.items() if len(vals) > 1}
+
+
+def _hparams_text(row: pd.Series, keys: set[str] | None = None) -> str:
+    """The row's hyperparameters as ``k=v``; only `keys` (the searched ones) when given and present."""
+    params = _params_of(row)
+    if keys and keys & set(params):
+        params = {k: v for k, v in params.items() if k in keys}
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
+
+
+def _ci_text(values) -> tuple[str, int]:
+    ci = mean_ci(np.asarray(values, dtype=float) * 100)
+    if ci.n == 0:
+        return "-", 0
+    if ci.n < 2:
+        return f"{ci.mean:.2f} (n=1)", 1
+    return f"{ci.mean:.2f} ± {(ci.high - ci.low) / 2:.2f}", ci.n
+
+
+def fallback_tables(df: pd.DataFrame) -> list[ResultTable]:
+    """Results per method × teacher size (and per exit / per generation) from `trial_summary`.
+
+    A stand-in until `analysis.results_table` exists: the configuration chosen
+    on mean val accuracy in ``confirm`` (else the best search trial), its
+    hyperparameters, mean test accuracy ± 95% t-interval half-width over
+    seeds, the difference to the no-KD student paired by seed, the teacher's
+    own accuracy, the seeds and the search budget.
+    """
+    summary = trial_summary(df)
+    models = final_models(summary)
+    base = models[(models["stage"] == "baseline") & (models["method"] == "scratch")]
+    base = best_config(base, []) if not base.empty else base
+    base_by_seed = base.groupby("seed")["test_acc"].mean()
+    teachers = models[models["stage"] == "teachers"].groupby("teacher_size")["test_acc"]
+    searched = models[models["stage"] == "search"]
+    rows = []
+    dist = models[(models["stage"].isin(["search", "confirm"])) & (models["method"] != "scratch")]
+    for (method, size), grp in dist.groupby(["method", dist["teacher_size"].fillna(-1.0)], sort=True):
+        confirm = grp[grp["stage"] == "confirm"]
+        if not confirm.empty:
+            chosen, source = best_config(confirm, []), "confirm"
+        else:
+            chosen, source = grp.sort_values("val_acc", ascending=False).head(1), "search (1 run)"
+        test, n = _ci_text(chosen["test_acc"])
+        paired = chosen.set_index("seed")["test_acc"].groupby(level=0).mean()
+        common = paired.index.intersection(base_by_seed.index)
+        diff = "-"
+        if len(common):
+            d = (paired.loc[common] - base_by_seed.loc[common]) * 100
+            ci = mean_ci(d)
+            diff = f"{ci.mean:+.2f}" + (f" ± {(ci.high - ci.low) / 2:.2f}" if ci.n >= 2 else "") + f" (n={ci.n})"
+        t_acc = teachers.mean().get(size) if size >= 0 else None
+        if t_acc is None or t_acc != t_acc:
+            t_acc = chosen["teacher_acc"].mean()
+        budget = int(searched[(searched["method"] == method)
+                              & (searched["teacher_size"].fillna(-1.0) == size)]["trial_id"].nunique())
+        keys = searched_keys(dist[dist["method"] == method])
+        rows.append({"method": method, "teacher size": "-" if size < 0 else f"{size:g}",
+                     "chosen hyperparameters": _hparams_text(chosen.iloc[0], keys),
+                     "test % (mean ± 95% CI)": test,
+                     "vs no-KD, paired by seed (points)": diff,
+                     "teacher's own test %": "-" if t_acc is None or t_acc != t_acc else f"{100 * t_acc:.2f}",
+                     "seeds": n, "search trials": budget, "from": source})
+    out = []
+    if not base.empty:
+        test, n = _ci_text(base["test_acc"])
+        rows.insert(0, {"method": "scratch (no-KD student)", "teacher size": "-",
+                        "chosen hyperparameters": _hparams_text(base.iloc[0]), "test % (mean ± 95% CI)": test,
+                        "vs no-KD, paired by seed (points)": "—", "teacher's own test %": "-", "seeds": n,
+                        "search trials": 0, "from": "baseline"})
+    if rows:
+        out.append(ResultTable("Results per method and teacher size", pd.DataFrame(rows),
+                               "Test accuracy of the student (role student, last generation, final exit) at its "
+                               "best-validation epoch, for the configuration chosen on mean validation accuracy "
+                               "(the hyperparameters the search varied are shown); "
+                               "± is the half-width of the 95% t-interval over seeds. The difference to the no-KD "
+                               "student pairs runs of the same seed. (Fallback table built from trial_summary.)",
+                               "results"))
+    out += _per_part_tables(summary)
+    return out
+
+
+def _per_part_tables(summary: pd.DataFrame) -> list[ResultTable]:
+    """Multi-exit per exit and TriKD per generation (mean ± CI of the chosen configuration)."""
+    out = []
+    data, stage = multiexit.exit_data(summary)
+    if not data.empty:
+        frame = pd.DataFrame({
+            "method": data["method"], "exit": data["exit"].astype(int),
+            "cumulative FLOPs": data["exit_flops"].map(lambda v: "-" if v != v else multiexit._flops(v)),
+            "test % (mean ± 95% CI)": [f"{100 * m:.2f}" + ("" if h != h else f" ± {100 * (h - lo) / 2:.2f}")
+                                       for m, lo, h in zip(data["mean"], data["low"], data["high"])],
+            "seeds": data["n"]})
+        out.append(ResultTable("Multi-exit: per exit", frame, f"Stage {stage}; each exit at its best-val epoch.",
+                               "results_multiexit"))
+    data, stage = generations.generation_data(summary)
+    if not data.empty:
+        frame = pd.DataFrame({
+            "anchor weight": data["anchor_weight"].map(lambda v: "none" if v < 0 else f"{v:g}"),
+            "generation": data["generation"].astype(int), "model": data["role"].map(
+                {"student": "student", "teacher": "online teacher"}),
+            "test % (mean ± 95% CI)": [f"{100 * m:.2f}" + ("" if h != h else f" ± {100 * (h - lo) / 2:.2f}")
+                                       for m, lo, h in zip(data["mean"], data["low"], data["high"])],
+            "seeds": data["n"]})
+        out.append(ResultTable("TriKD: per generation", frame,
+                               f"Stage {stage}. The TriKD result is the student of the last generation; the "
+                               "online teacher is shown for reference only.", "results_trikd"))
+    return out
+
+
+# ------------------------------------------------------------------ HTML
 _STYLE = """
-body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#f3f3f3}.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em}
-.note{color:#555}section{margin:2.5em 0}
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;margin:.6em 0 .3em;font-size:14px}
+td,th{border:1px solid #d0d7de;padding:4px 9px;text-align:right;vertical-align:top}
+th{background:#f3f5f7;font-weight:600}tr:nth-child(even) td{background:#fafbfc}
+td.text,th.text{text-align:left}
+table.facts td{text-align:left;border:none;padding:2px 10px 2px 0}
+table.facts td:first-child{color:#555;white-space:nowrap}
+table.facts tr:nth-child(even) td{background:none}
+.caption{color:#555;font-size:13px;max-width:1100px;margin:.2em 0 1.2em}
+.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
+.verdict b{color:#1f4e79}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
+.note{color:#555}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
+table.status td,table.status th{white-space:nowrap}
 """
 
 
-def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts) -> str:
+def render_table(table: ResultTable, css_class: str = "results") -> str:
+    """A DataFrame as a styled HTML table with its title and caption; numbers right-aligned, text left."""
+    frame = table.frame.copy()
+    col_class = {c: "num" if pd.api.types.is_numeric_dtype(frame[c]) else "text" for c in frame.columns}
+    head = "".join(f"<th class='{col_class[c]}'>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, row in frame.iterrows():
+        cells = []
+        for c in frame.columns:
+            v = row[c]
+            numeric = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+            if v is None or (numeric and v != v):
+                txt = "-"
+            elif isinstance(v, (float, np.floating)):
+                txt = f"{v:.2f}" if abs(v) < 1e5 else f"{v:.3g}"
+            else:
+                txt = str(v)
+            missing = v is None or (numeric and v != v)
+            cls = "error" if c in ("error", "last error") and not missing else (
+                col_class[c] if missing else ("num" if numeric else "text"))
+            cells.append(f"<td class='{cls}'>{html.escape(txt)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    ident = f" id='{html.escape(table.name)}'" if table.name else ""
+    parts = [f"<h3>{html.escape(table.title)}</h3>" if table.title else "",
+             f"<table class='{css_class}'{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"]
+    if table.caption:
+        parts.append(f"<p class='caption'>{html.escape(table.caption)}</p>")
+    return "\n".join(parts)
+
+
+def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
+                spec: dict | None = None, tables: list[ResultTable] | None = None) -> str:
     """The whole page; plotly.js is embedded once, with the first figure."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    facts = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in header_facts(df, spec))
+    parts.append(f"<table class='facts' id='header'>{facts}</table>")
+    skipped = df.attrs.get("skipped_files") or []
+    if skipped:
+        parts.append(f"<p class='warn'>skipped {len(skipped)} unreadable results file(s); the report covers the "
+                     "rest: " + "; ".join(html.escape(reason) for _, reason in skipped) + "</p>")
     if verdicts:
-        parts.append("<h2>Verdicts</h2>")
-        parts += [f"<p class='verdict'>{html.escape(v.text)}</p>" for v in verdicts]
-    parts.append("<h2>Stages</h2>" + stage_table(df).to_html(index=False, border=0))
-    parts.append("<h2>Trials per method</h2>" + status_frame(df).to_html(index=False, border=0, na_rep="-"))
-    parts.append("<p class='note'>Each trial is reported at its epoch of best validation accuracy; "
-                 "test accuracy is never used to select. Accuracies in %.</p>")
+        parts.append("<h2 id='verdicts'>Verdicts</h2>")
+        seen = set()
+        for v in verdicts:
+            method = str(getattr(v, "method", "") or "")
+            comparison = str(getattr(v, "comparison", "") or "")
+            key = (method, comparison, v.text)
+            if key in seen:
+                continue
+            seen.add(key)
+            label = method + (f" — {comparison}" if comparison else "")
+            parts.append(f"<p class='verdict'><b>{html.escape(label)}</b>: {html.escape(v.text)}</p>")
+    tables = tables if tables is not None else fallback_tables(df)
+    if tables:
+        parts.append("<h2 id='results-tables'>Results</h2>")
+        parts += [render_table(t) for t in tables]
+    parts.append("<h2 id='trials'>Trials per stage and method</h2>")
+    parts.append(render_table(ResultTable("", status_frame(df).dropna(axis=1, how="all"),
+                                          "Outcomes: ok = trained every epoch; stopped early = cut by the search "
+                                          "scheduler (ASHA); failed = raised an error; running = unfinished. "
+                                          "Accuracies in %: the best search trial, or the configuration with the "
+                                          "best mean validation accuracy averaged over its seeds; each trial at "
+                                          "its epoch of best validation accuracy (test accuracy never selects)."),
+                              "status"))
+    failed = failures(df)
+    if not failed.empty:
+        parts.append(render_table(ResultTable(f"Failed trials ({len(failed)})", failed,
+                                              "The last line of each failed trial's error."), "failures"))
     for i, sec in enumerate(sections):
         parts.append(f"<section id='{html.escape(sec.name)}'><h2>{html.escape(sec.title)}</h2>")
         parts += [f"<p class='note'>{html.escape(t)}</p>" for t in sec.text]
         parts.append(pio.to_html(sec.figure, full_html=False, include_plotlyjs=(i == 0),
-                                 div_id=f"fig-{sec.name}", config={"displaylogo": False}))
+                                 div_id=f"fig-{sec.name}", config={"displaylogo": False, "responsive": True}))
         parts.append("</section>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
+# ------------------------------------------------------------------ files
+def _browser_missing(exc: BaseException) -> bool:
+    """Whether a kaleido error means it found no Chrome/Chromium to render with."""
+    seen = exc
+    while seen is not None:
+        name, text = type(seen).__name__, str(seen)
+        if ("NotFound" in name and ("Chrome" in name or "Browser" in name)) or "requires Google Chrome" in text \
+                or "Could not find" in text and "hrom" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def write_pngs(sections: list[Section], out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """A PNG per figure with kaleido; logs one warning and returns [] if export fails."""
+    """A PNG per figure with kaleido; logs one line and returns [] if export fails."""
     paths = [out_dir / f"{sec.name}.png" for sec in sections]
     if not sections:
         return []
+    widths = [PNG_WIDTH] * len(sections)
+    heights = [int(sec.figure.layout.height or HEIGHT) for sec in sections]
     try:
         if hasattr(pio, "write_images"):  # plotly >= 6.1: one browser session for all figures
-            pio.write_images([sec.figure for sec in sections], paths)
+            pio.write_images([sec.figure for sec in sections], paths, width=widths, height=heights)
         else:
-            for sec, path in zip(sections, paths):
-                sec.figure.write_image(path)
+            for sec, path, w, h in zip(sections, paths, widths, heights):
+                sec.figure.write_image(path, width=w, height=h)
     except Exception as exc:  # noqa: BLE001 - PNGs are optional, the report is not
-        log.warning("PNG export failed, writing the report without PNGs: %s: %s", type(exc).__name__, exc)
+        if _browser_missing(exc):
+            log.warning("PNG export skipped (%d figures): kaleido found no Chrome/Chromium; install one "
+                        "(e.g. `apt-get install chromium`, or `plotly_get_chrome`) or pass --no-png to silence "
+                        "this; the HTML report is complete", len(sections))
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            log.warning("PNG export failed, writing the report without PNGs: %s: %s", type(exc).__name__, first)
         return []
     return paths
 
 
-def write_report(path, out_dir=None, png: bool = True) -> pathlib.Path:
-    """Write ``report.html`` (and PNGs) for the study at `path`; return the HTML's path.
+STUDENT_EXTRA = ["best_epoch", "n_epochs", "outcome"]
 
-    `out_dir` defaults to ``<study>/report``. For a remote study URI the files
+
+def students_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per student trial (role student, last generation, final exit) at its best-val epoch.
+
+    Columns: those of the results SCHEMA plus ``best_epoch``, ``n_epochs`` and
+    ``outcome`` (the trial's status, see `analysis.load.trial_outcomes`).
+    Stage ``teachers`` is left out (its models are teachers).
+    """
+    models = final_models(trial_summary(df))
+    models = models[models["stage"] != "teachers"]
+    outcomes = trial_outcomes(df)[["stage", "trial_id", "outcome"]]
+    models = models.merge(outcomes, on=["stage", "trial_id"], how="left")
+    return models[list(SCHEMA.names) + STUDENT_EXTRA].reset_index(drop=True)
+
+
+def write_students(df: pd.DataFrame, path) -> None:
+    frame = students_frame(df)
+    fields = list(SCHEMA) + [pa.field("best_epoch", pa.int32()), pa.field("n_epochs", pa.int32()),
+                             pa.field("outcome", pa.string())]
+    # not a results file: no kdstudy_schema_version, so `load` refuses it loudly if it is ever given one
+    meta = {b"kdstudy_students_of_schema_version": SCHEMA.metadata[b"kdstudy_schema_version"]}
+    table = pa.Table.from_pandas(frame, schema=pa.schema(fields, metadata=meta), preserve_index=False)
+    pq.write_table(table, path)
+
+
+def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None = None,
+                 skip_bad: bool = False) -> pathlib.Path:
+    """Write ``report.html`` (PNGs, ``students.parquet``) for the study at `path`; return the HTML's path.
+
+    `out_dir` defaults to ``<study>/report`` (``<study>/report/<file stem>``
+    when `path` is a single Parquet file). For a remote study URI the files
     are built locally and copied to ``<study>/report`` on that filesystem; the
-    returned path is then the path within that filesystem.
+    returned path is then the path within that filesystem. `df` reuses rows
+    already loaded from `path`.
     """
     loc = locate(path)
-    df = load(path)
-    sections, verdicts = build_sections(df)
+    df = load(path, skip_bad=skip_bad) if df is None else df
+    if out_dir is None and loc.file is not None:  # one file's report never replaces the study's own
+        out_dir = posixpath.join(loc.study_dir, "report", posixpath.basename(loc.file).rsplit(".", 1)[0])
+        if not loc.is_local:
+            raise ValueError(f"give --out for the report of the single remote file {loc.file}")
+    from .results_table import verdict_settings
+
+    delta, level = verdict_settings(path)
+    sections, verdicts = build_sections(df, delta, level)
     studies = sorted(df["study"].dropna().unique())
     title = f"kdstudy report: {', '.join(studies) or posixpath.basename(loc.study_dir)}"
-    page = render_html(title, df, sections, verdicts)
+    page = render_html(title, df, sections, verdicts, spec=read_spec(loc),
+                       tables=results_tables(df, delta, level))
     if out_dir is None and not loc.is_local:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = pathlib.Path(tmp)
             (tmp_path / "report.html").write_text(page, encoding="utf-8")
+            write_students(df, tmp_path / "students.parquet")
             if png:
                 write_pngs(sections, tmp_path)
             dest = posixpath.join(loc.study_dir, "report")
@@ -159,6 +609,9 @@ def write_report(path, out_dir=None, png: bool = True) -> pathlib.Path:
     tmp_target = out / f".report.html.{os.getpid()}.tmp"
     tmp_target.write_text(page, encoding="utf-8")
     os.replace(tmp_target, target)
+    tmp_students = out / f".students.parquet.{os.getpid()}.tmp"
+    write_students(df, tmp_students)
+    os.replace(tmp_students, out / "students.parquet")
     if png:
         write_pngs(sections, out)
     return target

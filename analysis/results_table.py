@@ -201,3 +201,88 @@ def trikd_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: floa
                      "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
                      "sd": v.sd, "seeds_needed": v.seeds_needed})
     return pd.DataFrame(rows, columns=cols)
+
+
+# ------------------------------------------------------------------ display tables (the report renders these)
+
+
+def _num(v, fmt="{:.2f}") -> str:
+    return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def _diff_text(est, lo, hi, outcome, k, needed=None) -> str:
+    if est is None or (isinstance(est, float) and not math.isfinite(est)):
+        return ""
+    text = f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={k}) {outcome or ''}".strip()
+    if outcome == "inconclusive" and needed:
+        text += f"; ~{int(needed)} seeds to resolve δ"
+    return text
+
+
+def _size_text(v) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return f"{v:g}"
+
+
+def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> list[tuple]:
+    """The report's results tables, formatted: (title, frame, caption, name) per table."""
+    from .load import trial_summary
+
+    summary = trial_summary(df)
+    out = []
+    mt = method_table(summary, delta, level)
+    if not mt.empty:
+        rows = []
+        for r in mt.itertuples(index=False):
+            budget = f"{_num(r.epochs, '{:g}')} epochs"
+            if r.generations and r.generations != 1:
+                budget += f" × {r.generations:g} generations"
+            rows.append({
+                "method": r.method, "teacher size": _size_text(r.teacher_size),
+                "teacher params": _num(r.teacher_params, "{:,.0f}"),
+                "chosen hyperparameters": r.hyperparameters + (" (peak on val)" if r.peak else ""),
+                "test % (mean ± 95% CI)": f"{r.test_acc:.2f} ± {(r.test_high - r.test_low) / 2:.2f}"
+                if math.isfinite(r.test_acc) else "",
+                "vs no-KD, paired by seed": _diff_text(r.diff_vs_no_kd, r.diff_low, r.diff_high, r.outcome_vs_no_kd,
+                                                        r.k, r.seeds_needed_vs_no_kd),
+                "largest teacher minus this": _diff_text(r.largest_minus_this, r.largest_minus_low,
+                                                          r.largest_minus_high, r.outcome_largest_vs_this, r.k),
+                "teacher's own test %": _num(r.teacher_acc),
+                "no-KD test %": _num(r.no_kd_test_acc),
+                "seeds": r.k, "budget": budget, "search trials": r.search_trials,
+                "configs confirmed": r.configs_confirmed,
+                "no-KD budget": f"{_num(r.no_kd_epochs, '{:g}')} epochs, best of {r.no_kd_configs or 1} config(s)"
+                                + (f", {r.no_kd_search_trials} search trials" if r.no_kd_search_trials else ""),
+            })
+        out.append(("Results per method and teacher size", pd.DataFrame(rows),
+                    f"Test accuracy (%) of the configuration chosen on validation, mean over the confirm seeds "
+                    f"± the {level:.0%} t-interval half-width. Differences are in points, paired by seed, "
+                    f"Holm-adjusted within their family; outcomes: shown / equivalent (within δ = {delta:g}) / "
+                    f"inconclusive (with the seeds needed to resolve δ) / cannot tell (fewer than 3 pairs).",
+                    "results"))
+    me = multiexit_table(summary, delta, level)
+    if not me.empty:
+        frame = pd.DataFrame({
+            "exit": me["exit"], "FLOPs to exit": me["exit_flops"].map(lambda v: _num(v, "{:,.0f}")),
+            "multiexit test %": me["multiexit_acc"].map(_num), "multiexit_ce test %": me["multiexit_ce_acc"].map(_num),
+            "distillation minus CE, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed)
+                                              for r in me.itertuples(index=False)],
+            "multiexit hyperparameters": me["multiexit_hyperparameters"]})
+        out.append(("Multi-exit distillation vs exit-wise cross-entropy, per exit", frame,
+                    "Both methods' configurations chosen on the final exit's validation accuracy; paired by seed, "
+                    "Holm-adjusted over the exits.", "results_multiexit"))
+    tk = trikd_table(summary, delta, level)
+    if not tk.empty:
+        frame = pd.DataFrame({
+            "teacher size": tk["teacher_size"].map(_size_text), "generation": tk["generation"],
+            "student test %": tk["student_acc"].map(_num), "online teacher test %": tk["online_teacher_acc"].map(_num),
+            "no-KD test %": tk["no_kd_acc"].map(_num), "no-KD epochs": tk["no_kd_epochs"].map(lambda v: _num(v, "{:g}")),
+            "student minus no-KD, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed)
+                                            for r in tk.itertuples(index=False)],
+            "hyperparameters": tk["hyperparameters"]})
+        out.append(("TriKD per generation", frame,
+                    "The student of each generation (generation 0 has no anchor); each compared with the no-KD "
+                    "student trained as many epochs as the TriKD student's curriculum so far, when the study has it.",
+                    "results_trikd"))
+    return out

@@ -4,8 +4,9 @@
   kdstudy validate SPEC...                              check specs, print every problem
   kdstudy resume PATH [--address ADDR]                  continue an interrupted study
   kdstudy plan [SPEC] [--slots N]                       experiment graph and predicted makespan
-  kdstudy report PATH [--out DIR] [--no-png]            write report.html and PNGs
-  kdstudy status PATH                                   table of stages, trials, best results
+  kdstudy report PATH [--out DIR] [--no-png] [--skip-bad]  write report.html, PNGs and students.parquet
+  kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
+  kdstudy --version                                     the installed version
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
 """
 
@@ -26,9 +27,28 @@ def _quickstart_path() -> Path:
     return Path(str(files("studies") / "quickstart.yaml"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+
+        return version("kdstudy")
+    except (ImportError, PackageNotFoundError):  # run from a checkout without installing
+        import re
+
+        text = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+        match = re.search(r'^version\s*=\s*"([^"]+)"', text, re.M)
+        return match[1] if match else "unknown"
+
+
+RESULTS_PATH_HELP = ("a study folder (<storage>/<name>), its results/ folder, a single results .parquet file, "
+                     "or a URI (s3://, gs://, file://)")
+SKIP_BAD_HELP = "skip results files that cannot be read (torn or of another schema version) and say how many"
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdstudy", description="Knowledge-distillation studies on Ray.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p.add_argument("--version", action="version", version=f"kdstudy {_version()}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     r = sub.add_parser("run", help="run a study spec (default: the quickstart on embedded data)")
     r.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
     r.add_argument("--storage", help="override the spec's storage (local path or URI)")
@@ -38,17 +58,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--extend", action="store_true",
                    help="accept a spec that adds confirm seeds or search trials to an existing study")
     v = sub.add_parser("validate", help="check specs and print every problem")
-    v.add_argument("specs", nargs="+")
+    v.add_argument("specs", nargs="+", metavar="SPEC", help="study spec YAML file(s) to check")
     rs = sub.add_parser("resume", help="continue an interrupted study from its folder")
     rs.add_argument("path", help="the study folder (<storage>/<name>), wherever it was copied or moved")
     rs.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
     rs.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
-    rp = sub.add_parser("report", help="write report.html (and a PNG per figure) for a study")
-    rp.add_argument("path")
+    rp = sub.add_parser("report", help="write report.html (a PNG per figure, students.parquet) for a study")
+    rp.add_argument("path", help=RESULTS_PATH_HELP)
     rp.add_argument("--out", help="output folder (default: <study>/report)")
-    rp.add_argument("--no-png", action="store_true")
-    st = sub.add_parser("status", help="print stages, trials and best results of a study")
-    st.add_argument("path")
+    rp.add_argument("--no-png", action="store_true",
+                    help="write only the HTML (PNG export needs Chrome or Chromium for kaleido)")
+    rp.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
+    st = sub.add_parser("status", help="print per stage and method how trials ended, the results and the errors")
+    st.add_argument("path", help=RESULTS_PATH_HELP)
+    st.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
     sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help)")
     pl = sub.add_parser("plan", help="print the experiment graph and the predicted makespan (no Ray)")
     pl.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
@@ -59,12 +82,20 @@ def main(argv: list[str] | None = None) -> int:
                          "<method>=... (default: a rough estimate from FLOPs)")
     pl.add_argument("--trial-overhead", type=float, default=None,
                     help="seconds a trial spends outside training epochs (start-up, evaluation)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
         from trainables.bench import main as bench_main
 
         return bench_main(argv[1:])
     args = p.parse_args(argv)
+    if args.cmd is None:  # bare `kdstudy`
+        p.print_help()
+        return 0
     try:
         return COMMANDS[args.cmd](args)
     except KeyboardInterrupt:
@@ -189,20 +220,37 @@ def _shutdown_ray() -> None:
         pass
 
 
-def _report(path, out, png: bool) -> None:
-    from analysis import status_table, write_report
+def _report(path, out, png: bool, skip_bad: bool = False) -> None:
+    from analysis import load, write_report
+    from analysis.status import format_status
 
-    html = write_report(path, out_dir=out, png=png)
-    print(status_table(path))
+    df = load(path, skip_bad=skip_bad)
+    html = write_report(path, out_dir=out, png=png, df=df)
+    print(format_status(df))
     print(f"report: {html}")
+
+
+def _results_errors():
+    from analysis.load import MultipleStudiesError, ResultsFileError, SchemaVersionError
+
+    return FileNotFoundError, MultipleStudiesError, ResultsFileError, SchemaVersionError
+
+
+def _results_error(exc: Exception) -> int:
+    """One line naming the problem (and the file); never a traceback."""
+    from analysis.load import ResultsFileError, SchemaVersionError
+
+    hint = "; pass --skip-bad to report on the other files" if isinstance(
+        exc, (ResultsFileError, SchemaVersionError)) else ""
+    print(f"kdstudy: {exc}{hint}", file=sys.stderr)
+    return 2
 
 
 def cmd_report(args) -> int:
     try:
-        _report(args.path, args.out, not args.no_png)
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        _report(args.path, args.out, not args.no_png, args.skip_bad)
+    except _results_errors() as exc:
+        return _results_error(exc)
     return 0
 
 
@@ -210,10 +258,9 @@ def cmd_status(args) -> int:
     from analysis import status_table
 
     try:
-        print(status_table(args.path))
-    except FileNotFoundError as exc:
-        print(str(exc), file=sys.stderr)
-        return 2
+        print(status_table(args.path, skip_bad=args.skip_bad))
+    except _results_errors() as exc:
+        return _results_error(exc)
     return 0
 
 

@@ -116,13 +116,37 @@ class Spec:
 # --------------------------------------------------------------------------- loading
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader reading floats as YAML 1.2 does.
+
+    PyYAML implements YAML 1.1, where a float needs a dot: ``1e-3`` and
+    ``5e-3`` load as strings, so ``lr: {low: 1e-3}`` would fail validation.
+    This loader reads every YAML 1.2 float (``1e-3``, ``1E5``, ``.5``,
+    ``+2.0e+1``, ``.inf``, ``.nan``) as a float; integers, booleans and
+    strings are unchanged.
+    """
+
+
+_FLOAT_12 = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X)
+SpecLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "-+.0123456789":
+    # YAML 1.2 float after the 1.1 int resolver: `10` stays an int, `1e-3` becomes a float
+    SpecLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _FLOAT_12))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse spec YAML with `SpecLoader` (scientific notation such as ``1e-3`` is a number)."""
+    return yaml.load(text, Loader=SpecLoader)  # noqa: S506 - SpecLoader is a SafeLoader
+
+
 def load_spec(path: str | Path, overrides: dict | None = None) -> Spec:
     """Read and validate a YAML spec (overrides replace top-level fields)."""
     path = Path(path)
     if not path.exists():
         raise SpecError([f"spec file {path} does not exist"], str(path))
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = load_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError([f"not valid YAML: {exc}"], str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:  # a folder, unreadable, or not text

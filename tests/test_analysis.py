@@ -171,9 +171,11 @@ def test_status_table(tmp_path):
     study = write_study(tmp_path, student_means=GAP, seeds=3, search_trials=6)
     text = status_table(study)
     lines = text.splitlines()
-    assert "diverged" in lines[0] and "best val_acc" in lines[0]
-    search = next(line for line in lines if line.split()[0] == "search").split()
-    assert search[1:6] == ["kd", "24", "16", "8", "0"]  # 2 of every 6 trials were stopped early
+    header = lines[1]
+    assert "diverged" in header and "failed" in header and "stopped early" in header and "val %" in header
+    search = [line.split() for line in lines if line.split()[:1] == ["search"]]
+    assert [row[1:8] for row in search][0] == ["kd", "4", "6", "4", "2", "0", "0"]  # 2 of 6 stopped early
+    assert len(search) == len(GAP)  # one row per teacher size, never merged
 
 
 def test_analysis_never_imports_ray_or_sibling_packages():
