@@ -66,11 +66,13 @@ def test_hinton_kd_terms():
 
 
 def ref_distance_potential(pts):
+    """The authors' rule: off-diagonal distances are at least sqrt(1e-12) = 1e-6 (clamp before sqrt)."""
     n = len(pts)
     d = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
-            d[i, j] = math.dist(pts[i], pts[j])
+            if i != j:
+                d[i, j] = max(math.dist(pts[i], pts[j]), 1e-6)
     mu = d[d > 0].mean()
     return d / mu
 
@@ -114,16 +116,20 @@ def test_rkd_distance_hand_values():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_rkd_distance_excludes_zero_distances_from_the_mean():
-    t = [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]  # a coincident pair: mean of non-zero = 2 (not 8/6)
+def test_rkd_distance_counts_coincident_pairs_as_1e_6_like_the_authors():
+    t = [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]  # a coincident pair: distances 1e-6, 2, 2
     s = [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # 1, 2, 1: mean 4/3 -> .75, 1.5, .75
-    # teacher potentials: 0, 1, 1
-    expected = 2 * (huber(0.75 - 0.0) + huber(1.5 - 1.0) + huber(0.75 - 1.0)) / 9
-    assert expected == pytest.approx(0.875 / 9)
+    mu_t = (1e-6 + 2 + 2) / 3  # lenscloth/RKD: clamp(d², 1e-12).sqrt() > 0 is in t_d[t_d > 0].mean()
+    pt = [1e-6 / mu_t, 2 / mu_t, 2 / mu_t]  # pairs (0,1), (0,2), (1,2)
+    ps = [0.75, 1.5, 0.75]
+    expected = 2 * sum(huber(a - b) for a, b in zip(ps, pt)) / 9
     assert expected == pytest.approx(ref_rkd_distance(s, t))
+    assert mu_t == pytest.approx(4.000001 / 3)
     got = losses.rkd_distance(torch.tensor(s), torch.tensor(t))
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    # the same configuration at another scale has the same relations: zero loss, finite gradient
+    d = losses.pairwise_distances(torch.tensor(t))
+    assert d[0, 1].item() == pytest.approx(1e-6) and d[0, 0].item() == 0.0
+    # the same configuration at another scale: zero loss up to the 1e-6 floor, finite gradient
     fs = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]], requires_grad=True)
     loss = losses.rkd_distance(fs, torch.tensor(t))
     loss.backward()

@@ -61,26 +61,30 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """ψ_D before normalisation: the N×N matrix of ‖e_i − e_j‖₂ (float32).
 
-    Computed as in the authors' code (lenscloth/RKD `pdist`): from the Gram
-    matrix, ‖e_i‖² + ‖e_j‖² − 2 e_i·e_j clamped at `eps` before the square
-    root; the diagonal is set to exactly 0. One reading of ours: pairs whose
-    squared distance is ≤ eps (coincident points) are also set to exactly 0,
-    where the authors' code leaves sqrt(eps) = 1e-6, so that "the mean of the
-    non-zero distances" (paper, Eq. 4) excludes them; the gradient through
-    such a pair is 0 rather than the clamp's.
+    As in the authors' code (lenscloth/RKD `pdist`): from the Gram matrix,
+    ‖e_i‖² + ‖e_j‖² − 2 e_i·e_j clamped at `eps` (1e-12) *before* the square
+    root, then the diagonal set to exactly 0. A near-coincident pair of
+    distinct points therefore has distance sqrt(eps) = 1e-6, not 0: it is
+    "non-zero" and counts in the normalising mean (see `_mean_normalised`);
+    its gradient is 0 (the clamp's).
     """
     with _no_autocast(e):
         e = e.float().flatten(1)
         sq = e.pow(2).sum(dim=1)
         raw = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())
-        keep = (raw > eps) & ~torch.eye(len(e), dtype=torch.bool, device=e.device)
-        return raw.clamp(min=eps).sqrt() * keep
+        off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        return raw.clamp(min=eps).sqrt() * off_diagonal
 
 
 def _mean_normalised(d: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """d / μ with μ the mean of the non-zero entries of d (μ = 1 if there are none)."""
+    """d / μ with μ = mean of the entries of d that are > 0 (the authors' `t_d[t_d > 0].mean()`).
+
+    With `pairwise_distances` every off-diagonal entry is ≥ 1e-6, so μ is the
+    mean over the N(N−1) off-diagonal pairs, near-coincident pairs counting as
+    1e-6. μ = 1 if there is no positive entry (a batch of one).
+    """
     nonzero = (d > 0).sum().clamp(min=1)
-    mu = d.sum() / nonzero  # zeros add nothing to the sum: this is the mean of the non-zero entries
+    mu = d.sum() / nonzero  # zeros add nothing to the sum: this is the mean of the positive entries
     return d / torch.where(mu > eps, mu, torch.ones_like(mu))
 
 
@@ -88,7 +92,8 @@ def rkd_distance(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.
     """RKD distance loss (Park et al., CVPR 2019, Eqs. 3–5).
 
     ψ_D(t_i, t_j) = ‖t_i − t_j‖₂ / μ with μ the mean of the non-zero pairwise
-    distances of the mini-batch, computed separately for teacher and student
+    distances of the mini-batch (near-coincident pairs count as 1e-6, as in the
+    authors' code; see `pairwise_distances`), computed separately for teacher and student
     embeddings (which may have different dimensions); the loss is the Huber
     (smooth L1, δ = 1) loss between the two N×N potential matrices, averaged
     over all N² entries (diagonal included, where both are 0), as
