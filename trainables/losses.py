@@ -46,7 +46,9 @@ def soft_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, temperatu
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_t = F.log_softmax(target_logits.float() / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction=reduction, log_target=True) * (t * t)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    # "mean" computed explicitly: torch warns that its own "mean" will change meaning
+    return kl / student_logits.shape[1] if reduction == "mean" else kl
 
 
 def hinton_kd(student_logits, teacher_logits, labels, temperature: float, alpha: float,
