@@ -129,7 +129,7 @@ class StudyRunner:
 
     def run_teachers(self) -> None:
         s = self.spec
-        if not any(m.cls.needs_teacher for m in s.methods.values()):
+        if not s.trains_teachers:
             return
         missing = [j for j in teacher_jobs(s) if self.zoo.get(j["key"]) is None]
         if not missing:
