@@ -42,15 +42,20 @@ class Section:
 def build_sections(df: pd.DataFrame) -> tuple[list[Section], list[capacity_gap.Verdict]]:
     """Every figure the data support, in report order, and the capacity-gap verdicts."""
     summary = trial_summary(df)
-    sections, verdicts = [], []
+    sections, verdicts, gathered = [], [], []
     for method in capacity_gap.capacity_methods(summary):
         data = capacity_gap.capacity_data(summary, method)
         if data.students.empty:
             continue
+        gathered.append(data)
         result = capacity_gap.verdict(data)
         verdicts.append(result)
         sections.append(Section(f"capacity_gap_{method}", f"Capacity gap: {method}",
                                 capacity_gap.figure(data, result), [result.text]))
+    fig = capacity_gap.comparison_figure(gathered)
+    if fig is not None:  # KD and the remedies side by side
+        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig,
+                                   [v.text for v in verdicts]))
     fig = generations.figure(summary)
     if fig is not None:
         sections.append(Section("trikd_generations", "TriKD generations", fig, []))
