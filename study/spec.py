@@ -24,8 +24,8 @@ fields are:
              max_concurrent, seed}
     methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
                        assistant_sizes: [..]}}
-             `methods: {}` (or no `methods`) is a scratch-only study: the teacher
-             ladder (if `teachers` is given) and the baseline, no distillation
+             `methods: {}` (the field is required, it may be empty) is a scratch-only
+             study: the teacher ladder (if `teachers` is given) and the baseline
     confirm: {seeds}
     resources: {cpu, gpu}
     runtime: {device, precision, compile, channels_last}
@@ -244,7 +244,7 @@ class _Validator:
         dataset = self.dataset(self.section(raw, "dataset", required=True))
         student = self.model("student", self.section(raw, "student", required=True), dataset)
         train = self.train(self.section(raw, "train"))
-        methods = self.methods(self.section(raw, "methods"))
+        methods = self.methods(self.section(raw, "methods", required=True))  # may be {}: scratch only
         teachers = self.teachers(raw.get("teachers"), dataset, train, methods)
         baseline = self.section(raw, "baseline")
         self.unknown("baseline", baseline, {"seeds"})
