@@ -382,3 +382,12 @@ def test_dkd_terms_hand_computed():
     w = 1 - pt[0][Y3[0]]
     kd = losses.soft_kl(torch.tensor(S3[i]), torch.tensor(T3[i]), T).item()
     assert one["tckd"].item() + w * one["nckd"].item() == pytest.approx(kd, rel=1e-4)
+
+
+def test_dkd_stays_finite_for_a_confident_student():
+    s = torch.tensor([[400.0, 0.0, 0.0, 0.0]], requires_grad=True)  # rest probability underflows to 0
+    t = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    terms = losses.dkd_terms(s, t, torch.tensor([0]), 4.0, 1.0, 8.0)
+    total = terms["tckd"] + terms["nckd"]
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(s.grad).all()

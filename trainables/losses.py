@@ -323,7 +323,9 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
         nckd = β · T² · mean_b KL(softmax(t/T − 1000·1_y) ‖ softmax(s/T − 1000·1_y))  over the non-target classes
 
     As in the authors' code (megvii-research/mdistiller `dkd_loss`): the
-    binary "rest" probability is the sum of the non-target probabilities, and
+    binary "rest" probability is the sum of the non-target probabilities (its
+    log taken as a logsumexp of log-probabilities: the same value, finite when
+    the sum underflows), and
     the target logit is masked by subtracting 1000 (after dividing by T)
     before the softmax. The teacher's logits are detached. The method adds CE
     and the authors' linear warm-up of both terms.
@@ -333,11 +335,15 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
         s = student_logits.float() / t
         z_t = teacher_logits.detach().float() / t
         gt = F.one_hot(labels, s.shape[1]).to(s.dtype)
-        p_s, p_t = F.softmax(s, dim=1), F.softmax(z_t, dim=1)
-        b_s = torch.stack([(p_s * gt).sum(1), (p_s * (1 - gt)).sum(1)], dim=1)
+        p_t = F.softmax(z_t, dim=1)
         b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1 - gt)).sum(1)], dim=1)
+        # log [p_s,y, Σ_{c≠y} p_s,c] from log-probabilities (logsumexp): the authors' log(sum of
+        # probabilities) in a form that stays finite when a confident student's rest underflows to 0
+        log_p_s = F.log_softmax(s, dim=1)
+        log_b_s = torch.stack([(log_p_s * gt).sum(1),
+                               torch.logsumexp(log_p_s.masked_fill(gt.bool(), float("-inf")), dim=1)], dim=1)
         n = s.shape[0]
-        tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") / n
+        tckd = F.kl_div(log_b_s, b_t, reduction="sum") / n
         nckd = F.kl_div(F.log_softmax(s - 1000.0 * gt, dim=1), F.softmax(z_t - 1000.0 * gt, dim=1),
                         reduction="sum") / n
         return {"tckd": alpha * t * t * tckd, "nckd": beta * t * t * nckd}
