@@ -433,3 +433,27 @@ def test_end_to_end_remedies(data_root, teacher_ckpt):
                                     if method == "dkd" else {}))
         assert [r["epoch"] for r in hooks.rows] == [1, 2]
         check_rows(hooks.rows)
+
+
+def test_end_to_end_takd_resume_keeps_the_best_assistant(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    cfg = trial_cfg(data_root, "takd", teacher=teacher, assistant={"family": "mlp", "size": 12},
+                    train={"epochs": 4, "batch_size": 64, "lr": 0.05})
+    full = run_trial(cfg)
+
+    class StopAfter(LocalHooks):
+        def report(self, metrics, rows, state):
+            super().report(metrics, rows, state)
+            if metrics["generation"] == 0 and metrics["epoch"] == 3:
+                raise KeyboardInterrupt
+
+    first = StopAfter()
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, first)
+    assert "kept" in first.state  # the best assistant so far travels in the checkpoint
+    resumed = run_trial(cfg, LocalHooks(state=first.state))
+    want = [r for r in full.rows if r["generation"] == 1]
+    got = [r for r in resumed.rows if r["generation"] == 1]
+    assert [r["epoch"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(want, got):
+        assert math.isclose(a["val_acc"], b["val_acc"]) and math.isclose(a["test_acc"], b["test_acc"])
