@@ -40,6 +40,14 @@ from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, a
 NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_ce"}
 #: capacity-gap statuses
 GAP, NO_GAP, LARGEST_BETTER = "capacity gap", "no capacity gap", "largest teacher better"
+#: the modern remedies for the capacity gap, with the label the comparison chart gives them
+REMEDIES = {
+    "dist": "DIST (Huang et al. 2022)",
+    "lskd": "logit-standardised KD (Sun et al. 2024)",
+    "dkd": "DKD (Zhao et al. 2022)",
+    "takd": "TAKD (Mirzadeh et al. 2020)",
+    "eskd": "ESKD (Cho & Hariharan 2019)",
+}
 
 
 @dataclass
@@ -521,3 +529,54 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
     return finish(fig, f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})",
                   subtitle,
                   legend_rows=2)
+
+
+def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
+    """Every distillation method's student accuracy vs teacher size on one chart (None for fewer than 2).
+
+    The capacity-gap question for the remedies: does DIST / logit standardisation /
+    DKD / TAKD / ESKD keep the student improving (or flat) where Hinton KD falls
+    off with larger teachers? One line per method (mean ± 95% CI over seeds from
+    its own source, confirm or search), the teachers' own accuracy and the no-KD
+    baseline band once (from the first method's data, which all share).
+    """
+    datas = [d for d in datas if not d.students.empty]
+    if len(datas) < 2:
+        return None
+    per_method = []
+    for d in datas:
+        st = summarize(d.students, ["teacher_size"], "test_acc")
+        st["teacher_params"] = st["teacher_size"].map(d.students.groupby("teacher_size")["teacher_params"].first())
+        per_method.append((d, st))
+    teachers = datas[0].teachers
+    use_params = all(st["teacher_params"].notna().all() for _, st in per_method) and (
+        teachers.empty or teachers["teacher_params"].notna().all())
+    xcol = "teacher_params" if use_params else "teacher_size"
+    fig = go.Figure()
+
+    def err(frame):
+        return dict(type="data", symmetric=False, array=100 * (frame["high"] - frame["mean"]).fillna(0),
+                    arrayminus=100 * (frame["mean"] - frame["low"]).fillna(0), visible=True)
+
+    base = mean_ci(datas[0].baseline)
+    if base.n:
+        if base.n >= 2:
+            fig.add_hrect(y0=100 * base.low, y1=100 * base.high, fillcolor="gray", opacity=0.2, line_width=0)
+        fig.add_hline(y=100 * base.mean, line_dash="dot", line_color="gray",
+                      annotation_text=f"no-KD student (n={base.n})", annotation_position="bottom right")
+    if not teachers.empty:
+        t = teachers.sort_values(xcol)
+        fig.add_trace(go.Scatter(x=t[xcol], y=100 * t["mean"], error_y=err(t), mode="lines+markers",
+                                 name="teacher's own accuracy", line=dict(dash="dash", color="#7f7f7f")))
+    for d, st in per_method:
+        st = st.sort_values(xcol)
+        name = REMEDIES.get(d.method, d.method) + f" ({d.source})"
+        fig.add_trace(go.Scatter(x=st[xcol], y=100 * st["mean"], error_y=err(st), mode="lines+markers",
+                                 name=name, line=dict(width=3 if d.method in REMEDIES else 2),
+                                 customdata=st[["teacher_size", "n"]],
+                                 hovertemplate="size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"))
+    fig.update_yaxes(range=y_range_with_bars(fig), title_text="test accuracy (%) at the selected epoch")
+    fig.update_xaxes(type="log", title_text="teacher parameters (log)" if use_params else "teacher size (log)")
+    return finish(fig, "Capacity gap by method: student test accuracy vs teacher size",
+                  "mean ± 95% CI over seeds; KD and the capacity-gap remedies side by side",
+                  legend_rows=1 + len(fig.data) // 3)

@@ -79,6 +79,10 @@ def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) ->
     for data, result in zip(datas, verdicts):
         sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {data.method}",
                                 capacity_gap.figure(data, result), [result.text]))
+    fig = capacity_gap.comparison_figure(datas)
+    if fig is not None:  # KD and the remedies side by side
+        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig,
+                                   [v.text for v in verdicts]))
     fig = generations.figure(summary)
     if fig is not None:
         sections.append(Section("trikd_generations", "TriKD generations", fig, []))

@@ -108,6 +108,8 @@ HPARAM_COLUMNS = [
     "lr", "weight_decay", "batch_size", "epochs", "temperature", "alpha",
     "rkd_distance_weight", "rkd_angle_weight", "anchor_weight", "mutual_weight",
     "generations", "distill_weight", "temperature_factor", "maxprob",
+    "kd_reduction", "dist_beta", "dist_gamma", "ce_weight", "kd_weight", "dkd_alpha", "dkd_beta",
+    "kd_warmup_epochs", "val_fraction",
 ]
 _HPARAMS = [(name, pa.float64()) for name in HPARAM_COLUMNS] + [("hparams_json", pa.string())]
 METRIC_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]

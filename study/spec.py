@@ -8,16 +8,25 @@ fields are:
     name: str                      study name (letters, digits, - and _)
     storage: str                   results root: a local path or a URI (s3://, gs://, file://)
     dataset: {name, root, download, num_samples, val_fraction, split_seed, train_subset}
+             val_fraction: 0.01..0.5 (default 0.1) carves a validation split from the
+             training set for selection; 0 trains on the whole training set with NO
+             validation split: each trial's result is its last epoch and a search ranks
+             trials by *test* accuracy (the protocol of the published CIFAR numbers,
+             e.g. RepDistiller's) — choose it knowingly; rows show `selection: last_epoch`
     student: {family, size, ...model options}
     teachers: {family, sizes: [..], seeds, epochs, export_epochs: [..], ...model options}
     train: {epochs, batch_size, optimizer, lr, weight_decay, momentum, nesterov,
-            schedule, milestones, gamma, grad_clip}
+            schedule, milestones, gamma, grad_clip, augment}
+            augment: random crop + flip of image training batches (default true; the
+            TAKD authors' plain-CNN recipe trains without)
     baseline: {}                   the no-KD student: runs on the confirm seeds (paired), searched
                                    like the methods when they search the recipe (see study.graph)
     search: {budget: stratified | joint, scheduler: auto | asha | none, grace_period,
              max_concurrent, seed}
     methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
                        assistant_sizes: [..]}}
+             `methods: {}` (the field is required, it may be empty) is a scratch-only
+             study: the teacher ladder (if `teachers` is given) and the baseline
     confirm: {seeds, top_k}        seeds shared by the baseline and every confirm run; the top_k
                                    configurations of each search (on validation) are confirmed
     verdict: {delta, level}        smallest effect of interest (accuracy points), confidence level
@@ -107,6 +116,14 @@ class Spec:
     @property
     def teacher_sizes(self) -> list:
         return list(self.teachers["sizes"]) if self.teachers else []
+
+    @property
+    def trains_teachers(self) -> bool:
+        """Whether the teacher ladder is trained: a method distils from frozen teachers, or the
+        study is scratch-only (`methods: {}`) and lists `teachers` (their accuracies are its result)."""
+        if not self.teachers:
+            return False
+        return not self.methods or any(m.cls.needs_teacher for m in self.methods.values())
 
     @property
     def study_uri(self) -> str:
@@ -249,7 +266,7 @@ class _Validator:
         dataset = self.dataset(self.section(raw, "dataset", required=True))
         student = self.model("student", self.section(raw, "student", required=True), dataset)
         train = self.train(self.section(raw, "train"))
-        methods = self.methods(self.section(raw, "methods"))
+        methods = self.methods(self.section(raw, "methods", required=True))  # may be {}: scratch only
         teachers = self.teachers(raw.get("teachers"), dataset, train, methods)
         baseline = self.section(raw, "baseline")
         if "seeds" in baseline:
@@ -328,7 +345,11 @@ class _Validator:
         if d.get("root") is not None:
             out["root"] = self.text("dataset.root", d.get("root"))
         out["download"] = self.boolean("dataset.download", d.get("download"), False)
-        out["val_fraction"] = self.num("dataset.val_fraction", d.get("val_fraction"), 0.1, low=0.01, high=0.5)
+        vf = d.get("val_fraction")
+        if vf == 0 and not isinstance(vf, bool):  # no validation split: selection by the last epoch (see above)
+            out["val_fraction"] = 0.0
+        else:
+            out["val_fraction"] = self.num("dataset.val_fraction", vf, 0.1, low=0.01, high=0.5)
         out["split_seed"] = self.num("dataset.split_seed", d.get("split_seed"), 0, kind=int, low=0)
         for key, low in (("num_samples", 200), ("train_subset", 10), ("synthetic_size", 64), ("data_seed", 0)):
             if d.get(key) is not None:
@@ -381,7 +402,7 @@ class _Validator:
 
     def train(self, d: dict) -> dict:
         self.unknown("train", d, {"epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "nesterov",
-                                  "schedule", "milestones", "gamma", "grad_clip"})
+                                  "schedule", "milestones", "gamma", "grad_clip", "augment"})
         out = {
             "epochs": self.num("train.epochs", d.get("epochs"), 10, kind=int, low=1, high=10000),
             "batch_size": self.num("train.batch_size", d.get("batch_size"), 128, kind=int, low=1, high=65536),
@@ -393,6 +414,9 @@ class _Validator:
             "schedule": self.choice("train.schedule", d.get("schedule"), "onecycle", SCHEDULES),
             "gamma": self.num("train.gamma", d.get("gamma"), 0.1, low=0, high=1),
         }
+        # recorded only when off, so the teacher-zoo keys (a hash of the recipe) of existing studies stay valid
+        if not self.boolean("train.augment", d.get("augment"), True):
+            out["augment"] = False
         if d.get("milestones") is not None:
             ms = d["milestones"]
             if not isinstance(ms, list) or not all(isinstance(m, (int, float)) and 0 < m < 1 for m in ms):
@@ -414,7 +438,9 @@ class _Validator:
         if not isinstance(raw, dict):
             self.err("teachers", f"must be a mapping, got {type(raw).__name__}")
             return None
-        allowed = {"family", "sizes", "seeds", "epochs", "export_epochs", "width", "depth"}
+        allowed = {"family", "sizes", "seeds", "epochs", "export_epochs"}
+        if raw.get("family") in available_families():  # the family's own options (width, depth, kernel, ...)
+            allowed |= set(family_options(raw["family"]))
         self.unknown("teachers", {k: v for k, v in raw.items()}, allowed)
         cfg = self.model("teachers", {k: v for k, v in raw.items() if k in allowed}, dataset, sizes_key="sizes")
         out = {k: v for k, v in cfg.items() if k != "sizes"}
@@ -434,7 +460,7 @@ class _Validator:
     def methods(self, d: dict) -> dict[str, MethodSpec]:
         known = available_methods()
         out = {}
-        for name, m in d.items():
+        for name, m in d.items():  # none: a scratch-only study (teachers and baseline)
             where = f"methods.{name}"
             if name not in known:
                 self.err(where, f"unknown method; known: {', '.join(known)}")

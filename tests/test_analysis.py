@@ -309,3 +309,35 @@ def test_verdict_settings_from_spec_json(tmp_path):
     assert verdict_settings(study) == (0.5, 0.95)
     (study / "spec.json").write_text(json.dumps({"verdict": {"delta": 1.0, "level": 0.9}}))
     assert verdict_settings(study) == (1.0, 0.9)
+
+
+def test_remedies_share_one_capacity_gap_chart(tmp_path):
+    import pandas as pd
+
+    from analysis import report as report_mod
+
+    study = write_study(tmp_path, student_means=GAP, seeds=3)
+    summary = trial_summary(load(study))
+    # a remedy that keeps improving with the teacher, planted beside kd
+    dkd = summary[summary["method"] == "kd"].copy()
+    dkd["method"] = "dkd"
+    dkd["trial_id"] = "dkd_" + dkd["trial_id"].astype(str)
+    dkd["test_acc"] = dkd["teacher_size"].map(MONOTONE) + (dkd["test_acc"] - dkd["teacher_size"].map(GAP))
+    both = pd.concat([summary, dkd], ignore_index=True)
+    assert cg.capacity_methods(both) == ["dkd", "kd"]
+    datas = [cg.capacity_data(both, m) for m in ("kd", "dkd")]
+    fig = cg.comparison_figure(datas)
+    names = [t.name for t in fig.data]
+    assert any(n.startswith("DKD (Zhao et al. 2022)") for n in names) and any(n.startswith("kd") for n in names)
+    assert "teacher's own accuracy" in names
+    dkd_trace = next(t for t in fig.data if t.name.startswith("DKD"))
+    assert list(dkd_trace.y) == sorted(dkd_trace.y)  # rises with the teacher, as planted
+    assert cg.comparison_figure(datas[:1]) is None
+    v = {m: cg.verdict(cg.capacity_data(both, m)) for m in ("kd", "dkd")}
+    assert v["kd"].status == "capacity gap" and v["dkd"].status != "capacity gap"
+    # the report puts the comparison first when there are several methods
+    import unittest.mock as mock
+
+    with mock.patch.object(report_mod, "trial_summary", return_value=both):
+        sections, _ = report_mod.build_sections(load(study))
+    assert sections[0].name == "capacity_gap_methods"

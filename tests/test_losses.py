@@ -66,11 +66,13 @@ def test_hinton_kd_terms():
 
 
 def ref_distance_potential(pts):
+    """The authors' rule: off-diagonal distances are at least sqrt(1e-12) = 1e-6 (clamp before sqrt)."""
     n = len(pts)
     d = np.zeros((n, n))
     for i in range(n):
         for j in range(n):
-            d[i, j] = math.dist(pts[i], pts[j])
+            if i != j:
+                d[i, j] = max(math.dist(pts[i], pts[j]), 1e-6)
     mu = d[d > 0].mean()
     return d / mu
 
@@ -114,16 +116,20 @@ def test_rkd_distance_hand_values():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_rkd_distance_excludes_zero_distances_from_the_mean():
-    t = [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]  # a coincident pair: mean of non-zero = 2 (not 8/6)
+def test_rkd_distance_counts_coincident_pairs_as_1e_6_like_the_authors():
+    t = [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]  # a coincident pair: distances 1e-6, 2, 2
     s = [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0]]  # 1, 2, 1: mean 4/3 -> .75, 1.5, .75
-    # teacher potentials: 0, 1, 1
-    expected = 2 * (huber(0.75 - 0.0) + huber(1.5 - 1.0) + huber(0.75 - 1.0)) / 9
-    assert expected == pytest.approx(0.875 / 9)
+    mu_t = (1e-6 + 2 + 2) / 3  # lenscloth/RKD: clamp(d², 1e-12).sqrt() > 0 is in t_d[t_d > 0].mean()
+    pt = [1e-6 / mu_t, 2 / mu_t, 2 / mu_t]  # pairs (0,1), (0,2), (1,2)
+    ps = [0.75, 1.5, 0.75]
+    expected = 2 * sum(huber(a - b) for a, b in zip(ps, pt)) / 9
     assert expected == pytest.approx(ref_rkd_distance(s, t))
+    assert mu_t == pytest.approx(4.000001 / 3)
     got = losses.rkd_distance(torch.tensor(s), torch.tensor(t))
     assert got.item() == pytest.approx(expected, rel=1e-5)
-    # the same configuration at another scale has the same relations: zero loss, finite gradient
+    d = losses.pairwise_distances(torch.tensor(t))
+    assert d[0, 1].item() == pytest.approx(1e-6) and d[0, 0].item() == 0.0
+    # the same configuration at another scale: zero loss up to the 1e-6 floor, finite gradient
     fs = torch.tensor([[0.0, 0.0], [0.0, 0.0], [5.0, 0.0]], requires_grad=True)
     loss = losses.rkd_distance(fs, torch.tensor(t))
     loss.backward()
@@ -272,3 +278,116 @@ def test_temperature_rule():
     # exactly at the threshold: not exceeded, no change
     half = torch.tensor([[0.0, 0.0]])  # max prob 0.5
     assert losses.adapt_temperature(torch.tensor(1.0), half, 0.5, 1.05).item() == 1.0
+
+
+# --------------------------------------------------------------------------- KD reduction (TAKD's nn.KLDivLoss())
+
+
+def test_soft_kl_mean_reduction_is_takd_klldivloss_default():
+    T = 4.0
+    hand = T * T * np_kl_batchmean(np_softmax(Tl, T), np_softmax(S, T)) / 3  # mean over batch x classes
+    got = losses.soft_kl(torch.tensor(S), torch.tensor(Tl), T, reduction="mean")
+    assert got.item() == pytest.approx(hand, rel=1e-5)
+    terms = losses.hinton_kd(torch.tensor(S), torch.tensor(Tl), torch.tensor(Y), T, 0.5, reduction="mean")
+    assert terms["kd"].item() == pytest.approx(0.5 * hand, rel=1e-5)
+    with pytest.raises(ValueError, match="KD reduction"):
+        losses.soft_kl(torch.tensor(S), torch.tensor(Tl), T, reduction="sum")
+
+
+# --------------------------------------------------------------------------- DIST
+
+
+S3 = [[1.0, 2.0, 3.0, 0.0], [0.5, -1.0, 0.0, 2.0], [2.0, 2.0, -1.0, 0.5]]
+T3 = [[3.0, 1.0, 0.0, 1.0], [0.0, 2.0, -1.0, 1.0], [1.0, -2.0, 0.5, 0.0]]
+Y3 = [2, 3, 0]
+
+
+def pearson(u, v):
+    mu, mv = sum(u) / len(u), sum(v) / len(v)
+    num = sum((a - mu) * (b - mv) for a, b in zip(u, v))
+    den = math.sqrt(sum((a - mu) ** 2 for a in u)) * math.sqrt(sum((b - mv) ** 2 for b in v))
+    return num / (den + 1e-8)
+
+
+def test_dist_terms_hand_computed():
+    T, beta, gamma = 4.0, 2.0, 0.5
+    ps, pt = np_softmax(S3, T).tolist(), np_softmax(T3, T).tolist()
+    inter = 1 - sum(pearson(ps[i], pt[i]) for i in range(3)) / 3
+    cols_s = [[row[c] for row in ps] for c in range(4)]
+    cols_t = [[row[c] for row in pt] for c in range(4)]
+    intra = 1 - sum(pearson(cols_s[c], cols_t[c]) for c in range(4)) / 4
+    got = losses.dist_terms(torch.tensor(S3), torch.tensor(T3), T, beta, gamma)
+    assert got["dist_inter"].item() == pytest.approx(beta * T * T * inter, rel=1e-4)
+    assert got["dist_intra"].item() == pytest.approx(gamma * T * T * intra, rel=1e-4)
+    # identical predictions: perfectly correlated, zero loss (up to the 1e-8 in the denominator)
+    same = losses.dist_terms(torch.tensor(T3), torch.tensor(T3), T, 1.0, 1.0)
+    assert same["dist_inter"].item() == pytest.approx(0.0, abs=2e-4)
+    assert same["dist_intra"].item() == pytest.approx(0.0, abs=2e-4)
+    # invariant to a shift and scale of the student's probabilities per row: only relations count
+    assert losses.pearson_rows(torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[3.0, 5.0, 9.0]])).item() == \
+        pytest.approx(1.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- logit-standardised KD
+
+
+def test_zscore_uses_unbiased_std_plus_eps():
+    z = losses.zscore(torch.tensor([[1.0, 2.0, 3.0]]))
+    # mean 2, unbiased std sqrt(((1)^2 + 0 + 1^2) / 2) = 1
+    assert z.tolist()[0] == pytest.approx([-1 / (1 + 1e-7), 0.0, 1 / (1 + 1e-7)], rel=1e-6)
+
+
+def test_standardized_kd_hand_computed_and_scale_invariant():
+    T = 2.0
+
+    def z(rows):
+        out = []
+        for r in rows:
+            m = sum(r) / len(r)
+            sd = math.sqrt(sum((v - m) ** 2 for v in r) / (len(r) - 1))
+            out.append([(v - m) / (sd + 1e-7) for v in r])
+        return out
+
+    hand = T * T * np_kl_batchmean(np_softmax(z(T3), T), np_softmax(z(S3), T))
+    got = losses.standardized_kd(torch.tensor(S3), torch.tensor(T3), T)
+    assert got.item() == pytest.approx(hand, rel=1e-5)
+    # a student whose logits are an affine map of the teacher's (per sample) matches it exactly
+    st = torch.tensor(T3) * 0.1 + 3.0
+    assert losses.standardized_kd(st, torch.tensor(T3), T).item() == pytest.approx(0.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- DKD
+
+
+def test_dkd_terms_hand_computed():
+    T, alpha, beta = 4.0, 1.0, 8.0
+    ps, pt = np_softmax(S3, T), np_softmax(T3, T)
+    tckd = nckd = 0.0
+    for i, y in enumerate(Y3):
+        bs = [ps[i][y], 1 - ps[i][y]]
+        bt = [pt[i][y], 1 - pt[i][y]]
+        tckd += sum(a * math.log(a / b) for a, b in zip(bt, bs))
+        # non-target distributions: softmax over the other classes only
+        others = [c for c in range(4) if c != y]
+        qs = np_softmax([[S3[i][c] for c in others]], T)[0]
+        qt = np_softmax([[T3[i][c] for c in others]], T)[0]
+        nckd += sum(a * math.log(a / b) for a, b in zip(qt, qs))
+    tckd, nckd = T * T * tckd / 3, T * T * nckd / 3
+    got = losses.dkd_terms(torch.tensor(S3), torch.tensor(T3), torch.tensor(Y3), T, alpha, beta)
+    assert got["tckd"].item() == pytest.approx(alpha * tckd, rel=1e-4)
+    assert got["nckd"].item() == pytest.approx(beta * nckd, rel=1e-4)
+    # DKD with α = 1 and β = 1 - p_t (per sample) is classical KD (paper, Eq. 1): check one sample
+    i = slice(0, 1)
+    one = losses.dkd_terms(torch.tensor(S3[i]), torch.tensor(T3[i]), torch.tensor(Y3[i]), T, 1.0, 1.0)
+    w = 1 - pt[0][Y3[0]]
+    kd = losses.soft_kl(torch.tensor(S3[i]), torch.tensor(T3[i]), T).item()
+    assert one["tckd"].item() + w * one["nckd"].item() == pytest.approx(kd, rel=1e-4)
+
+
+def test_dkd_stays_finite_for_a_confident_student():
+    s = torch.tensor([[400.0, 0.0, 0.0, 0.0]], requires_grad=True)  # rest probability underflows to 0
+    t = torch.tensor([[2.0, 1.0, 0.0, 0.0]])
+    terms = losses.dkd_terms(s, t, torch.tensor([0]), 4.0, 1.0, 8.0)
+    total = terms["tckd"] + terms["nckd"]
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(s.grad).all()

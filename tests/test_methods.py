@@ -15,7 +15,7 @@ from trainables.loop import LocalHooks, run_trial
 from trainables.methods import Context, available_methods, get_method
 
 IN_SHAPE, NC = (1, 40), 10
-MINE = ("rkd", "dml", "trikd", "multiexit", "multiexit_ce", "takd", "eskd")
+MINE = ("rkd", "dml", "trikd", "multiexit", "multiexit_ce", "takd", "eskd", "kd", "dist", "lskd", "dkd")
 
 
 def make_ctx(student, teacher=None, assistant=None) -> Context:
@@ -77,6 +77,17 @@ def test_registered_with_schema_hparams():
     assert methods["rkd"].hparams["rkd_angle_weight"].default == 50.0
     assert methods["multiexit"].hparams["temperature_factor"].default == 1.05
     assert methods["trikd"].hparams["generations"].default == 3
+    # what a planner can ask before a trial exists
+    assert methods["takd"].planned_generations({}) == 2
+    assert methods["trikd"].planned_generations({}) == 3 and methods["trikd"].planned_generations({"generations": 5}) == 5
+    assert methods["kd"].planned_generations({}) == 1 and methods["dkd"].planned_generations(None) == 1
+    # the remedies' defaults are the authors' CIFAR-100 settings
+    assert methods["lskd"].hparams["kd_weight"].default == 9.0 and methods["lskd"].hparams["temperature"].default == 2.0
+    assert methods["lskd"].hparams["kd_weight"].high > 1.0  # not bounded like alpha
+    assert (methods["dkd"].hparams["dkd_alpha"].default, methods["dkd"].hparams["dkd_beta"].default) == (1.0, 8.0)
+    assert methods["dkd"].hparams["kd_warmup_epochs"].default == 20
+    assert methods["dist"].hparams["temperature"].default == 4.0
+    assert methods["kd"].hparams["kd_reduction"].default == "batchmean"
 
 
 # --------------------------------------------------------------------------- learning on a fixed batch
@@ -217,6 +228,43 @@ def test_eskd_is_kd_under_its_own_name():
     assert total(h[-1]) < 0.85 * total(h[0])
 
 
+@pytest.mark.parametrize("name,terms", [("dist", {"ce", "dist_inter", "dist_intra"}), ("lskd", {"ce", "kd"}),
+                                        ("dkd", {"ce", "tckd", "nckd"})])
+def test_remedies_learn_on_a_fixed_batch(name, terms):
+    torch.manual_seed(0)
+    hp = {"kd_warmup_epochs": 0} if name == "dkd" else {}
+    m = get_method(name)(make_ctx(MLP8, MLP16), hp)
+    x, y = batch()
+    h = fit(m, x, y)
+    assert set(h[0]) == terms
+    assert total(h[-1]) < 0.85 * total(h[0])
+    assert all(not p.requires_grad for p in m.teacher.parameters())
+
+
+def test_dkd_warms_up_linearly_over_epochs_like_the_authors():
+    torch.manual_seed(0)
+    m = get_method("dkd")(make_ctx(MLP8, MLP16), {"kd_warmup_epochs": 4})
+    x, y = batch()
+    full = {k: float(v.detach()) for k, v in m.training_step(x, y).terms.items()}  # before start_epoch: epoch 1
+    for epoch, factor in ((1, 0.25), (2, 0.5), (4, 1.0), (9, 1.0)):
+        m.start_epoch(epoch)
+        assert m.warmup_factor() == factor
+        got = {k: float(v.detach()) for k, v in m.training_step(x, y).terms.items()}
+        assert got["ce"] == pytest.approx(full["ce"], rel=1e-6)
+        assert got["nckd"] == pytest.approx(full["nckd"] / 0.25 * factor, rel=1e-5)
+
+
+def test_kd_reduction_mean_divides_the_soft_term_by_the_classes():
+    torch.manual_seed(0)
+    x, y = batch()
+    a = get_method("kd")(make_ctx(MLP8, MLP16), {"temperature": 4.0, "alpha": 0.5})
+    b = get_method("kd")(make_ctx(MLP8, MLP16), {"temperature": 4.0, "alpha": 0.5, "kd_reduction": "mean"})
+    b.load_state_dict(a.state_dict())
+    ta, tb = a.training_step(x, y).terms, b.training_step(x, y).terms
+    assert float(tb["kd"].detach()) == pytest.approx(float(ta["kd"].detach()) / NC, rel=1e-5)
+    assert float(tb["ce"].detach()) == pytest.approx(float(ta["ce"].detach()), rel=1e-6)
+
+
 # --------------------------------------------------------------------------- end to end in the shared loop
 
 
@@ -313,3 +361,99 @@ def test_end_to_end_multiexit(data_root):
         assert "train_loss" in [r for r in last if r["exit"] == 2][0]
         check_rows(hooks.rows)
     assert hooks.rows[-1]["temperature_now"] is None
+
+
+def test_end_to_end_eskd_rows_record_the_early_teachers_accuracy(data_root, teacher_ckpt):
+    import json
+
+    from trainables.config import resolve
+
+    meta = json.loads(open(f"{teacher_ckpt}/meta.json").read())
+    entry = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt", "arch": meta["arch"],
+             "params": meta["params"], "flops": meta["flops"], "acc": meta["acc"],
+             "epoch_checkpoints": meta["epoch_checkpoints"]}
+    base = trial_cfg(data_root, "eskd", teachers={"16": [entry]})
+    cfg = resolve(base, {"teacher_size": 16, "teacher_epoch": 1, "temperature": 4.0, "alpha": 0.5})
+    early = meta["epoch_checkpoints"]["1"]["test_acc"]
+    assert cfg["teacher"]["acc"] == early and cfg["teacher"]["checkpoint"].endswith("epoch-1.pt")
+    hooks = run_trial(cfg)
+    assert all(r["teacher_acc"] == early and r["teacher_epoch"] == 1 for r in hooks.rows)
+    table = rows_to_table([to_schema_row(r) for r in hooks.rows])
+    assert table.column("teacher_acc").null_count == 0
+
+
+def test_end_to_end_takd_student_learns_from_the_best_validation_assistant(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    cfg = trial_cfg(data_root, "takd", teacher=teacher, assistant={"family": "mlp", "size": 12},
+                    train={"epochs": 4, "batch_size": 64, "lr": 0.05})
+    seen = {}
+
+    class Spy(LocalHooks):
+        def report(self, metrics, rows, state):
+            super().report(metrics, rows, state)
+            if metrics["generation"] == 0:  # the assistant's weights after each of its epochs
+                prefix = "assistant."
+                seen[metrics["epoch"]] = {k[len(prefix):]: v.clone() for k, v in state["method"].items()
+                                          if k.startswith(prefix)}
+            elif metrics["epoch"] == 1:
+                seen["frozen"] = {k[len("assistant."):]: v.clone() for k, v in state["method"].items()
+                                  if k.startswith("assistant.")}
+
+    hooks = run_trial(cfg, Spy())
+    gen0 = [r for r in hooks.rows if r["generation"] == 0]
+    best_epoch = max(gen0, key=lambda r: (r["val_acc"], -r["epoch"]))["epoch"]
+    assert all(torch.equal(seen["frozen"][k], seen[best_epoch][k]) for k in seen["frozen"])
+    if best_epoch != 4:  # the case the fix is about: the last epoch is not the best
+        assert not all(torch.equal(seen["frozen"][k], seen[4][k]) for k in seen["frozen"])
+
+
+def test_end_to_end_without_a_validation_split_selects_the_last_epoch(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    cfg = trial_cfg(data_root, "kd", teacher=teacher, train={"epochs": 3, "batch_size": 64, "lr": 0.01})
+    cfg["dataset"] = {**cfg["dataset"], "val_fraction": 0.0}
+    hooks = run_trial(cfg)
+    assert all(r["val_acc"] is None and r["val_loss"] is None for r in hooks.rows)
+    assert all(r["hparams"]["selection"] == "last_epoch" and r["hparams"]["val_fraction"] == 0.0
+               for r in hooks.rows)
+    last = hooks.metrics[-1]
+    assert last["selected_on"] == "test" and last["best_test_acc"] == hooks.rows[-1]["test_acc"]
+    assert last["best_val_acc"] == hooks.rows[-1]["test_acc"]
+    check_rows_no_val = rows_to_table([to_schema_row(r) for r in hooks.rows])
+    assert check_rows_no_val.column("val_acc").null_count == len(hooks.rows)
+    assert check_rows_no_val.column("val_fraction").to_pylist() == [0.0] * len(hooks.rows)
+    # with a validation split rows say so
+    hooks = run_trial(trial_cfg(data_root, "scratch"))
+    assert hooks.rows[0]["hparams"]["selection"] == "best_val" and hooks.metrics[-1]["selected_on"] == "val"
+
+
+def test_end_to_end_remedies(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    for method in ("dist", "lskd", "dkd"):
+        hooks = run_trial(trial_cfg(data_root, method, teacher=teacher, hp={"kd_warmup_epochs": 2}
+                                    if method == "dkd" else {}))
+        assert [r["epoch"] for r in hooks.rows] == [1, 2]
+        check_rows(hooks.rows)
+
+
+def test_end_to_end_takd_resume_keeps_the_best_assistant(data_root, teacher_ckpt):
+    teacher = {"family": "mlp", "size": 16, "checkpoint": f"{teacher_ckpt}/model.pt"}
+    cfg = trial_cfg(data_root, "takd", teacher=teacher, assistant={"family": "mlp", "size": 12},
+                    train={"epochs": 4, "batch_size": 64, "lr": 0.05})
+    full = run_trial(cfg)
+
+    class StopAfter(LocalHooks):
+        def report(self, metrics, rows, state):
+            super().report(metrics, rows, state)
+            if metrics["generation"] == 0 and metrics["epoch"] == 3:
+                raise KeyboardInterrupt
+
+    first = StopAfter()
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, first)
+    assert "kept" in first.state  # the best assistant so far travels in the checkpoint
+    resumed = run_trial(cfg, LocalHooks(state=first.state))
+    want = [r for r in full.rows if r["generation"] == 1]
+    got = [r for r in resumed.rows if r["generation"] == 1]
+    assert [r["epoch"] for r in got] == [1, 2, 3, 4]
+    for a, b in zip(want, got):
+        assert math.isclose(a["val_acc"], b["val_acc"]) and math.isclose(a["test_acc"], b["test_acc"])

@@ -139,6 +139,59 @@ def test_known_param_counts_cifar100(cfg, approx):
     assert abs(count_params(m) - approx) / approx < 0.04, count_params(m)
 
 
+def _plain_params_by_hand(convs, pools, fcs, num_classes, hw=32):
+    """conv 3x3 with bias + BN (2 per channel), then flatten into the FC layers (with bias)."""
+    total, cin = 0, 3
+    for c in convs:
+        total += 9 * cin * c + c + 2 * c
+        cin = c
+    d = cin * (hw // 2 ** pools) ** 2
+    for f in fcs + [num_classes]:
+        total += d * f + f
+        d = f
+    return total
+
+
+@pytest.mark.parametrize("size,convs,pools,fcs,authors", [
+    # the TAKD authors' plane2..plane10 for CIFAR-100 (imirzadeh/Teacher-Assistant-Knowledge-Distillation,
+    # plain_cnn_cifar.py `plane_cifar100_book`): about 215k / 476k / 1.11M / 1.25M / 2.93M parameters
+    (2, [32, 32], 2, [], 215_172),
+    (4, [32, 32, 64, 64], 2, [], 475_652),
+    (6, [32, 32, 64, 64, 128, 128], 2, [], 1_107_204),
+    (8, [32, 32, 64, 64, 128, 128, 256, 256], 4, [64], 1_246_276),
+    (10, [32, 32, 64, 64, 128, 128, 256, 256, 256, 256], 4, [512], 2_931_460),
+])
+def test_plain_cnn_is_the_takd_authors_network_cifar100(size, convs, pools, fcs, authors):
+    m = build_model({"family": "plain_cnn", "size": size}, IMG, 100)
+    assert count_params(m) == _plain_params_by_hand(convs, pools, fcs, 100) == authors
+    assert m(torch.randn(2, *IMG)).shape == (2, 100)
+    assert m.embedding_dim == (fcs[-1] if fcs else convs[-1] * (32 // 2 ** pools) ** 2)
+
+
+def test_plain_cnn_cifar10_uses_the_authors_cifar10_book():
+    # plane2 for CIFAR-10: Conv16, MaxPool, Conv16, MaxPool, FC10; plane10: ..., FC128, FC10
+    assert count_params(build_model({"family": "plain_cnn", "size": 2}, IMG, 10)) == \
+        _plain_params_by_hand([16, 16], 2, [], 10)
+    assert count_params(build_model({"family": "plain_cnn", "size": 10}, IMG, 10)) == \
+        _plain_params_by_hand([32, 32, 64, 64, 128, 128, 256, 256, 256, 256], 4, [128], 10)
+
+
+def test_cnn1d_published_mnist1d_network():
+    """greydanus/mnist1d ConvBase: 25 channels, kernels 5/3/3, stride 2, padding 1, 40 -> 19 -> 10 -> 5."""
+    cfg = {"family": "cnn1d", "size": 25, "kernel": [5, 3, 3], "stride": 2, "padding": 1}
+    m = build_model(cfg, SIG, 10)
+    assert m.embedding_dim == 125
+    assert count_params(m) == (1 * 25 * 5 + 25) + 2 * (25 * 25 * 3 + 25) + (125 * 10 + 10) == 5210
+    assert m(torch.randn(3, *SIG)).shape == (3, 10)
+    assert arch_name(cfg) == "cnn1d-w25-k5.3.3-s2-p1"
+    me = build_model({**cfg, "multi_exit": True}, SIG, 10)
+    assert [e.fc.in_features for e in me.exits] == [25 * 19, 25 * 10, 25 * 5]
+    with pytest.raises(ValueError, match="one per layer"):
+        build_model({**cfg, "kernel": [5, 3]}, SIG, 10)
+    with pytest.raises(ValueError, match="stride"):
+        build_model({**cfg, "stride": 0}, SIG, 10)
+
+
 @pytest.mark.parametrize("depth,width", [(8, 1), (20, 1), (32, 4)])
 def test_resnet_param_count_by_formula(depth, width):
     m = build_model({"family": "cifar_resnet", "size": depth, "width": width}, IMG, 100)

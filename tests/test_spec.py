@@ -88,3 +88,41 @@ def test_relative_storage_becomes_absolute(tmp_path, monkeypatch):
     assert parse_spec(raw).storage == str(tmp_path / "out")
     raw["storage"] = "s3://bucket/prefix"
     assert parse_spec(raw).storage == "s3://bucket/prefix"
+
+
+def test_scratch_only_study_no_validation_split_and_new_options(tmp_path):
+    raw = micro_spec(tmp_path, str(tmp_path))
+    raw["methods"] = {}
+    raw["dataset"] = {**raw["dataset"], "val_fraction": 0}
+    raw["train"] = {**raw.get("train", {}), "augment": False}
+    raw["teachers"] = {**raw["teachers"], "family": "cnn1d", "sizes": [25], "kernel": [5, 3, 3], "stride": 2,
+                       "padding": 1}
+    spec = parse_spec(raw)
+    assert spec.methods == {} and spec.trains_teachers
+    assert spec.dataset["val_fraction"] == 0.0 and spec.train["augment"] is False
+    assert spec.teachers["kernel"] == [5, 3, 3]
+    del raw["teachers"]
+    assert not parse_spec(raw).trains_teachers  # baseline only
+    raw["dataset"]["val_fraction"] = 0.001
+    assert any("val_fraction" in p for p in problems(raw))
+
+
+def test_augment_is_recorded_only_when_off(tmp_path):
+    spec = parse_spec(micro_spec(tmp_path, str(tmp_path)))
+    assert "augment" not in spec.train  # teacher-zoo keys of existing studies unchanged
+
+
+def test_remedy_weights_beyond_one_and_takd_reduction(tmp_path):
+    raw = micro_spec(tmp_path, str(tmp_path))
+    raw["methods"] = {"lskd": {"space": {"kd_weight": {"low": 1.0, "high": 12.0}}},
+                      "kd": {"space": {"kd_reduction": "mean"}},
+                      "dkd": {"space": {"kd_warmup_epochs": 2}}, "dist": None}
+    spec = parse_spec(raw)
+    assert spec.methods["lskd"].search["kd_weight"].high == 12.0
+    assert set(spec.methods["lskd"].search) == {"kd_weight", "temperature"}
+    assert spec.methods["kd"].fixed == {"kd_reduction": "mean"}
+    assert spec.methods["dkd"].fixed == {"kd_warmup_epochs": 2}
+    assert set(spec.methods["dist"].search) == {"temperature", "dist_beta", "dist_gamma"}
+    raw["methods"] = {"kd": {"space": {"alpha": 9.0, "kd_reduction": "sum"}}}
+    msgs = "\n".join(problems(raw))
+    assert "methods.kd.space.alpha" in msgs and "methods.kd.space.kd_reduction" in msgs

@@ -60,7 +60,9 @@ def resolve(base: dict, sampled: dict) -> dict:
         key = str(cfg["teacher_epoch"])
         if key not in epochs:
             raise ValueError(f"teacher {cfg['teacher'].get('arch')} has no checkpoint of epoch {key}; has {sorted(epochs)}")
-        cfg["teacher"] = {**cfg["teacher"], "checkpoint": epochs[key]["checkpoint"], "acc": epochs[key].get("acc")}
+        # the early teacher's own test accuracy: the loop's epoch meta records val_acc / test_acc
+        cfg["teacher"] = {**cfg["teacher"], "checkpoint": epochs[key]["checkpoint"],
+                          "acc": epochs[key].get("test_acc")}
     cfg.pop("teachers", None)
     cfg.pop("assistants", None)
     cfg.pop("paths", None)

@@ -16,7 +16,8 @@ Config keys (a resolved dict, see `trainables.config.resolve`):
   hp (the method's hyperparameters),
   train: epochs, batch_size, optimizer (sgd | adamw), lr, weight_decay,
          momentum, nesterov, schedule (onecycle | cosine | step | constant),
-         milestones (fractions of training for `step`), gamma, grad_clip
+         milestones (fractions of training for `step`), gamma, grad_clip,
+         augment (image datasets: random crop + flip of training batches; default true)
   runtime: device (auto | cpu | cuda), precision (auto | fp32 | bf16),
          channels_last, compile, gpu_fraction, eval_batch_size
   export: {"uri": where to write the trained model's weights and meta,
@@ -26,6 +27,20 @@ Config keys (a resolved dict, see `trainables.config.resolve`):
 Selection is honest: the "best" checkpoint of a trial is the epoch of best
 validation accuracy; the test split is evaluated and recorded, never used to
 choose.
+
+Without a validation split (dataset `val_fraction: 0`, the protocol of the
+published CIFAR numbers that train on all 50k images) nothing can be chosen
+honestly: the trial's result is its *last* epoch, rows carry null val_loss /
+val_acc and `selection: "last_epoch"` in their hparams (every row records
+`val_fraction` and `selection`), and the scalar metrics `val_acc` /
+`best_val_acc` that a searcher ranks by are the last epoch's *test* accuracy
+(`selected_on: "test"` in the metrics): a search then selects on the test
+set, which is what that protocol does; the spec asks for it knowingly.
+
+Methods may ask the loop for two generic services (see `trainables.methods.base`):
+`start_epoch(epoch)` before each epoch, and `keep_best_weights(generation)`,
+a model whose best-validation weights the loop keeps during the generation and
+restores into it when the generation ends (TAKD's assistant).
 """
 
 from __future__ import annotations
@@ -165,7 +180,9 @@ def build_schedule(opt, train: dict, steps_per_epoch: int):
 
 @torch.no_grad()
 def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
-    """{(role, exit): (loss, acc)} of every reported model on one split."""
+    """{(role, exit): (loss, acc)} of every reported model on one split ({} for an empty split)."""
+    if len(y) == 0:
+        return {}
     method.eval()
     bs = int(runtime.get("eval_batch_size", 1024))
     sums: dict = {}
@@ -275,9 +292,14 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     grad_clip = train.get("grad_clip")
     setup_time = None  # seconds from the trial's start to its first training step
 
+    has_val = len(val_xy[1]) > 0
+    selection = "best_val" if has_val else "last_epoch"
+    augment = splits.kind == "image" and bool(train.get("augment", True))
     for generation in range(gen0, method.generations):
         torch.manual_seed(seed * 1000 + generation)
         method.start_generation(generation)
+        keep = method.keep_best_weights(generation) if has_val else None
+        kept = state.get("kept") if state is not None and generation == gen0 else None
         method.to(device)
         opt = build_optimizer(method.trainable_parameters(), train, device)
         sched = build_schedule(opt, train, steps_per_epoch)
@@ -297,6 +319,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         method.train()
 
         for epoch in range(start_epoch + 1, epochs + 1):
+            method.start_epoch(epoch)
             t0 = time.perf_counter()
             term_sums: dict[str, torch.Tensor] = {}
             loss_sum = torch.zeros((), device=device)
@@ -305,7 +328,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             if setup_time is None:
                 setup_time = t0 - t_start
             for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
-                                                 augment=splits.kind == "image", mean=splits.mean,
+                                                 augment=augment, mean=splits.mean,
                                                  std=splits.std, drop_last=False, channels_last=channels_last):
                 with autocast(device, runtime):
                     step = method.training_step(xb, yb)
@@ -338,39 +361,58 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                 return hooks
             terms = {k: float(v) / seen for k, v in term_sums.items()}
             t_eval = time.perf_counter()
-            val = evaluate(method, *val_xy, splits, device, runtime)
-            main_key = _main_key(val)
+            val = evaluate(method, *val_xy, splits, device, runtime) if has_val else {}
             last_epoch = epoch == epochs
-            # the test split is only read where it can be reported: a new best validation epoch
-            # (the trial's selected epoch) and the end of a generation (a model handed on)
-            improves = main_key[0] != "student" or not best or val[main_key][1] > best["val_acc"]
             exported = epoch in set((config.get("export") or {}).get("epochs", ()))
-            test = evaluate(method, *test_xy, splits, device, runtime) if (improves or last_epoch or exported) else None
+            if has_val:
+                main_key = _main_key(val)
+                # the test split is only read where it can be reported: a new best validation epoch
+                # (the trial's selected epoch), the end of a generation, an exported teacher epoch
+                improves = main_key[0] != "student" or not best or val[main_key][1] > best["val_acc"]
+                need_test = improves or last_epoch or exported
+            else:
+                need_test = True  # no validation split: every epoch could be the last one reported
+            test = evaluate(method, *test_xy, splits, device, runtime) if need_test else None
+            if not has_val:
+                main_key = _main_key(test)
             test_main = test[main_key][1] if test else None
+            # without a validation split the "validation" accuracy a searcher sees is the test accuracy
+            val_acc = val[main_key][1] if has_val else test_main
             if main_key[0] == "student":  # only a student's accuracy can be the trial's best
-                best = _update_best(best, generation, epoch, val[main_key][1], test_main)
+                if has_val:
+                    best = _update_best(best, generation, epoch, val_acc, test_main)
+                else:  # the last epoch is the result
+                    best = {"val_acc": val_acc, "test_acc": test_main, "generation": generation, "epoch": epoch}
+            if keep is not None and (kept is None or val_acc > kept["val_acc"]):
+                kept = {"val_acc": val_acc, "epoch": epoch,
+                        "weights": {k: v.detach().clone() for k, v in keep.state_dict().items()}}
             eval_time = time.perf_counter() - t_eval
             rows = _rows(config, hooks.trial_id, facts, method, generation, epoch, val, test,
                          {"train_loss": train_loss, "train_acc": float(correct) / seen},
-                         terms, epoch_time, total_time, device,
+                         terms, epoch_time, total_time, device, selection,
                          {"setup_time_s": setup_time, "eval_time_s": eval_time})
             last_rows = rows
             # a generation that trains no student (TAKD's assistant) reports its model until a student exists
-            shown = best or {"val_acc": val[main_key][1], "test_acc": test_main}
+            shown = best or {"val_acc": val_acc, "test_acc": test_main}
             metrics = {
-                "val_acc": val[main_key][1], "test_acc": test_main,
+                "val_acc": val_acc, "test_acc": test_main,
                 "best_val_acc": shown["val_acc"], "best_test_acc": shown["test_acc"],
                 "train_loss": train_loss, "generation": generation, "epoch": epoch, "progress": progress,
                 "progress_total": method.generations * epochs, "status": "ok",
+                "selected_on": "val" if has_val else "test",
             }
-            _export(config, method, generation, epoch, val[main_key][1], test_main, best, facts)
+            _export(config, method, generation, epoch, val_acc if has_val else None, test_main, best, facts)
             ckpt = {
                 "generation": generation, "epoch": epoch, "method": method.state_dict(),
                 "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "rng": gen_gen.get_state(),
                 "total_time_s": total_time, "best": best, "last_rows": _jsonable_rows(rows),
                 "metrics": metrics,
             }
+            if kept is not None:
+                ckpt["kept"] = kept
             hooks.report(metrics, rows, ckpt, final=last_epoch)
+        if keep is not None and kept is not None:  # the generation's result is its best-validation weights
+            keep.load_state_dict(kept["weights"])
         state = None
     _export_final(config, best, facts)
     return hooks
@@ -390,13 +432,14 @@ def _update_best(best: dict, generation, epoch, val_acc, test_acc) -> dict:
 
 
 def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_metrics, terms, epoch_time,
-          total_time, device, timing=None) -> list[dict]:
+          total_time, device, selection="best_val", timing=None) -> list[dict]:
     now = datetime.now(timezone.utc)
     trained_role = config.get("role", "student")
     student, teacher = facts["student"], facts["teacher"]
     hp = {**config.get("hp", {}), **method.hp}  # the values in force, defaults included
     train = config["train"]
-    hparams = {**{k: train.get(k) for k in ("lr", "weight_decay", "batch_size", "epochs")}, **hp}
+    hparams = {**{k: train.get(k) for k in ("lr", "weight_decay", "batch_size", "epochs")}, **hp,
+               "val_fraction": float(config["dataset"].get("val_fraction", 0.1)), "selection": selection}
     if config.get("teacher_epoch"):
         hparams["teacher_epoch"] = config["teacher_epoch"]
     base = {
@@ -420,11 +463,13 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
         if teacher:
             model_cols["teacher_acc"] = teacher.get("acc")
     rows = []
-    main_key = _main_key(val)
-    for key in sorted(val, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
+    keys = val or test
+    main_key = _main_key(keys)
+    for key in sorted(keys, key=lambda k: (k[0], -1 if k[1] is None else k[1])):
         role, exit_ = key
+        v_loss, v_acc = val.get(key, (None, None))  # None: no validation split
         row = {**base, **model_cols, "role": trained_role if role == "student" else role, "exit": exit_,
-               "val_loss": val[key][0], "val_acc": val[key][1],
+               "val_loss": v_loss, "val_acc": v_acc,
                "test_loss": test[key][0] if test else None, "test_acc": test[key][1] if test else None}
         row.update(method.row_facts(role, exit_))
         if key == main_key:

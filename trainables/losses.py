@@ -5,7 +5,11 @@ embeddings — and returns a scalar mean over the batch (or a dict of named
 scalar terms), so the loop can sum terms from any method. Probability and
 relation maths run in float32 even under bf16 autocast.
 
-  Hinton KD ............ soft_kl, hinton_kd
+  Hinton KD ............ soft_kl, hinton_kd (reduction "batchmean", or TAKD's "mean")
+  DIST (Huang 2022) .... pearson_rows, dist_terms
+  logit-standardised KD (Sun 2024)
+                         zscore, standardized_kd
+  DKD (Zhao 2022) ...... dkd_terms
   RKD (Park 2019) ...... pairwise_distances, rkd_distance, angle_potentials, rkd_angle
   DML / TriKD .......... mutual_terms
   multi-exit (Phuong & Lampert 2019)
@@ -18,27 +22,45 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+#: how the KL of the soft-target term is reduced: Hinton's form, or nn.KLDivLoss()'s default (TAKD's code)
+KD_REDUCTIONS = ("batchmean", "mean")
+
+
+def soft_kl(student_logits: torch.Tensor, target_logits: torch.Tensor, temperature: float,
+            reduction: str = "batchmean") -> torch.Tensor:
     """T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over classes, mean over the batch.
 
     Hinton, Vinyals & Dean 2015, section 2: the soft-target term, multiplied
     by T² so its gradient magnitude does not shrink as T grows. The target is
     used as given: detach it where it must not receive gradients.
+
+    reduction "batchmean" (default) is the formula above. "mean" divides the
+    summed KL by batch × classes instead of batch, i.e. the batchmean value
+    divided by the number of classes C: this is what `nn.KLDivLoss()` with its
+    default reduction computes, as in the TAKD authors' `train.py`
+    (imirzadeh/Teacher-Assistant-Knowledge-Distillation); use it only to
+    reproduce TAKD's numbers (its soft term is C times weaker, e.g. 100× on CIFAR-100).
     """
+    if reduction not in KD_REDUCTIONS:
+        raise ValueError(f"unknown KD reduction {reduction!r}; choose one of {KD_REDUCTIONS}")
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=1)
     log_p_t = F.log_softmax(target_logits.float() / t, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+    # "mean" computed explicitly: torch warns that its own "mean" will change meaning
+    return kl / student_logits.shape[1] if reduction == "mean" else kl
 
 
-def hinton_kd(student_logits, teacher_logits, labels, temperature: float, alpha: float) -> dict[str, torch.Tensor]:
+def hinton_kd(student_logits, teacher_logits, labels, temperature: float, alpha: float,
+              reduction: str = "batchmean") -> dict[str, torch.Tensor]:
     """Hinton KD as named terms: (1-α)·CE(s, y) and α·T²·KL(softmax(t/T) ‖ softmax(s/T)).
 
     The teacher's logits are detached: a frozen teacher never receives gradients.
+    `reduction` as in `soft_kl`.
     """
     return {
         "ce": (1.0 - alpha) * F.cross_entropy(student_logits.float(), labels),
-        "kd": alpha * soft_kl(student_logits, teacher_logits.detach(), temperature),
+        "kd": alpha * soft_kl(student_logits, teacher_logits.detach(), temperature, reduction),
     }
 
 
@@ -61,26 +83,30 @@ def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def pairwise_distances(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """ψ_D before normalisation: the N×N matrix of ‖e_i − e_j‖₂ (float32).
 
-    Computed as in the authors' code (lenscloth/RKD `pdist`): from the Gram
-    matrix, ‖e_i‖² + ‖e_j‖² − 2 e_i·e_j clamped at `eps` before the square
-    root; the diagonal is set to exactly 0. One reading of ours: pairs whose
-    squared distance is ≤ eps (coincident points) are also set to exactly 0,
-    where the authors' code leaves sqrt(eps) = 1e-6, so that "the mean of the
-    non-zero distances" (paper, Eq. 4) excludes them; the gradient through
-    such a pair is 0 rather than the clamp's.
+    As in the authors' code (lenscloth/RKD `pdist`): from the Gram matrix,
+    ‖e_i‖² + ‖e_j‖² − 2 e_i·e_j clamped at `eps` (1e-12) *before* the square
+    root, then the diagonal set to exactly 0. A near-coincident pair of
+    distinct points therefore has distance sqrt(eps) = 1e-6, not 0: it is
+    "non-zero" and counts in the normalising mean (see `_mean_normalised`);
+    its gradient is 0 (the clamp's).
     """
     with _no_autocast(e):
         e = e.float().flatten(1)
         sq = e.pow(2).sum(dim=1)
         raw = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (e @ e.t())
-        keep = (raw > eps) & ~torch.eye(len(e), dtype=torch.bool, device=e.device)
-        return raw.clamp(min=eps).sqrt() * keep
+        off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
+        return raw.clamp(min=eps).sqrt() * off_diagonal
 
 
 def _mean_normalised(d: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """d / μ with μ the mean of the non-zero entries of d (μ = 1 if there are none)."""
+    """d / μ with μ = mean of the entries of d that are > 0 (the authors' `t_d[t_d > 0].mean()`).
+
+    With `pairwise_distances` every off-diagonal entry is ≥ 1e-6, so μ is the
+    mean over the N(N−1) off-diagonal pairs, near-coincident pairs counting as
+    1e-6. μ = 1 if there is no positive entry (a batch of one).
+    """
     nonzero = (d > 0).sum().clamp(min=1)
-    mu = d.sum() / nonzero  # zeros add nothing to the sum: this is the mean of the non-zero entries
+    mu = d.sum() / nonzero  # zeros add nothing to the sum: this is the mean of the positive entries
     return d / torch.where(mu > eps, mu, torch.ones_like(mu))
 
 
@@ -88,7 +114,8 @@ def rkd_distance(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.
     """RKD distance loss (Park et al., CVPR 2019, Eqs. 3–5).
 
     ψ_D(t_i, t_j) = ‖t_i − t_j‖₂ / μ with μ the mean of the non-zero pairwise
-    distances of the mini-batch, computed separately for teacher and student
+    distances of the mini-batch (near-coincident pairs count as 1e-6, as in the
+    authors' code; see `pairwise_distances`), computed separately for teacher and student
     embeddings (which may have different dimensions); the loss is the Huber
     (smooth L1, δ = 1) loss between the two N×N potential matrices, averaged
     over all N² entries (diagonal included, where both are 0), as
@@ -213,3 +240,110 @@ def adapt_temperature(temperature: torch.Tensor, last_logits: torch.Tensor, maxp
         p = F.softmax(last_logits.detach().float() / temperature, dim=1)
         too_sure = p.max(dim=1).values.mean() > maxprob
         return torch.where(too_sure, temperature * factor, temperature)
+
+
+# --------------------------------------------------------------------------- DIST (Huang et al., NeurIPS 2022)
+
+
+def pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson correlation of each row of `a` with the same row of `b` (a vector of N values).
+
+    ρ(u, v) = ⟨u − ū, v − v̄⟩ / (‖u − ū‖·‖v − v̄‖ + eps): the cosine similarity of
+    the centred rows, with eps = 1e-8 added to the denominator as in the authors'
+    code (hunto/DIST_KD), so a constant row gives 0.
+    """
+    a = a - a.mean(dim=1, keepdim=True)
+    b = b - b.mean(dim=1, keepdim=True)
+    return (a * b).sum(dim=1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+               beta: float, gamma: float) -> dict[str, torch.Tensor]:
+    """DIST, "Knowledge Distillation from A Stronger Teacher" (Huang et al., NeurIPS 2022), as named terms.
+
+    With P_s = softmax(s/T), P_t = softmax(t/T) (B × C), and d_p(u, v) = 1 − ρ(u, v)
+    the Pearson distance (paper, Eq. 5):
+
+        dist_inter = β · T² · (1 − mean_i ρ(P_s[i, :], P_t[i, :]))    inter-class relation, each sample's row (Eq. 6)
+        dist_intra = γ · T² · (1 − mean_c ρ(P_s[:, c], P_t[:, c]))    intra-class relation, each class's column (Eq. 8)
+
+    The method adds CE (paper, Eq. 9: α·L_cls + β·L_inter + γ·L_intra). The T²
+    factor is in the authors' classification code (`tau ** 2 * inter_class_relation`).
+    The teacher's logits are detached.
+    """
+    t = temperature
+    with _no_autocast(student_logits):
+        p_s = F.softmax(student_logits.float() / t, dim=1)
+        p_t = F.softmax(teacher_logits.detach().float() / t, dim=1)
+        inter = 1.0 - pearson_rows(p_s, p_t).mean()
+        intra = 1.0 - pearson_rows(p_s.t(), p_t.t()).mean()
+        return {"dist_inter": beta * t * t * inter, "dist_intra": gamma * t * t * intra}
+
+
+# --------------------------------------------------------------------------- logit-standardised KD (Sun et al., CVPR 2024)
+
+
+def zscore(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Z-score of each row: (z − mean(z)) / (std(z) + eps), float32.
+
+    As in the authors' `normalize` (sunshangquan/logit-standardization-KD):
+    `logit.std` is the unbiased (N − 1) standard deviation, and eps = 1e-7 is
+    added to it, not under a square root.
+    """
+    z = logits.float()
+    return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
+
+
+def standardized_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logit-standardised KD term (Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024).
+
+        T² · KL(softmax(Z(t)/T) ‖ softmax(Z(s)/T)),  Z = `zscore` of each sample's logits,
+
+    KL summed over classes and averaged over the batch, T the "base
+    temperature" (paper, Algorithm 1: the effective temperature of each sample
+    is T times the standard deviation of its logits). The method weighs this
+    term by a KD weight that is not bounded by 1 (9 on CIFAR-100 in the
+    authors' runs) and adds CE. The teacher's logits are detached.
+    """
+    with _no_autocast(student_logits):
+        return soft_kl(zscore(student_logits), zscore(teacher_logits.detach()), temperature)
+
+
+# --------------------------------------------------------------------------- DKD (Zhao et al., CVPR 2022)
+
+
+def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+              temperature: float, alpha: float, beta: float) -> dict[str, torch.Tensor]:
+    """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022), as named terms.
+
+    KD splits into a target-class and a non-target-class part (paper, Eq. 1 and
+    Eq. 7: DKD = α·TCKD + β·NCKD). With p = softmax(z/T) and y the label:
+
+        tckd = α · T² · mean_b KL([p_t,y, 1 − p_t,y] ‖ [p_s,y, 1 − p_s,y])           binary, target vs. rest
+        nckd = β · T² · mean_b KL(softmax(t/T − 1000·1_y) ‖ softmax(s/T − 1000·1_y))  over the non-target classes
+
+    As in the authors' code (megvii-research/mdistiller `dkd_loss`): the
+    binary "rest" probability is the sum of the non-target probabilities (its
+    log taken as a logsumexp of log-probabilities: the same value, finite when
+    the sum underflows), and
+    the target logit is masked by subtracting 1000 (after dividing by T)
+    before the softmax. The teacher's logits are detached. The method adds CE
+    and the authors' linear warm-up of both terms.
+    """
+    t = temperature
+    with _no_autocast(student_logits):
+        s = student_logits.float() / t
+        z_t = teacher_logits.detach().float() / t
+        gt = F.one_hot(labels, s.shape[1]).to(s.dtype)
+        p_t = F.softmax(z_t, dim=1)
+        b_t = torch.stack([(p_t * gt).sum(1), (p_t * (1 - gt)).sum(1)], dim=1)
+        # log [p_s,y, Σ_{c≠y} p_s,c] from log-probabilities (logsumexp): the authors' log(sum of
+        # probabilities) in a form that stays finite when a confident student's rest underflows to 0
+        log_p_s = F.log_softmax(s, dim=1)
+        log_b_s = torch.stack([(log_p_s * gt).sum(1),
+                               torch.logsumexp(log_p_s.masked_fill(gt.bool(), float("-inf")), dim=1)], dim=1)
+        n = s.shape[0]
+        tckd = F.kl_div(log_b_s, b_t, reduction="sum") / n
+        nckd = F.kl_div(F.log_softmax(s - 1000.0 * gt, dim=1), F.softmax(z_t - 1000.0 * gt, dim=1),
+                        reduction="sum") / n
+        return {"tckd": alpha * t * t * tckd, "nckd": beta * t * t * nckd}

@@ -321,8 +321,33 @@ def _build_mlp(cfg, in_shape, num_classes, multi_exit):
 # --------------------------------------------------------------------------
 
 
-def _conv1d_block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, kernel_size=5, padding=2), nn.ReLU(inplace=True))
+def _per_layer(value, depth: int) -> list:
+    """An option given once for every layer, or as a list of one value per layer."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * depth
+
+
+def _conv1d_layers(c: dict) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of each conv layer of a cnn1d config ("same": kernel // 2)."""
+    depth = c["depth"]
+    kernels, strides = _per_layer(c["kernel"], depth), _per_layer(c["stride"], depth)
+    pads = [k // 2 if p == "same" else p for k, p in zip(kernels, _per_layer(c["padding"], depth))]
+    return list(zip(kernels, strides, pads))
+
+
+def _conv1d_block(cin: int, cout: int, kernel: int = 5, stride: int = 1, padding: int = 2) -> nn.Sequential:
+    return nn.Sequential(nn.Conv1d(cin, cout, kernel_size=kernel, stride=stride, padding=padding),
+                         nn.ReLU(inplace=True))
+
+
+def _conv1d_lengths(length: int, layers: list[tuple[int, int, int]]) -> list[int]:
+    """Output length after each conv layer: floor((L + 2p − k) / s) + 1."""
+    out = []
+    for k, st, p in layers:
+        length = (length + 2 * p - k) // st + 1
+        if length < 1:
+            raise ValueError(f"cnn1d: the signal is too short for kernels/strides {layers}")
+        out.append(length)
+    return out
 
 
 def _signal_shape(in_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -335,15 +360,23 @@ def _signal_shape(in_shape: tuple[int, ...]) -> tuple[int, int]:
 
 class CNN1d(SingleExit):
     """1-D CNN for short signals such as MNIST-1D (Greydanus 2020): `depth`
-    Conv1d layers of `width` channels (kernel 5, padding 2, ReLU), flatten,
-    linear head. Inputs of shape (B, L) are treated as one channel."""
+    Conv1d layers of `width` channels, each followed by ReLU, then flatten and a
+    linear head. Inputs of shape (B, L) are treated as one channel.
 
-    def __init__(self, channels: int, length: int, width: int, depth: int, num_classes: int):
+    Each layer's (kernel, stride, padding) comes from the options `kernel`,
+    `stride`, `padding` (one value for all layers or a list per layer; padding
+    "same" = kernel // 2). The defaults (5, 1, "same") keep the length; the
+    published MNIST-1D CNN (`ConvBase` in greydanus/mnist1d: 25 channels,
+    kernels 5/3/3, stride 2, padding 1, 40 → 19 → 10 → 5, linear 125 → 10) is
+    ``{family: cnn1d, size: 25, kernel: [5, 3, 3], stride: 2, padding: 1}``."""
+
+    def __init__(self, channels: int, length: int, width: int, layers: list[tuple[int, int, int]],
+                 num_classes: int):
         super().__init__()
         self.body = nn.Sequential(
-            *[_conv1d_block(channels if i == 0 else width, width) for i in range(depth)]
+            *[_conv1d_block(channels if i == 0 else width, width, *kps) for i, kps in enumerate(layers)]
         )
-        self.embedding_dim = width * length
+        self.embedding_dim = width * _conv1d_lengths(length, layers)[-1]
         self.classifier = nn.Linear(self.embedding_dim, num_classes)
         _init_weights(self)
 
@@ -356,14 +389,16 @@ class CNN1d(SingleExit):
 class MultiExitCNN1d(MultiExit):
     """CNN1d with an exit (flatten + linear, like the final head) after every conv layer."""
 
-    def __init__(self, channels: int, length: int, width: int, depth: int, num_classes: int):
+    def __init__(self, channels: int, length: int, width: int, layers: list[tuple[int, int, int]],
+                 num_classes: int):
         super().__init__()
         self.stages = nn.ModuleList(
-            [_conv1d_block(channels if i == 0 else width, width) for i in range(depth)]
+            [_conv1d_block(channels if i == 0 else width, width, *kps) for i, kps in enumerate(layers)]
         )
-        self.embedding_dim = width * length
+        lengths = _conv1d_lengths(length, layers)
+        self.embedding_dim = width * lengths[-1]
         self.exits = nn.ModuleList(
-            [ExitHead(Flatten(), self.embedding_dim, num_classes) for _ in range(depth)]
+            [ExitHead(Flatten(), width * n, num_classes) for n in lengths]
         )
         _init_weights(self)
 
@@ -372,21 +407,45 @@ class MultiExitCNN1d(MultiExit):
 
 
 def _cnn1d_name(c: dict) -> str:
-    return f"cnn1d-w{c['size']}" + (f"-d{c['depth']}" if c["depth"] != 3 else "")
+    name = f"cnn1d-w{c['size']}" + (f"-d{c['depth']}" if c["depth"] != 3 else "")
+    for key, default, tag in (("kernel", 5, "k"), ("stride", 1, "s"), ("padding", "same", "p")):
+        v = c[key]
+        if v != default:
+            name += f"-{tag}" + (".".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+    return name
+
+
+def _check_cnn1d(c: dict) -> str | None:
+    err = _int_option(c, "depth", 1)
+    if err:
+        return err
+    for key, low in (("kernel", 1), ("stride", 1), ("padding", 0)):
+        v = c[key]
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if isinstance(v, (list, tuple)) and len(values) != c["depth"]:
+            return f"option {key!r} lists {len(values)} values for {c['depth']} layers (give one per layer)"
+        for x in values:
+            if key == "padding" and x == "same":
+                continue
+            if isinstance(x, bool) or not isinstance(x, int) or x < low:
+                extra = ' or "same"' if key == "padding" else ""
+                return f"option {key!r} must be an integer >= {low}{extra} (or a list of them), got {v!r}"
+    return None
 
 
 @register_family(
     "cnn1d",
-    options={"depth": 3},
-    sizes_hint="channel width (e.g. 4, 16, 64, 256); option depth = conv layers (default 3)",
+    options={"depth": 3, "kernel": 5, "stride": 1, "padding": "same"},
+    sizes_hint=("channel width (e.g. 4, 16, 64, 256); options depth = conv layers (default 3), "
+                "kernel / stride / padding per layer (defaults 5, 1, \"same\")"),
     arch_name=_cnn1d_name,
-    check=lambda c: _int_option(c, "depth", 1),
+    check=_check_cnn1d,
     multi_exit=True,
 )
 def _build_cnn1d(cfg, in_shape, num_classes, multi_exit):
     channels, length = _signal_shape(in_shape)
     cls = MultiExitCNN1d if multi_exit else CNN1d
-    return cls(channels, length, cfg["size"], cfg["depth"], num_classes)
+    return cls(channels, length, cfg["size"], _conv1d_layers(cfg), num_classes)
 
 
 # --------------------------------------------------------------------------
@@ -583,43 +642,84 @@ def _build_wrn(cfg, in_shape, num_classes, multi_exit):
 # --------------------------------------------------------------------------
 
 
+#: the TAKD authors' plain CNNs ("plane" nets of imirzadeh/Teacher-Assistant-Knowledge-Distillation,
+#: `plain_cnn_cifar.py`), layer by layer: "C<n>" = 3x3 conv (padding 1, bias) + BN + ReLU with n
+#: channels, "M" = 2x2 max-pool, "F<n>" = fully connected layer (ReLU unless it is the last).
+#: The authors pick the book by the class count: CIFAR-10 (10 classes) or CIFAR-100 (any other).
+PLAIN_CNN_BOOKS = {
+    "cifar10": {
+        2: ["C16", "M", "C16", "M", "F"],
+        4: ["C16", "C16", "M", "C32", "C32", "M", "F"],
+        6: ["C16", "C16", "M", "C32", "C32", "M", "C64", "C64", "M", "F"],
+        8: ["C16", "C16", "M", "C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "F64", "F"],
+        10: ["C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "C256", "C256", "C256", "C256", "M",
+             "F128", "F"],
+    },
+    "cifar100": {
+        2: ["C32", "M", "C32", "M", "F"],
+        4: ["C32", "C32", "M", "C64", "C64", "M", "F"],
+        6: ["C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "F"],
+        8: ["C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "C256", "C256", "M", "F64", "F"],
+        10: ["C32", "C32", "M", "C64", "C64", "M", "C128", "C128", "M", "C256", "C256", "C256", "C256", "M",
+             "F512", "F"],
+    },
+}
+
+
 class PlainCNN(SingleExit):
     """Plain CNN of the TAKD paper (Mirzadeh et al., "Improved Knowledge
-    Distillation via Teacher Assistant", AAAI 2020): `depth` 3x3 conv-BN-ReLU
-    layers with channels 32, 32, 64, 64, 128, 128, ... and a 2x2 max-pool
-    after every second layer while the feature map is at least 2x2, then
-    global average pool and a linear head."""
+    Distillation via Teacher Assistant", AAAI 2020), as in the authors' code
+    (`ConvNetMaker` with `plane_cifar10_book` / `plane_cifar100_book`): the
+    layers of `PLAIN_CNN_BOOKS[book][size]` — 3x3 conv (bias) + BN + ReLU
+    blocks and 2x2 max-pools, then the feature map is *flattened* into fully
+    connected layers (a hidden one with ReLU for sizes 8 and 10). `size` is
+    the number of conv layers (2, 4, 6, 8, 10: plane2..plane10). The book follows the class count as in
+    the authors' `create_cnn_model`: 10 classes → CIFAR-10 book, else CIFAR-100.
+    Parameter counts for CIFAR-100: 215k / 476k / 1.11M / 1.25M / 2.93M.
+    `features` is the input of the last linear layer (flattened map, or the
+    hidden FC's ReLU output). PyTorch's default initialisation, as theirs."""
 
-    def __init__(self, in_shape: tuple[int, int, int], depth: int, num_classes: int):
+    def __init__(self, in_shape: tuple[int, int, int], size: int, num_classes: int):
         super().__init__()
         cin, h, w = in_shape
-        layers: list[nn.Module] = []
-        for i in range(depth):
-            cout = 32 * 2 ** (i // 2)
-            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-            if i % 2 == 1 and min(h, w) >= 2:
-                layers.append(nn.MaxPool2d(2))
+        book = PLAIN_CNN_BOOKS["cifar10" if num_classes == 10 else "cifar100"][size]
+        convs: list[nn.Module] = []
+        hidden: list[nn.Module] = []
+        dim = 0
+        for layer in book:
+            if layer.startswith("C"):
+                cout = int(layer[1:])
+                convs += [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            elif layer == "M":
+                convs.append(nn.MaxPool2d(2, 2))
                 h, w = h // 2, w // 2
-        self.body = nn.Sequential(*layers)
-        self.embedding_dim = cin
-        self.classifier = nn.Linear(cin, num_classes)
-        _init_weights(self)
+            elif layer == "F":  # the classifier
+                dim = dim or cin * h * w
+            else:  # a hidden fully connected layer
+                width = int(layer[1:])
+                hidden += [nn.Linear(dim or cin * h * w, width), nn.ReLU(inplace=True)]
+                dim = width
+        self.body = nn.Sequential(*convs)
+        self.fc_hidden = nn.Sequential(*hidden)
+        self.embedding_dim = dim
+        self.classifier = nn.Linear(dim, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mean(dim=(2, 3))
+        return self.fc_hidden(self.body(x).flatten(1))
 
 
 def _check_plain(c: dict) -> str | None:
-    if not 2 <= c["size"] <= 10:
-        return f"size is the number of conv layers, 2..10 (e.g. 2, 4, 6, 8, 10); got {c['size']}"
+    if c["size"] not in PLAIN_CNN_BOOKS["cifar100"]:
+        return (f"size is the number of conv layers of the TAKD authors' plain CNNs, one of 2, 4, 6, 8, 10 "
+                f"(2..10, even); got {c['size']}")
     return None
 
 
 @register_family(
     "plain_cnn",
     options={},
-    sizes_hint="number of conv layers, 2..10 such as 2, 4, 6, 8, 10",
+    sizes_hint="number of conv layers of the TAKD plain CNNs: 2, 4, 6, 8 or 10",
     arch_name=lambda c: f"plain_cnn-{c['size']}",
     check=_check_plain,
 )

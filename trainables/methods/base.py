@@ -101,14 +101,40 @@ class Method(nn.Module):
         self.ctx = ctx
         self.hp = {k: hp.get(k, spec.default) for k, spec in self.hparams.items()}
 
+    # -- what the planner asks before a trial exists -------------------------
+    @classmethod
+    def planned_generations(cls, hp: dict | None = None) -> int:
+        """How many generations a trial with hyperparameters `hp` trains (each gets the full
+        epoch budget), known without building the models: a scheduler's max_t is
+        `train.epochs × planned_generations(hp)`. Default: the `generations`
+        hyperparameter where the method has one (its value in `hp`, else its default), else 1."""
+        if "generations" in cls.hparams:
+            return int((hp or {}).get("generations", cls.hparams["generations"].default))
+        return 1
+
     # -- what the loop calls -------------------------------------------------
     @property
     def generations(self) -> int:
         """How many generations to train (each gets the full epoch budget)."""
-        return 1
+        return type(self).planned_generations(self.hp)
 
     def start_generation(self, generation: int) -> None:
         """Called before generation `generation` (0-based) starts training."""
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each epoch (1-based, within the generation) starts training (e.g. a warm-up)."""
+
+    def keep_best_weights(self, generation: int) -> nn.Module | None:
+        """A model whose best-validation weights generation `generation` should end with.
+
+        The loop keeps a copy of this model's weights at the epoch of best
+        validation accuracy (of the model the generation reports) and loads them
+        back into it when the generation ends, so a later generation builds on
+        the best epoch, not the last (TAKD's assistant). None (default): the
+        generation ends with its last-epoch weights. Without a validation split
+        the last epoch is kept.
+        """
+        return None
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer updates (default: the student's)."""

@@ -3,13 +3,17 @@
 loss = (1-α)·CE(s, y) + α·T²·KL(softmax(t/T) ‖ softmax(s/T)), KL summed over
 classes and averaged over the batch; the pretrained teacher is frozen (eval
 mode, no gradients) and its forward pass runs under no_grad.
+
+`kd_reduction: mean` (not searched; default `batchmean`, the formula above)
+divides the KL by batch × classes instead, as `nn.KLDivLoss()` does in the
+TAKD authors' code: only for reproducing TAKD's numbers (see `soft_kl`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..losses import hinton_kd
+from ..losses import KD_REDUCTIONS, hinton_kd
 from .base import FrozenTeacherMethod, HParam, Step, register
 
 
@@ -18,11 +22,14 @@ class HintonKD(FrozenTeacherMethod):
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, help="softening temperature T"),
         "alpha": HParam(0.9, "float", 0.0, 1.0, help="weight of the soft-target term"),
+        "kd_reduction": HParam("batchmean", "categorical", choices=KD_REDUCTIONS, searched=False,
+                               help="KL reduction: batchmean (Hinton) or mean over batch x classes (TAKD's code)"),
     }
 
     def training_step(self, x, y):
         with torch.no_grad():
             t_logits = self.teacher(x)
         s_logits = self.student(x)
-        terms = hinton_kd(s_logits, t_logits, y, self.hp["temperature"], self.hp["alpha"])
+        terms = hinton_kd(s_logits, t_logits, y, self.hp["temperature"], self.hp["alpha"],
+                          self.hp["kd_reduction"])
         return Step(terms=terms, logits=s_logits)

@@ -8,7 +8,10 @@ A chain teacher → assistant → student, every link Hinton KD at the same
 One trial, two generations:
   generation 0: the assistant (`ctx.extra["assistant"]`, an intermediate-size
     model; random init) is trained by KD from the frozen pretrained teacher
-    (`ctx.teacher` with its checkpoint). Rows have role "assistant".
+    (`ctx.teacher` with its checkpoint). Rows have role "assistant". The
+    generation ends with the assistant's *best-validation* weights
+    (`keep_best_weights`), as the authors' code reloads its
+    `..._best.pth.tar` before the next link.
   generation 1: the assistant is frozen and the student (random init) is
     trained by KD from it. Rows have role "student".
 
@@ -17,13 +20,17 @@ pre-trained on labels alone first) and then the student from the TA; both
 steps use KD with λ (= α) and T. The paper tunes λ and T per run by TPE; here
 both links share one (T, α) pair, searched by the study. Each link gets the
 trial's full epoch budget.
+
+Reproducing the paper's numbers: the authors' `train.py` computes the soft
+term with `nn.KLDivLoss()` (mean over batch × classes); set
+`kd_reduction: mean` for that (default `batchmean`, Hinton's form).
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..losses import hinton_kd
+from ..losses import KD_REDUCTIONS, hinton_kd
 from .base import HParam, Method, Step, freeze, register
 
 
@@ -32,6 +39,8 @@ class TeacherAssistantKD(Method):
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, help="softening temperature T (both links)"),
         "alpha": HParam(0.9, "float", 0.0, 1.0, help="weight of the soft-target term (both links)"),
+        "kd_reduction": HParam("batchmean", "categorical", choices=KD_REDUCTIONS, searched=False,
+                               help="KL reduction: batchmean (Hinton) or mean over batch x classes (TAKD's code)"),
     }
     needs_teacher = True
 
@@ -45,14 +54,18 @@ class TeacherAssistantKD(Method):
         self.student = ctx.build_model(ctx.student)
         self._generation = 0
 
-    @property
-    def generations(self) -> int:
+    @classmethod
+    def planned_generations(cls, hp=None) -> int:
         return 2
 
     def start_generation(self, generation: int) -> None:
         self._generation = generation
         if generation >= 1:
             freeze(self.assistant)
+
+    def keep_best_weights(self, generation: int):
+        """The assistant's generation ends with its best-validation weights."""
+        return self.assistant if generation == 0 else None
 
     def frozen_modules(self):
         return [self.teacher] + ([self.assistant] if self._generation >= 1 else [])
@@ -69,7 +82,7 @@ class TeacherAssistantKD(Method):
         with torch.no_grad():
             t_logits = teacher(x)
         logits = learner(x)
-        terms = hinton_kd(logits, t_logits, y, self.hp["temperature"], self.hp["alpha"])
+        terms = hinton_kd(logits, t_logits, y, self.hp["temperature"], self.hp["alpha"], self.hp["kd_reduction"])
         return Step(terms=terms, logits=logits)
 
     def eval_logits(self, x):

@@ -61,10 +61,6 @@ class TripletKD(Method):
         self.anchor = None
         self._generation = 0
 
-    @property
-    def generations(self) -> int:
-        return int(self.hp["generations"])
-
     def start_generation(self, generation: int) -> None:
         self._generation = generation
         if generation == 0:
