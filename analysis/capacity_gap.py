@@ -540,6 +540,8 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
     its own source, confirm or search), the teachers' own accuracy and the no-KD
     baseline band once (from the first method's data, which all share).
     """
+    from .figstyle import finish, y_range_with_bars
+
     datas = [d for d in datas if not d.students.empty]
     if len(datas) < 2:
         return None

@@ -21,7 +21,7 @@ from analysis.status import format_status, status_frame
 from analysis.synthetic import write_study
 
 GAP = {4: 0.70, 16: 0.78, 64: 0.75, 256: 0.71}
-FULL = {"capacity_gap_kd", "capacity_gap_trikd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance_kd",
+FULL = {"capacity_gap_methods", "capacity_gap_kd", "capacity_gap_trikd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance_kd",
         "learning_curves"}
 
 

@@ -39,7 +39,7 @@ def test_resume_from_checkpoint_matches_uninterrupted(data_root):
     full = run_trial(config(data_root, train={"epochs": 3, "batch_size": 64, "lr": 0.01}))
 
     class StopAfter(LocalHooks):
-        def report(self, metrics, rows, state):
+        def report(self, metrics, rows, state, final=False):
             super().report(metrics, rows, state)
             if metrics["epoch"] == 2:
                 raise KeyboardInterrupt  # the process dies after epoch 2's checkpoint

@@ -334,7 +334,7 @@ def test_end_to_end_trikd_resumes_in_an_anchor_generation(data_root):
     full = run_trial(cfg)
 
     class StopAfter(LocalHooks):
-        def report(self, metrics, rows, state):
+        def report(self, metrics, rows, state, final=False):
             super().report(metrics, rows, state)
             if metrics["generation"] == 1 and metrics["epoch"] == 1:
                 raise KeyboardInterrupt
@@ -389,7 +389,7 @@ def test_end_to_end_takd_student_learns_from_the_best_validation_assistant(data_
     seen = {}
 
     class Spy(LocalHooks):
-        def report(self, metrics, rows, state):
+        def report(self, metrics, rows, state, final=False):
             super().report(metrics, rows, state)
             if metrics["generation"] == 0:  # the assistant's weights after each of its epochs
                 prefix = "assistant."
@@ -442,7 +442,7 @@ def test_end_to_end_takd_resume_keeps_the_best_assistant(data_root, teacher_ckpt
     full = run_trial(cfg)
 
     class StopAfter(LocalHooks):
-        def report(self, metrics, rows, state):
+        def report(self, metrics, rows, state, final=False):
             super().report(metrics, rows, state)
             if metrics["generation"] == 0 and metrics["epoch"] == 3:
                 raise KeyboardInterrupt

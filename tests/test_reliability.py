@@ -385,10 +385,17 @@ def test_weights_load_weights_only_and_nothing_is_unpickled():
             call = text[m.start(): text.find("\n", text.find(")", m.start()))]
             assert "weights_only=True" in call, f"{path}: {call}"
             loads += 1
-        for bad in ("pickle.load", "cloudpickle.load", "dill.load", "joblib.load", "yaml.load(",
+        for bad in ("pickle.load", "cloudpickle.load", "dill.load", "joblib.load",
                     "yaml.unsafe_load", "allow_pickle=True", "Tuner.restore", "tune.Tuner.restore"):
             assert bad not in text, f"{path} uses {bad}"
+        for m in re.finditer(r"yaml\.load\(", text):  # only with the spec's safe loader
+            assert "Loader=SpecLoader" in text[m.start(): text.find("\n", m.start())], path
     assert loads >= 1  # the loader is there, and it is weights-only
+    import yaml
+
+    from study.spec import SpecLoader
+
+    assert issubclass(SpecLoader, yaml.SafeLoader)
 
 
 def test_a_pickled_checkpoint_is_refused(tmp_path):

@@ -61,8 +61,10 @@ def resolve(base: dict, sampled: dict) -> dict:
         if key not in epochs:
             raise ValueError(f"teacher {cfg['teacher'].get('arch')} has no checkpoint of epoch {key}; has {sorted(epochs)}")
         # the early teacher's own test accuracy: the loop's epoch meta records val_acc / test_acc
-        cfg["teacher"] = {**cfg["teacher"], "checkpoint": epochs[key]["checkpoint"],
-                          "acc": epochs[key].get("test_acc")}
+        info = epochs[key]
+        # zoo metas name their files relative to the entry (the study can move): beside model.pt
+        ckpt = info.get("checkpoint") or cfg["teacher"]["checkpoint"].rsplit("/", 1)[0] + "/" + info["file"]
+        cfg["teacher"] = {**cfg["teacher"], "checkpoint": ckpt, "acc": info.get("test_acc", info.get("acc"))}
     cfg.pop("teachers", None)
     cfg.pop("assistants", None)
     cfg.pop("paths", None)

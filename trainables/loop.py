@@ -445,7 +445,7 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
     base = {
         "study": config.get("study", "adhoc"), "stage": config.get("stage", "adhoc"), "trial_id": trial_id,
         "method": config["method"], "dataset": config["dataset"]["name"],
-        "seed": int(config.get("seed", 0)), "generation": generation, "epoch": epoch, "status": "running",
+        "seed": int(config.get("seed", 0)), "generation": generation, "epoch": epoch, "status": "ok",
         "experiment": config.get("experiment"), "config_id": config.get("config_id"),
         "hparams": hparams,
         "assistant_arch": facts["assistant"].get("arch"), "teacher_epoch": config.get("teacher_epoch"),
