@@ -3,7 +3,8 @@
 `StudyLock(root).acquire()` writes `<study>/lock.json` (who: host and pid,
 since when, last heartbeat, lease length). A second driver finds a live
 lease and stops with one line naming the holder; a lease whose heartbeat is
-older than its length (a killed driver) is taken over. Works on local disks
+older than its length (a killed driver) is taken over, at once when the
+holder was a process on this host that no longer exists. Works on local disks
 and on URIs: on a local disk the first lock file is created exclusively;
 on object stores, where there is no exclusive create, the writer reads the
 lock back after a pause and only the driver whose token is there holds it.
@@ -40,7 +41,8 @@ class StudyLock:
         self.lease_s = float(lease_s)
         self.settle_s = settle_s
         self.token = uuid.uuid4().hex
-        self.owner = f"{socket.gethostname()} pid {os.getpid()}"
+        self.host, self.pid = socket.gethostname(), os.getpid()
+        self.owner = f"{self.host} pid {self.pid}"
         self.since = _now()
         self.lost = False
         self._stop = threading.Event()
@@ -57,8 +59,8 @@ class StudyLock:
             return {}  # a torn lock file: treated as expired
 
     def _payload(self) -> bytes:
-        return json.dumps({"token": self.token, "owner": self.owner, "since": self.since, "heartbeat": _now(),
-                           "lease_s": self.lease_s}).encode()
+        return json.dumps({"token": self.token, "owner": self.owner, "host": self.host, "pid": self.pid,
+                           "since": self.since, "heartbeat": _now(), "lease_s": self.lease_s}).encode()
 
     def _create_exclusive(self) -> bool:
         """On a local disk: create the lock only if none exists (no race between two starts)."""
@@ -78,7 +80,7 @@ class StudyLock:
     def acquire(self) -> None:
         if not self._create_exclusive():
             info = self._read()
-            if info and info.get("token") != self.token:
+            if info and info.get("token") != self.token and not self._holder_is_dead(info):
                 age = _now() - float(info.get("heartbeat", 0))
                 if age < float(info.get("lease_s", self.lease_s)):
                     raise StudyLocked(self.describe(info))
@@ -89,6 +91,19 @@ class StudyLock:
                 raise StudyLocked(self.describe(info or {}))
         self._thread = threading.Thread(target=self._beat, name="kdstudy-lock", daemon=True)
         self._thread.start()
+
+    def _holder_is_dead(self, info: dict) -> bool:
+        """A lock written on this host by a process that no longer exists (a killed driver) is
+        stale at once; elsewhere only its lease can tell."""
+        if info.get("host") != self.host or not isinstance(info.get("pid"), int):
+            return False
+        try:
+            os.kill(info["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def describe(self, info: dict) -> str:
         owner = info.get("owner", "another driver")

@@ -231,15 +231,14 @@ def cluster(tmp_path_factory):
 
 def test_study_spreads_over_nodes(cluster, tmp_path, data_root):
     """Two concurrent trials on two 1-CPU worker nodes: the `node` column names both."""
-    spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 2},
-                      methods={"scratch": {"trials": 2, "space": {"lr": {"low": 0.005, "high": 0.05}}}},
+    spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 2},
                       train={"epochs": 3, "batch_size": 128, "lr": 0.01})
     log = tmp_path / "driver.log"
     p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
                "--no-report", log=log)
     finish(p, log, timeout=150)
     df = read_rows(tmp_path / "results" / "micro")
-    assert set(df["stage"]) == {"baseline", "search"}
+    assert set(df["stage"]) == {"baseline"}
     assert_rows_exactly_once(df, 3)
     worker_ids = {cluster.node_id(w)[:12] for w in cluster.workers}
     nodes = {n.split("/")[-1] for n in df["node"]}
@@ -253,7 +252,8 @@ def test_study_spreads_over_nodes(cluster, tmp_path, data_root):
 def test_lost_worker_trials_resume_from_checkpoint(cluster, tmp_path, data_root):
     """Kill a worker node mid-trial: its trial moves to the surviving node, resumes from its checkpoint."""
     epochs = 12
-    spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 2}, methods={"scratch": {"trials": 1}},
+    spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 2},
+                      runtime={"checkpoint_every_s": 0},
                       dataset={"name": "mnist1d", "num_samples": 4000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
                       train={"epochs": epochs, "batch_size": 64, "lr": 0.01}, failure={"max_failures": 3})
@@ -290,7 +290,7 @@ def test_lost_worker_trials_resume_from_checkpoint(cluster, tmp_path, data_root)
     assert not rows["node"].iloc[-1].endswith(victim_id)
     assert (rows["status"] == "ok").all()
     # Tune retried it on the surviving node; nothing counted as failed
-    assert "baseline scratch: done (2 finished, 0 failed)" in log.read_text()
+    assert "baseline scratch: finished (2 ok," in log.read_text()
 
 
 # --------------------------------------------------------------------------- fractional GPUs
@@ -306,8 +306,7 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, tmp_path_factory, data_ro
     try:
         c.start(workers=0)
         gpu_node = c.add_worker(cpus=2, gpus=1)
-        spec = micro_spec(tmp_path, data_root, teachers=None, baseline={"seeds": 0},
-                          methods={"scratch": {"trials": 2, "space": {"lr": {"low": 0.005, "high": 0.05}}}},
+        spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 2},
                           dataset={"name": "mnist1d", "num_samples": 4000, "root": data_root},
                           train={"epochs": 20, "batch_size": 64, "lr": 0.01},  # long enough to overlap
                           resources={"cpu": 0.5, "gpu": 0.5})
@@ -328,3 +327,56 @@ def test_fractional_gpu_trials_share_one_gpu(tmp_path, tmp_path_factory, data_ro
         assert s1 < e2 and s2 < e1, spans  # the two trials ran at the same time on the one GPU
     finally:
         c.stop()
+
+
+# --------------------------------------------------------------------------- killed driver
+
+
+def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_path, data_root):
+    """SIGKILL the driver mid-search (no cleanup at all): resume continues the same trials."""
+    import optuna
+
+    from study.experiment import latest_trials
+
+    epochs = 10
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+                      teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
+                      dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
+                      student={"family": "cnn1d", "size": 16}, runtime={"checkpoint_every_s": 0},
+                      train={"epochs": epochs, "batch_size": 64, "lr": 0.01}, methods={"kd": {"trials": 2}})
+    spec_path = write_spec(tmp_path / "spec.yaml", spec)
+    study = tmp_path / "results" / "micro"
+    log = tmp_path / "driver.log"
+    p = driver(cluster, "run", str(spec_path), "--address", cluster.address, "--no-report", log=log)
+    killed, deadline = False, time.time() + 150
+    while not killed and time.time() < deadline and p.poll() is None:
+        time.sleep(0.2)
+        try:
+            df = read_rows(study)
+        except Exception:  # a file being replaced at this instant
+            continue
+        if df is not None and (df["stage"] == "search").any():
+            last_epochs = df[df.stage == "search"].groupby("trial_id")["epoch"].max()
+            if len(last_epochs) == 2 and last_epochs.max() >= 2 and last_epochs.min() < epochs:
+                os.killpg(p.pid, signal.SIGKILL)  # the driver and nothing else
+                p.wait(timeout=10)
+                killed = True
+    assert killed, f"the search never got going:\n{log.read_text()[-3000:]}"
+    zoo_before = {str(f): f.stat().st_mtime_ns for f in (study / "zoo").rglob("*") if f.is_file()}
+    partial = read_rows(study)
+    search_before = partial[partial.stage == "search"]
+    assert not list((study / "stages").glob("search-*.json"))
+
+    log2 = tmp_path / "resume.log"
+    out = finish(driver(cluster, "resume", str(study), "--address", cluster.address, "--no-report", log=log2),
+                 log2, timeout=240)
+    assert "finished earlier (verified), skipped" in out  # the teachers
+    assert {str(f): f.stat().st_mtime_ns for f in (study / "zoo").rglob("*") if f.is_file()} == zoo_before
+    df = read_rows(study)
+    assert_rows_exactly_once(df[df.stage == "search"], epochs)
+    assert set(df[df.stage == "search"]["trial_id"]) == set(search_before["trial_id"])  # continued, not replaced
+    assert (df[df.stage == "search"]["status"] == "ok").all()
+    j = next((study / "optuna").glob("search-kd-*.journal"))
+    st = optuna.load_study(study_name=j.stem, storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(j))))
+    assert sorted(t.state.name for t in latest_trials(st, j.stem).values()) == ["COMPLETE", "COMPLETE"]

@@ -325,8 +325,9 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             seen = 0
-            if setup_time is None:
-                setup_time = t0 - t_start
+            if setup_time is None:  # from the trial's start (its process's, for a fresh Ray actor)
+                started = config.get("started_at")
+                setup_time = time.time() - started if started else t0 - t_start
             for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
                                                  augment=augment, mean=splits.mean,
                                                  std=splits.std, drop_last=False, channels_last=channels_last):

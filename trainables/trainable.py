@@ -48,6 +48,24 @@ def error_uri(root: str, key: str) -> str:
     return storage.join(root, "errors", f"{key}.txt")
 
 
+_FRESH_PROCESS = True  # the first trial of this actor process pays for its start-up
+
+
+def _started_at() -> float:
+    """When this trial began, wall clock: the process's start for the first trial an actor runs
+    (its imports are the trial's overhead), else now (a reused actor)."""
+    global _FRESH_PROCESS
+    if _FRESH_PROCESS:
+        _FRESH_PROCESS = False
+        try:
+            import psutil
+
+            return psutil.Process().create_time()
+        except Exception:
+            pass
+    return time.time()
+
+
 #: fault injection for the reliability tests: "<stage>:<epoch>" makes every trial of that stage
 #: raise after reporting that epoch (read from the environment the Ray workers inherit)
 FAULT_ENV = "KDSTUDY_INJECT_FAULT"
@@ -85,6 +103,7 @@ class TuneHooks:
 
 def tune_trainable(config: dict, base: dict | None = None) -> None:
     """Run one trial inside Ray Tune."""
+    started = _started_at()
     base = base or {}
     sampled = dict(config.get("job", config))
     key = sampled.get("_trial_key") or tune.get_context().get_trial_id() or "unknown"
@@ -93,6 +112,7 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
     try:
         trial_config = resolve(base, sampled)
         trial_config["config_id"] = config_id(sampled)
+        trial_config["started_at"] = started
         every = float(trial_config.get("runtime", {}).get("checkpoint_every_s", 30.0))
         from .loop import run_trial  # torch is imported by the trial's process only
         run_trial(trial_config, TuneHooks(key, root, every, stage=trial_config.get("stage", "")))
