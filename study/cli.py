@@ -3,7 +3,7 @@
   kdstudy run [SPEC] [--storage URI] [--address ADDR]   run a study (default: the quickstart)
   kdstudy validate SPEC...                              check specs, print every problem
   kdstudy resume PATH [--address ADDR]                  continue an interrupted study
-  kdstudy plan [SPEC] [--slots N]                       experiment graph and predicted makespan
+  kdstudy plan [SPEC] [--slots N] [--epoch-seconds S]   experiment graph and predicted makespan
   kdstudy report PATH [--out DIR] [--no-png]            write report.html and PNGs
   kdstudy status PATH                                   table of stages, trials, best results
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                          "<method>=... (default: a rough estimate from FLOPs)")
     pl.add_argument("--trial-overhead", type=float, default=None,
                     help="seconds a trial spends outside training epochs (start-up, evaluation)")
+    pl.add_argument("--from-results", metavar="STUDY_DIR",
+                    help="calibrate epoch seconds and overheads from a study's results (e.g. a short real run)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
         from trainables.bench import main as bench_main
@@ -221,7 +223,7 @@ def cmd_plan(args) -> int:
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead)
+    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,

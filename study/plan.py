@@ -429,6 +429,9 @@ class DurationModel:
         for key in (f"{stage}:{method}", method, role, "*"):
             if key in g:
                 return g[key]
+        other = [v for k, v in g.items() if k.endswith(f":{method}")]  # calibrated in another stage
+        if other:
+            return statistics.fmean(other)
         return self.estimate_epoch_s(method, student, teacher_size, generations)
 
     def work(self, e) -> Work:
@@ -486,10 +489,11 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     Epoch = `epoch_time_s + eval_time_s` (one row per trial x generation x epoch; roles and
     exits share the timing). Trial overhead = mean `setup_time_s`. An experiment's start
     overhead = its earliest trial start (first row's timestamp minus that epoch, its evaluation
-    and the setup) minus its launch (the latest `finished_at` of its dependencies' markers, or
-    the study's earliest trial start for experiments without any): the smallest such value
-    (an experiment whose first trial did not wait for a slot). End overhead = marker
-    `finished_at` minus its last row's timestamp (median).
+    and the setup) minus its launch (the latest `finished_at` of its dependencies' markers):
+    the smallest such value
+    (an experiment whose first trial did not wait for a slot); experiments without dependencies
+    are not measured (their launch is not recorded). End overhead = marker `finished_at` minus
+    its last row's timestamp (median).
     """
     import json
     from pathlib import Path
@@ -509,16 +513,17 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     lasts = rows.groupby("experiment")["ts"].max().to_dict()
     stages = Path(study_dir) / "stages"
     markers = {p.stem: json.loads(p.read_text()) for p in stages.glob("*.json")} if stages.is_dir() else {}
-    starts, ends = [], []
-    t0 = min(begins.values(), default=None)
+    deps: dict[str, list[str]] = {}
     try:
-        from .graph import plan as plan_graph
         from .folder import StudyFolder
+        from .graph import plan as plan_graph
 
         spec = StudyFolder(study_dir).saved_spec()
-        deps = {e.name: e.deps for e in plan_graph(spec)} if spec is not None else {}
-    except Exception:
+        if spec is not None:
+            deps = {e.name: e.deps for e in plan_graph(spec)}
+    except Exception:  # an older or foreign study folder: no start overhead measured
         deps = {}
+    starts, ends = [], []
     for name, began in begins.items():
         if name in markers and name in lasts:
             ends.append(markers[name]["finished_at"] - lasts[name])
@@ -527,7 +532,6 @@ def calibrate_from_results(study_dir: str) -> Calibration:
             starts.append(began - max(markers[x]["finished_at"] for x in d))
     exp_start = max(0.0, min(starts)) if starts else None
     exp_end = max(0.0, statistics.median(ends)) if ends else None
-    del t0
     return Calibration(epoch_s, overhead, exp_start, exp_end)
 
 

@@ -142,16 +142,17 @@ def _seconds(parts: list[str]) -> float:
 # --------------------------------------------------------------------------- agreement with a real run
 
 #: The prediction of the run below must be within this fraction of its measured span. The
-#: runs are tiny, so overheads dominate: a Tuner starting in a Ray task, trial actors, data and
-#: models (on a 2-core machine shared with other work, each varies by seconds between runs).
-#: The simulator is given what the run's own Parquet and markers measure (epoch, evaluation
-#: and setup times, experiment start and end overheads); what it predicts is how the graph
-#: runs on 2 slots (which experiments overlap, the critical path). 35%: the spread we saw
-#: between repeated runs of this study on the shared 2-core machine.
+#: run is tiny, so overheads dominate: a Tuner starting in a Ray task, trial actors, data and
+#: models (on a 2-core machine shared with other work, load average ~10, each varies by
+#: seconds between runs). The simulator is given what the run's own Parquet and markers
+#: measure (epoch, evaluation and setup times, experiment start and end overheads); what it
+#: predicts is how the graph runs on 2 slots (which experiments overlap, who waits for a slot,
+#: the critical path). Observed in three runs: measured 42.2 / 43.5 / 39.3 s, predicted
+#: 41.2 / 38.2 / 35.8 s (-2%, -12%, -9%), serial 58 / 54 / 50 s. 35% leaves room for the load.
 TOLERANCE = 0.35
 
 
-def test_prediction_agrees_with_a_real_run(tmp_path, data_root, ray_local):
+def test_prediction_agrees_with_a_real_run(tmp_path, data_root, ray_local, capsys):
     from study.graph import plan as plan_graph
     from study.runner import run_study
     from study.spec import parse_spec
@@ -182,9 +183,21 @@ def test_prediction_agrees_with_a_real_run(tmp_path, data_root, ray_local):
     # and so is the simulated start-up of the first experiment.
     span = _measured_span(Path(root))
     predicted = graph.makespan - cal.exp_start_s
-    print(f"measured {span:.1f} s, predicted {predicted:.1f} s (serial {serial.makespan - cal.exp_start_s:.1f} s); "
-          f"{cal}")
+    with capsys.disabled():
+        print(f"\nmeasured {span:.1f} s, predicted {predicted:.1f} s (serial {serial.makespan - cal.exp_start_s:.1f} s); "
+              f"{cal}")
     assert abs(predicted - span) <= TOLERANCE * span
+    # ...and the run is the graph policy's, not the old serial runner's
+    assert abs(predicted - span) < abs(serial.makespan - cal.exp_start_s - span)
+
+    # the same calibration through the command line
+    import yaml
+
+    spec_file = tmp_path / "micro.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    assert cli_main(["plan", str(spec_file), "--slots", "2", "--from-results", root]) == 0
+    out = capsys.readouterr().out
+    assert "ESTIMATED" not in out and f"trial overhead {cal.trial_overhead_s:g} s" in out
 
 
 def _measured_span(root: Path) -> float:
