@@ -353,7 +353,7 @@ class DurationModel:
         return (1, 40), 10
 
     def flops(self, cfg: dict) -> float:
-        """Forward FLOPs per sample of a model config (built once per architecture, on the CPU)."""
+        """Forward FLOPs per sample of a model config (counted once per architecture, no GPU)."""
         import json
 
         key = json.dumps(cfg, sort_keys=True, default=str)
@@ -363,9 +363,15 @@ class DurationModel:
             from trainables.models import build_model, count_flops
 
             in_shape, classes = self._shape()
-            with torch.random.fork_rng():
-                model = build_model(cfg, in_shape, classes)
-            self._flops[key] = float(count_flops(model, in_shape))
+            try:  # shapes only (the meta device): no memory, no arithmetic
+                with torch.device("meta"):
+                    model = build_model(cfg, in_shape, classes)
+                flops = count_flops(model, in_shape)
+            except Exception:  # an operation without a meta kernel: count on the CPU
+                with torch.random.fork_rng():
+                    model = build_model(cfg, in_shape, classes)
+                flops = count_flops(model, in_shape)
+            self._flops[key] = float(flops)
         return self._flops[key]
 
     def samples(self) -> tuple[int, int]:
@@ -615,12 +621,17 @@ def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> di
             f"{100 * ser.utilisation:>11.0f}% {100 * gra.utilisation:>10.0f}%")
     out("")
     asha = any(works[e.name].rungs() for e in exps)
+    if asha and results["slots"]:
+        g = results["slots"][slots[0]][1]
+        out(f"with ASHA stops ({slots[0]} slots, graph): {g.stopped} of {g.trials} trials stopped early, "
+            f"{g.trial_epochs} of {tot[2]} trial-epochs trained, {_fmt_s(g.busy)} of slot-time")
     notes = [f"a slot = one trial's resources (cpu {spec.resources['cpu']:g}"
              + (f", gpu {spec.resources['gpu']:g}" if spec.resources.get("gpu") else "") + ")",
              f"trial overhead {model.trial_overhead_s:g} s; experiment start {model.exp_start_s:g} s, "
              f"end {model.exp_end_s:g} s"]
     if asha:
-        notes.append(f"ASHA: trial quality drawn at random (ranks the same at every rung); median of {len(SEEDS)} draws")
+        notes.append("ASHA: trial quality drawn at random (ranks the same at every rung); "
+                     f"median of {len(SEEDS)} draws")
     if model.estimated:
         thr = model.throughput()
         notes.append(f"epoch seconds ESTIMATED from FLOPs at an assumed {thr:.2g} FLOP/s per slot: a rough default; "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +183,8 @@ def test_prediction_agrees_with_a_real_run(tmp_path, data_root, ray_local, capsy
     span = _measured_span(Path(root))
     predicted = graph.makespan - cal.exp_start_s
     with capsys.disabled():
-        print(f"\nmeasured {span:.1f} s, predicted {predicted:.1f} s (serial {serial.makespan - cal.exp_start_s:.1f} s); "
-              f"{cal}")
+        print(f"\nmeasured {span:.1f} s, predicted {predicted:.1f} s "
+              f"(serial {serial.makespan - cal.exp_start_s:.1f} s); {cal}")
     assert abs(predicted - span) <= TOLERANCE * span
     # ...and the run is the graph policy's, not the old serial runner's
     assert abs(predicted - span) < abs(serial.makespan - cal.exp_start_s - span)
