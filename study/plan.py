@@ -319,20 +319,23 @@ class Calibration:
 
     epoch_s: dict[str, float]       # "<stage>:<method>" -> mean seconds per epoch (training + evaluation)
     trial_overhead_s: float         # mean seconds a trial spends before its first step
-    exp_start_s: float | None = None
+    exp_start_s: float | None = None  # a grid experiment's start-up (None: not measured)
     exp_end_s: float | None = None
+    search_start_s: float | None = None  # a search's start-up (Optuna study, searcher, first suggestions)
 
 
 class DurationModel:
     """Seconds per epoch and overheads of every trial of a spec's experiments (see module docstring)."""
 
     def __init__(self, spec, epoch_seconds: dict[str, float] | None = None, trial_overhead_s: float | None = None,
-                 exp_start_s: float | None = None, exp_end_s: float | None = None):
+                 exp_start_s: float | None = None, exp_end_s: float | None = None,
+                 search_start_s: float | None = None):
         self.spec = spec
         self.given = dict(epoch_seconds or {})
         self.trial_overhead_s = DEFAULT_TRIAL_OVERHEAD_S if trial_overhead_s is None else trial_overhead_s
         self.exp_start_s = DEFAULT_EXP_START_S if exp_start_s is None else exp_start_s
         self.exp_end_s = DEFAULT_EXP_END_S if exp_end_s is None else exp_end_s
+        self.search_start_s = self.exp_start_s if search_start_s is None else search_start_s
         self._flops: dict[str, float] = {}
         self.estimated = False  # True once any epoch came from the FLOPs estimate
 
@@ -341,7 +344,7 @@ class DurationModel:
                          trial_overhead_s: float | None = None) -> "DurationModel":
         given = {**cal.epoch_s, **(epoch_seconds or {})}
         return cls(spec, given, cal.trial_overhead_s if trial_overhead_s is None else trial_overhead_s,
-                   cal.exp_start_s, cal.exp_end_s)
+                   cal.exp_start_s, cal.exp_end_s, cal.search_start_s)
 
     # -- FLOPs -----------------------------------------------------------------
     def _shape(self):
@@ -464,7 +467,7 @@ class DurationModel:
                 z = sizes[i % len(sizes)] if sizes else None  # a joint search samples the sizes evenly
                 trials.append(TrialWork(e.max_t, self.epoch_s("search", e.method, spec.student, z, gens), ov))
             grace = spec.grace_period if e.scheduler == "asha" else None
-            return Work(trials, self.exp_start_s, self.exp_end_s, grace)
+            return Work(trials, self.search_start_s, self.exp_end_s, grace)
         # confirm: the top_k configurations (per teacher size for a joint search) x the confirm seeds
         groups = sizes if (e.per_teacher_size and sizes) else [sizes[0] if sizes else None]
         trials = [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student, z, gens), ov)
@@ -496,7 +499,7 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     exits share the timing). Trial overhead = mean `setup_time_s`. An experiment's start
     overhead = its earliest trial start (first row's timestamp minus that epoch, its evaluation
     and the setup) minus its launch (the latest `finished_at` of its dependencies' markers):
-    the smallest such value
+    the smallest such value, for grid experiments and searches (Optuna) apart
     (an experiment whose first trial did not wait for a slot); experiments without dependencies
     are not measured (their launch is not recorded). End overhead = marker `finished_at` minus
     its last row's timestamp (median).
@@ -529,16 +532,19 @@ def calibrate_from_results(study_dir: str) -> Calibration:
             deps = {e.name: e.deps for e in plan_graph(spec)}
     except Exception:  # an older or foreign study folder: no start overhead measured
         deps = {}
-    starts, ends = [], []
+    starts: dict[str, list[float]] = {"grid": [], "search": []}
+    ends = []
     for name, began in begins.items():
         if name in markers and name in lasts:
             ends.append(markers[name]["finished_at"] - lasts[name])
         d = deps.get(name, [])
         if d and all(x in markers for x in d):
-            starts.append(began - max(markers[x]["finished_at"] for x in d))
-    exp_start = max(0.0, min(starts)) if starts else None
+            kind = "search" if name.startswith("search-") else "grid"
+            starts[kind].append(began - max(markers[x]["finished_at"] for x in d))
+    grid = max(0.0, min(starts["grid"])) if starts["grid"] else None
+    search = max(0.0, min(starts["search"])) if starts["search"] else None
     exp_end = max(0.0, statistics.median(ends)) if ends else None
-    return Calibration(epoch_s, overhead, exp_start, exp_end)
+    return Calibration(epoch_s, overhead, grid if grid is not None else search, exp_end, search)
 
 
 # --------------------------------------------------------------------------- the report
@@ -627,8 +633,8 @@ def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> di
             f"{g.trial_epochs} of {tot[2]} trial-epochs trained, {_fmt_s(g.busy)} of slot-time")
     notes = [f"a slot = one trial's resources (cpu {spec.resources['cpu']:g}"
              + (f", gpu {spec.resources['gpu']:g}" if spec.resources.get("gpu") else "") + ")",
-             f"trial overhead {model.trial_overhead_s:g} s; experiment start {model.exp_start_s:g} s, "
-             f"end {model.exp_end_s:g} s"]
+             f"trial overhead {model.trial_overhead_s:.3g} s; experiment start {model.exp_start_s:.3g} s "
+             f"(a search {model.search_start_s:.3g} s), end {model.exp_end_s:.3g} s"]
     if asha:
         notes.append("ASHA: trial quality drawn at random (ranks the same at every rung); "
                      f"median of {len(SEEDS)} draws")
