@@ -99,10 +99,7 @@ def test_asha_cutoff_is_tunes():
     (the 66.7th percentile of one value is that value), like Tune's ASHA."""
     work = P.Work([P.TrialWork(3, 1.0), P.TrialWork(3, 1.0)], grace_period=1)
     for seed in range(6):
-        import random
-
-        rng = random.Random(seed)
-        q = [rng.random(), rng.random()]
+        q = P.qualities(seed, "s", 2)
         r = P.simulate([Exp("s")], 1, {"s": work}, max_concurrent=1, seed=seed)
         assert r.makespan == pytest.approx(3 + (3 if q[1] >= q[0] else 1))
 
