@@ -94,6 +94,19 @@ def test_asha_rungs_and_stops():
     assert P.simulate(exps, 1, {"s": full}, max_concurrent=1).busy == pytest.approx(81)
 
 
+def test_unlimited_slots_make_the_critical_path_with_asha():
+    """Each experiment gets its own seeded draw, so with unlimited slots the graph's makespan is the
+    critical path, ASHA included, and never shorter with fewer slots."""
+    exps = [Exp("t"), Exp("s1", ["t"]), Exp("s2", ["t"]), Exp("c", ["s1"])]
+    work = {"t": flat(1, 5), "s1": P.Work([P.TrialWork(27, 1.0, 2.0) for _ in range(12)], grace_period=3),
+            "s2": P.Work([P.TrialWork(27, 2.0) for _ in range(9)], grace_period=3), "c": flat(3, 27)}
+    chain, length = P.critical_path(exps, work, max_concurrent=4)
+    assert P.predict(exps, math.inf, work, max_concurrent=4).makespan == pytest.approx(length)
+    for n in (1, 2, 4, 8):
+        assert P.predict(exps, n, work, max_concurrent=4).makespan >= length - 1e-9
+    assert chain[0] == "t"
+
+
 def test_asha_cutoff_is_tunes():
     """With one slot the order is fixed: trial 2 continues past rung 1 only if it beats trial 1
     (the 66.7th percentile of one value is that value), like Tune's ASHA."""
