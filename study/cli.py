@@ -3,7 +3,7 @@
   kdstudy run [SPEC] [--storage URI] [--address ADDR]   run a study (default: the quickstart)
   kdstudy validate SPEC...                              check specs, print every problem
   kdstudy resume PATH [--address ADDR]                  continue an interrupted study
-  kdstudy plan [SPEC] [--slots N]                       experiment graph and predicted makespan
+  kdstudy plan [SPEC] [--slots N] [--epoch-seconds S]   experiment graph and predicted makespan
   kdstudy report PATH [--out DIR] [--no-png] [--skip-bad]  write report.html, PNGs and students.parquet
   kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
   kdstudy --version                                     the installed version
@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "<method>=... (default: a rough estimate from FLOPs)")
     pl.add_argument("--trial-overhead", type=float, default=None,
                     help="seconds a trial spends outside training epochs (start-up, evaluation)")
+    pl.add_argument("--from-results", metavar="STUDY_DIR",
+                    help="calibrate epoch seconds and overheads from a study's results (e.g. a short real run)")
     return p
 
 
@@ -270,7 +272,7 @@ def cmd_plan(args) -> int:
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead)
+    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,

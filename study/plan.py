@@ -1,0 +1,686 @@
+"""`kdstudy plan`: the experiment graph, its work, and the predicted makespan on N slots.
+
+A cluster is sized before it is paid for. This module (no Ray) answers, for a
+spec: which experiments run and what each waits for, how many trials and
+trial-epochs each stage costs, the critical path, and how long the study takes
+on N slots — run the way `study.runner` runs it ("graph") and the way the old
+runner did ("serial": one experiment after another).
+
+Model of the runner (`simulate`)
+--------------------------------
+* A **slot** holds one trial: the resources of one trial (cluster CPUs /
+  `resources.cpu`, or GPUs / `resources.gpu`).
+* **graph**: every experiment whose dependencies are finished is launched at
+  once, in plan order, at most `max_experiments` running. After `start_s`
+  (Tuner and searcher start-up) it keeps at most `max_concurrent` trials
+  requested; requests of all experiments wait in one first-come first-served
+  queue for a free slot (Ray grants pending trial requests roughly in order).
+  After its last trial, `end_s` passes (verification) before it counts as
+  finished and its dependents are launched.
+* **serial**: the same, one experiment at a time in plan order.
+* A **trial** holds its slot for `overhead_s + epochs x epoch_s`; a trial of a
+  multi-generation method trains `epochs x generations` (its `max_t`).
+* **ASHA** (time_attr "progress", reduction factor 3, `stop_last_trials`): rungs
+  at `grace_period x 3^k` progress below `max_t`, as Tune builds them. A trial
+  reaching a rung is stopped if its value is below the 66.7th percentile of the
+  values recorded at that rung *before* it (Tune's `cutoff`); a stopped trial
+  frees its slot at once. Assumption: each trial has a fixed quality drawn from
+  a seeded RNG and ranks the same at every rung; `predict` reports the median
+  makespan over `SEEDS` draws.
+
+Duration model (`DurationModel`)
+--------------------------------
+Seconds per epoch of a trial come from, first match wins: `<stage>:<method>=S`
+(what `calibrate_from_results` measures), `<method>=S`, `teacher=S` (the
+teachers stage) / `student=S` (every other stage), a plain `S` (every trial),
+else a rough estimate: FLOPs per training sample x training samples / an
+assumed throughput per slot (`ASSUMED_GPU_FLOPS` x resources.gpu, or
+`ASSUMED_CPU_FLOPS` x resources.cpu), plus evaluating validation and test.
+FLOPs per sample: 3 x forward for every model that trains (forward + backward),
+1 x forward for a frozen one (a KD teacher, TriKD's anchor, TAKD's frozen
+links). The estimate is a default for orders of magnitude only: calibrate it
+with `--epoch-seconds` from a short real run (or `--from-results STUDY`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import random
+import statistics
+from dataclasses import dataclass, field
+from typing import Iterable
+
+#: effective training FLOP/s of one whole GPU on small CIFAR models at batch 64-128 (far below peak:
+#: kernel-launch bound); a slot with resources.gpu = 0.25 gets a quarter. A rough default.
+ASSUMED_GPU_FLOPS = 2e12
+#: effective training FLOP/s of one CPU core (PyTorch, small models). A rough default.
+ASSUMED_CPU_FLOPS = 1e10
+#: seconds a trial holds its slot outside its epochs (process, data, models), when not calibrated
+DEFAULT_TRIAL_OVERHEAD_S = 10.0
+#: seconds an experiment takes to start (Tuner, searcher) and to be verified, when not calibrated
+DEFAULT_EXP_START_S = 5.0
+DEFAULT_EXP_END_S = 1.0
+#: ASHA reduction factor (study.experiment)
+REDUCTION_FACTOR = 3
+#: seeds of the trial-quality draw whose median makespan is reported when ASHA is in the plan
+SEEDS = (0, 1, 2, 3, 4)
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+@dataclass
+class TrialWork:
+    """One trial: `epochs` of progress at `epoch_s` each, plus `overhead_s` on its slot."""
+
+    epochs: int
+    epoch_s: float
+    overhead_s: float = 0.0
+
+    @property
+    def seconds(self) -> float:
+        return self.overhead_s + self.epochs * self.epoch_s
+
+
+@dataclass
+class Work:
+    """What one experiment costs: its trials (in request order) and its own overheads."""
+
+    trials: list[TrialWork]
+    start_s: float = 0.0            # launch -> first trial requested
+    end_s: float = 0.0              # last trial ended -> finished (dependents may start)
+    grace_period: int | None = None  # set: ASHA stops trials at its rungs
+
+    def rungs(self) -> list[int]:
+        """Tune's ASHA milestones (ascending) for this experiment's max progress."""
+        if not self.grace_period or not self.trials:
+            return []
+        max_t = max(t.epochs for t in self.trials)
+        if max_t <= self.grace_period:
+            return []
+        n = int(math.log(max_t / self.grace_period) / math.log(REDUCTION_FACTOR) + 1)
+        return [self.grace_period * REDUCTION_FACTOR ** k for k in range(n)]
+
+
+@dataclass
+class SimResult:
+    makespan: float
+    start: dict[str, float]          # experiment name -> launched at
+    end: dict[str, float]            # experiment name -> finished at
+    busy: float                      # slot-seconds held by trials
+    slots: float
+    trials: int = 0
+    stopped: int = 0                 # trials ASHA stopped early
+    trial_epochs: int = 0            # epochs actually trained
+
+    @property
+    def utilisation(self) -> float:
+        if self.makespan <= 0 or math.isinf(self.slots):
+            return float("nan")
+        return self.busy / (self.slots * self.makespan)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """numpy's default (linear) percentile."""
+    v = sorted(values)
+    pos = (len(v) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def qualities(seed: int, name: str, n: int) -> list[float]:
+    """The trials' qualities (ASHA ranks by them): one seeded draw per experiment, so an experiment
+    gets the same draw alone (critical path) as in the whole study."""
+    rng = random.Random(f"{seed}:{name}")
+    return [rng.random() for _ in range(n)]
+
+
+def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "graph", max_concurrent: int = 2,
+             max_experiments: int | None = None, seed: int = 0) -> SimResult:
+    """Discrete-event simulation of running `exps` (objects with `.name` and `.deps`, in plan order).
+
+    `durations[name]` is the experiment's `Work`. `slots` may be `math.inf`.
+    """
+    if policy not in ("graph", "serial"):
+        raise ValueError(f"policy must be graph or serial, got {policy!r}")
+    exps = list(exps)
+    cap = 1 if policy == "serial" else (max_experiments or len(exps) or 1)
+    if policy == "serial":
+        order = {e.name: i for i, e in enumerate(exps)}
+        deps = {e.name: [exps[order[e.name] - 1].name] if order[e.name] else [] for e in exps}
+    else:
+        deps = {e.name: list(e.deps) for e in exps}
+    quality = {e.name: qualities(seed, e.name, len(durations[e.name].trials)) for e in exps}
+    state = {e.name: "todo" for e in exps}
+    res = SimResult(0.0, {}, {}, 0.0, slots)
+    events: list = []
+    seq = 0
+    free = slots
+    queue: list[tuple[str, int]] = []          # FIFO of trial requests waiting for a slot
+    qhead = 0
+    nxt = {e.name: 0 for e in exps}            # next trial to request
+    inflight = {e.name: 0 for e in exps}       # requested and not ended
+    ended = {e.name: 0 for e in exps}
+    rungs = {e.name: durations[e.name].rungs() for e in exps}
+    recorded = {e.name: [[] for _ in rungs[e.name]] for e in exps}
+    running = 0
+    now = 0.0
+
+    def push(t, kind, *payload):
+        nonlocal seq
+        heapq.heappush(events, (t, seq, kind, payload))
+        seq += 1
+
+    def launch_ready():
+        nonlocal running
+        for e in exps:
+            if running >= cap:
+                return
+            if state[e.name] == "todo" and all(state[d] == "done" for d in deps[e.name]):
+                state[e.name] = "running"
+                running += 1
+                res.start[e.name] = now
+                push(now + durations[e.name].start_s, "ready", e.name)
+
+    def request(name):
+        w = durations[name]
+        while inflight[name] < max_concurrent and nxt[name] < len(w.trials):
+            queue.append((name, nxt[name]))
+            nxt[name] += 1
+            inflight[name] += 1
+
+    def dispatch():
+        nonlocal free, qhead
+        while free >= 1 and qhead < len(queue):
+            name, i = queue[qhead]
+            qhead += 1
+            free -= 1
+            t = durations[name].trials[i]
+            res.trials += 1
+            _next_milestone(name, i, now, now + t.overhead_s, 0)
+
+    def _next_milestone(name, i, started, t0, k):
+        """Schedule trial i's next rung check (k) or its end; t0 = when progress 0 began."""
+        t = durations[name].trials[i]
+        rs = rungs[name]
+        while k < len(rs) and rs[k] >= t.epochs:
+            k = len(rs)
+        if k < len(rs):
+            push(t0 + rs[k] * t.epoch_s, "rung", name, i, started, t0, k)
+        else:
+            push(t0 + t.epochs * t.epoch_s, "end", name, i, started, t.epochs)
+
+    def finish_exp(name):
+        nonlocal running
+        state[name] = "done"
+        running -= 1
+        res.end[name] = now
+        launch_ready()
+
+    launch_ready()
+    while events:
+        now, _, kind, payload = heapq.heappop(events)
+        if kind == "ready":
+            name = payload[0]
+            if not durations[name].trials:
+                push(now + durations[name].end_s, "done", name)
+            else:
+                request(name)
+        elif kind == "rung":
+            name, i, started, t0, k = payload
+            rec = recorded[name][k]
+            q = quality[name][i]
+            stop = bool(rec) and q < _percentile(rec, 100 * (1 - 1 / REDUCTION_FACTOR))
+            rec.append(q)
+            if stop:
+                res.stopped += 1
+                push(now, "end", name, i, started, rungs[name][k])
+            else:
+                _next_milestone(name, i, started, t0, k + 1)
+        elif kind == "end":
+            name, i, started, epochs = payload
+            free += 1
+            res.busy += now - started
+            res.trial_epochs += epochs
+            inflight[name] -= 1
+            ended[name] += 1
+            request(name)
+            if ended[name] == len(durations[name].trials):
+                push(now + durations[name].end_s, "done", name)
+        elif kind == "done":
+            finish_exp(payload[0])
+        dispatch()
+    res.makespan = max(res.end.values(), default=0.0)
+    missing = [n for n, s in state.items() if s != "done"]
+    if missing:  # a dependency outside the list, or a cycle
+        raise ValueError(f"experiments never ready: {missing}")
+    return res
+
+
+def predict(exps, slots: float, durations: dict[str, Work], policy: str = "graph", max_concurrent: int = 2,
+            max_experiments: int | None = None, seeds: Iterable[int] = SEEDS) -> SimResult:
+    """The simulation whose makespan is the median over the ASHA quality draws (one draw without ASHA)."""
+    asha = any(durations[e.name].rungs() for e in exps)
+    runs = [simulate(exps, slots, durations, policy, max_concurrent, max_experiments, seed=s)
+            for s in (list(seeds) if asha else [0])]
+    runs.sort(key=lambda r: r.makespan)
+    return runs[len(runs) // 2]
+
+
+def critical_path(exps, durations: dict[str, Work], max_concurrent: int = 2,
+                  seeds: Iterable[int] = SEEDS) -> tuple[list[str], float]:
+    """The chain of experiments that is longest with unlimited slots (each still capped at
+    `max_concurrent` trials), and its length in seconds (the median over the ASHA draws)."""
+    exps = list(exps)
+    asha = any(durations[e.name].rungs() for e in exps)
+    runs = []
+    for seed in (list(seeds) if asha else [0]):
+        alone = {e.name: simulate([_Alone(e.name)], math.inf, {e.name: durations[e.name]}, "graph",
+                                  max_concurrent, seed=seed).makespan for e in exps}
+        finish: dict[str, float] = {}
+        prev: dict[str, str | None] = {}
+        for e in exps:  # plan order: dependencies first
+            before = max(e.deps, key=lambda d: finish[d], default=None)
+            finish[e.name] = (finish[before] if before else 0.0) + alone[e.name]
+            prev[e.name] = before
+        if not finish:
+            return [], 0.0
+        last = max(finish, key=finish.get)
+        chain = [last]
+        while prev[chain[-1]]:
+            chain.append(prev[chain[-1]])
+        runs.append((finish[last], chain[::-1]))
+    runs.sort(key=lambda r: r[0])
+    length, chain = runs[len(runs) // 2]
+    return chain, length
+
+
+@dataclass
+class _Alone:
+    name: str
+    deps: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- durations of a spec
+
+
+def parse_epoch_seconds(items: Iterable[str] | None) -> dict[str, float]:
+    """`["30", "teacher=90", "kd=40"]` -> {"*": 30, "teacher": 90, "kd": 40}."""
+    out: dict[str, float] = {}
+    for item in items or []:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            key, _, val = part.rpartition("=")
+            try:
+                sec = float(val)
+            except ValueError:
+                raise ValueError(f"--epoch-seconds {part!r}: expected [ROLE=]SECONDS, e.g. 30 or teacher=90") from None
+            if not sec > 0:
+                raise ValueError(f"--epoch-seconds {part!r}: seconds must be positive")
+            out[key.strip() or "*"] = sec
+    return out
+
+
+@dataclass
+class Calibration:
+    """Timing measured from a study's results (`calibrate_from_results`)."""
+
+    epoch_s: dict[str, float]       # "<stage>:<method>" -> mean seconds per epoch (training + evaluation)
+    trial_overhead_s: float         # mean seconds a trial spends before its first step
+    exp_start_s: float | None = None  # a grid experiment's start-up (None: not measured)
+    exp_end_s: float | None = None
+    search_start_s: float | None = None  # a search's start-up (Optuna study, searcher, first suggestions)
+
+
+class DurationModel:
+    """Seconds per epoch and overheads of every trial of a spec's experiments (see module docstring)."""
+
+    def __init__(self, spec, epoch_seconds: dict[str, float] | None = None, trial_overhead_s: float | None = None,
+                 exp_start_s: float | None = None, exp_end_s: float | None = None,
+                 search_start_s: float | None = None):
+        self.spec = spec
+        self.given = dict(epoch_seconds or {})
+        self.trial_overhead_s = DEFAULT_TRIAL_OVERHEAD_S if trial_overhead_s is None else trial_overhead_s
+        self.exp_start_s = DEFAULT_EXP_START_S if exp_start_s is None else exp_start_s
+        self.exp_end_s = DEFAULT_EXP_END_S if exp_end_s is None else exp_end_s
+        self.search_start_s = self.exp_start_s if search_start_s is None else search_start_s
+        self._flops: dict[str, float] = {}
+        self.estimated = False  # True once any epoch came from the FLOPs estimate
+
+    @classmethod
+    def from_calibration(cls, spec, cal: Calibration, epoch_seconds: dict[str, float] | None = None,
+                         trial_overhead_s: float | None = None) -> "DurationModel":
+        given = {**cal.epoch_s, **(epoch_seconds or {})}
+        return cls(spec, given, cal.trial_overhead_s if trial_overhead_s is None else trial_overhead_s,
+                   cal.exp_start_s, cal.exp_end_s, cal.search_start_s)
+
+    # -- FLOPs -----------------------------------------------------------------
+    def _shape(self):
+        name = self.spec.dataset.get("name")
+        if name in ("cifar10", "cifar100"):
+            return (3, 32, 32), 10 if name == "cifar10" else 100
+        if name == "synthetic_image":
+            return (3, 32, 32), 10
+        return (1, 40), 10
+
+    def flops(self, cfg: dict) -> float:
+        """Forward FLOPs per sample of a model config (counted once per architecture, no GPU)."""
+        import json
+
+        key = json.dumps(cfg, sort_keys=True, default=str)
+        if key not in self._flops:
+            import torch
+
+            from trainables.models import build_model, count_flops
+
+            in_shape, classes = self._shape()
+            try:  # shapes only (the meta device): no memory, no arithmetic
+                with torch.device("meta"):
+                    model = build_model(cfg, in_shape, classes)
+                flops = count_flops(model, in_shape)
+            except Exception:  # an operation without a meta kernel: count on the CPU
+                with torch.random.fork_rng():
+                    model = build_model(cfg, in_shape, classes)
+                flops = count_flops(model, in_shape)
+            self._flops[key] = float(flops)
+        return self._flops[key]
+
+    def samples(self) -> tuple[int, int]:
+        """(training samples, evaluated samples per epoch: validation + test)."""
+        d = self.spec.dataset
+        name = d.get("name")
+        if name in ("cifar10", "cifar100"):
+            n, n_test = 50_000, 10_000
+        elif name == "synthetic_image":
+            n = int(d.get("synthetic_size", 2048))
+            n_test = max(1, n // 4)
+        else:  # mnist1d: 80% of num_samples train, 20% test
+            total = int(d.get("num_samples", 10_000))
+            n, n_test = int(total * 0.8), total - int(total * 0.8)
+        n_val = int(round(n * float(d.get("val_fraction", 0.1))))
+        n_train = n - n_val
+        if d.get("train_subset") is not None:
+            n_train = min(n_train, int(d["train_subset"]))
+        return n_train, n_val + n_test
+
+    def throughput(self) -> float:
+        gpu = float(self.spec.resources.get("gpu") or 0)
+        if gpu > 0:
+            return ASSUMED_GPU_FLOPS * gpu
+        return ASSUMED_CPU_FLOPS * float(self.spec.resources.get("cpu") or 1)
+
+    def _teacher_cfg(self, size) -> dict:
+        t = self.spec.teachers or {}
+        return {**{k: v for k, v in t.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")},
+                "size": size}
+
+    def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1) -> float:
+        """Rough seconds per epoch from FLOPs (see the module docstring)."""
+        from trainables.methods import available_methods
+
+        cls = available_methods().get(method)
+        S = self.flops(student)
+        T = self.flops(self._teacher_cfg(teacher_size)) if teacher_size is not None else 0.0
+        if method == "takd":
+            m = self.spec.methods.get(method)
+            sizes = (m.assistant_sizes if m else None) or [student.get("size")]
+            A = statistics.fmean(self.flops({**student, "size": z}) for z in sizes)
+            train = (3 * A + T + 3 * S + A) / 2        # generation 0: assistant from teacher; 1: student from it
+            evaluated = (A + S) / 2
+        elif cls is not None and cls.online_teacher:
+            anchor = S * (generations - 1) / generations if method == "trikd" else 0.0
+            train = 3 * S + 3 * T + anchor             # teacher and student both train
+            evaluated = S + T
+        elif cls is not None and cls.needs_teacher:
+            train, evaluated = 3 * S + T, S            # frozen teacher: forward only
+        else:
+            train, evaluated = 3 * S, S
+        n_train, n_eval = self.samples()
+        self.estimated = True
+        return (n_train * train + n_eval * evaluated) / self.throughput()
+
+    # -- per experiment ----------------------------------------------------------
+    def epoch_s(self, stage: str, method: str, student: dict, teacher_size=None, generations: int = 1) -> float:
+        g = self.given
+        role = "teacher" if stage == "teachers" else "student"
+        for key in (f"{stage}:{method}", method, role, "*"):
+            if key in g:
+                return g[key]
+        other = [v for k, v in g.items() if k.endswith(f":{method}")]  # calibrated in another stage
+        if other:
+            return statistics.fmean(other)
+        return self.estimate_epoch_s(method, student, teacher_size, generations)
+
+    def work(self, e) -> Work:
+        """The trials of one `study.graph.Experiment` known at plan time."""
+        from .graph import method_generations
+
+        spec = self.spec
+        ov = self.trial_overhead_s
+        epochs = int(spec.train["epochs"])
+        if e.stage == "teachers":
+            trials = [TrialWork(e.max_t, self.epoch_s("teachers", "scratch", j["student"]), ov) for j in e.jobs]
+            return Work(trials, self.exp_start_s, self.exp_end_s)
+        m = spec.methods.get(e.method)
+        gens = method_generations(m) if m is not None else 1
+        sizes = self.teacher_sizes(e)
+        if e.stage == "baseline":
+            configs = [dict(c) for c in e.extra_jobs] + [{}] * (e.top_k if e.from_search else 0)
+            ep = self.epoch_s("baseline", "scratch", spec.student)
+            trials = [TrialWork(int(c.get("epochs", epochs)), ep, ov) for c in configs for _ in e.seeds]
+            return Work(trials, self.exp_start_s, self.exp_end_s)
+        if e.stage == "search":
+            trials = []
+            for i in range(e.trials):
+                z = sizes[i % len(sizes)] if sizes else None  # a joint search samples the sizes evenly
+                trials.append(TrialWork(e.max_t, self.epoch_s("search", e.method, spec.student, z, gens), ov))
+            grace = spec.grace_period if e.scheduler == "asha" else None
+            return Work(trials, self.search_start_s, self.exp_end_s, grace)
+        # confirm: the top_k configurations (per teacher size for a joint search) x the confirm seeds
+        groups = sizes if (e.per_teacher_size and sizes) else [sizes[0] if sizes else None]
+        trials = [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student, z, gens), ov)
+                  for z in groups for _ in range(e.top_k) for _ in e.seeds]
+        return Work(trials, self.exp_start_s, self.exp_end_s)
+
+    def teacher_sizes(self, e) -> list:
+        if "teacher_size" in e.constants:
+            return [e.constants["teacher_size"]]
+        if e.teacher_sizes:
+            return list(e.teacher_sizes)
+        m = self.spec.methods.get(e.method)
+        if m is not None and m.cls is not None and m.cls.online_teacher and m.teacher_sizes:
+            return list(m.teacher_sizes)
+        return []
+
+    def works(self, exps) -> dict[str, Work]:
+        return {e.name: self.work(e) for e in exps}
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_from_results(study_dir: str) -> Calibration:
+    """Seconds per epoch per (stage, method), per-trial overhead and per-experiment start/end
+    overheads, measured from a study's Parquet (schema v2) and its finished markers.
+
+    Epoch = `epoch_time_s + eval_time_s` (one row per trial x generation x epoch; roles and
+    exits share the timing). Trial overhead = mean `setup_time_s`. An experiment's start
+    overhead = its earliest trial start (first row's timestamp minus that epoch, its evaluation
+    and the setup) minus its launch (the latest `finished_at` of its dependencies' markers):
+    the smallest such value, for grid experiments and searches (Optuna) apart
+    (an experiment whose first trial did not wait for a slot); experiments without dependencies
+    are not measured (their launch is not recorded). End overhead = marker `finished_at` minus
+    its last row's timestamp (median).
+    """
+    import json
+    from pathlib import Path
+
+    from analysis.load import load
+
+    df = load(study_dir)
+    df = df[df["epoch_time_s"].notna()]
+    rows = df.sort_values("timestamp").drop_duplicates(["stage", "trial_id", "generation", "epoch"])
+    rows = rows.assign(epoch_s=rows["epoch_time_s"] + rows["eval_time_s"].fillna(0.0),
+                       ts=rows["timestamp"].map(lambda t: t.timestamp()))
+    epoch_s = {f"{s}:{m}": float(g["epoch_s"].mean()) for (s, m), g in rows.groupby(["stage", "method"])}
+    first = rows.sort_values(["generation", "epoch"]).groupby("trial_id").head(1)
+    overhead = float(first["setup_time_s"].dropna().mean()) if first["setup_time_s"].notna().any() else 0.0
+    first = first.assign(began=first["ts"] - first["epoch_s"] - first["setup_time_s"].fillna(0.0))
+    begins = first.groupby("experiment")["began"].min().to_dict()
+    lasts = rows.groupby("experiment")["ts"].max().to_dict()
+    stages = Path(study_dir) / "stages"
+    markers = {p.stem: json.loads(p.read_text()) for p in stages.glob("*.json")} if stages.is_dir() else {}
+    deps: dict[str, list[str]] = {}
+    try:
+        from .folder import StudyFolder
+        from .graph import plan as plan_graph
+
+        spec = StudyFolder(study_dir).saved_spec()
+        if spec is not None:
+            deps = {e.name: e.deps for e in plan_graph(spec)}
+    except Exception:  # an older or foreign study folder: no start overhead measured
+        deps = {}
+    starts: dict[str, list[float]] = {"grid": [], "search": []}
+    ends = []
+    for name, began in begins.items():
+        if name in markers and name in lasts:
+            ends.append(markers[name]["finished_at"] - lasts[name])
+        d = deps.get(name, [])
+        if d and all(x in markers for x in d):
+            kind = "search" if name.startswith("search-") else "grid"
+            starts[kind].append(began - max(markers[x]["finished_at"] for x in d))
+    grid = max(0.0, min(starts["grid"])) if starts["grid"] else None
+    search = max(0.0, min(starts["search"])) if starts["search"] else None
+    exp_end = max(0.0, statistics.median(ends)) if ends else None
+    return Calibration(epoch_s, overhead, grid if grid is not None else search, exp_end, search)
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _fmt_s(s: float) -> str:
+    if math.isnan(s):
+        return "-"
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 2 * 3600:
+        return f"{s / 60:.1f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} d"
+
+
+def default_slots(spec) -> int:
+    gpu = float(spec.resources.get("gpu") or 0)
+    if gpu > 0:
+        try:
+            import torch
+
+            n = torch.cuda.device_count()
+        except Exception:
+            n = 0
+        if n:
+            return max(1, int(n / gpu))
+    return max(1, int((os.cpu_count() or 1) / float(spec.resources.get("cpu") or 1)))
+
+
+def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> dict:
+    """Print the plan; return its numbers (for tests)."""
+    from .graph import plan as plan_graph
+
+    exps = plan_graph(spec)
+    works = model.works(exps)
+    short = {e.name: f"{e.stage}-{e.label}" for e in exps}
+    mc, cap = spec.max_concurrent, spec.resources.get("max_experiments")
+
+    out(f"study {spec.name}: {len(exps)} experiments; max_concurrent {mc} trials per experiment"
+        + (f", at most {cap} experiments at once" if cap else ""))
+    w = max([len(v) for v in short.values()] + [10])
+    out(f"{'experiment':<{w}}  {'deps':<28} {'trials':>6} {'epochs':>7} {'s/epoch':>8} {'asha':>6} {'alone':>9}")
+    per_stage: dict[str, list] = {}
+    for e in exps:
+        wk = works[e.name]
+        n, te = len(wk.trials), sum(t.epochs for t in wk.trials)
+        ep = statistics.fmean(t.epoch_s for t in wk.trials) if wk.trials else 0.0
+        alone = predict([_Alone(e.name)], math.inf, {e.name: wk}, "graph", mc).makespan
+        deps = ", ".join(short[d] for d in e.deps) or "-"
+        if len(deps) > 28:
+            deps = deps[:25] + "..."
+        asha = f"g{wk.grace_period}" if wk.rungs() else "-"
+        out(f"{short[e.name]:<{w}}  {deps:<28} {n:>6} {te:>7} {ep:>8.1f} {asha:>6} {_fmt_s(alone):>9}")
+        s = per_stage.setdefault(e.stage, [0, 0, 0, 0.0])
+        s[0] += 1
+        s[1] += n
+        s[2] += te
+        s[3] += sum(t.seconds for t in wk.trials)
+    out("")
+    out(f"{'stage':<10} {'experiments':>11} {'trials':>7} {'trial-epochs':>13} {'slot-time (no ASHA stops)':>26}")
+    tot = [0, 0, 0, 0.0]
+    for stage, (ne, nt, te, st) in per_stage.items():
+        out(f"{stage:<10} {ne:>11} {nt:>7} {te:>13} {_fmt_s(st):>26}")
+        tot = [tot[0] + ne, tot[1] + nt, tot[2] + te, tot[3] + st]
+    out(f"{'total':<10} {tot[0]:>11} {tot[1]:>7} {tot[2]:>13} {_fmt_s(tot[3]):>26}")
+    chain, length = critical_path(exps, works, mc)
+    out("")
+    out(f"critical path (unlimited slots, {mc} trials per experiment): {_fmt_s(length)}")
+    out("  " + " -> ".join(short[n] for n in chain))
+    out("")
+    results = {"critical_path": (chain, length), "slots": {}}
+    out(f"{'slots':>6} {'serial':>10} {'graph':>10} {'speed-up':>9} {'util serial':>12} {'util graph':>11}")
+    for n in slots:
+        ser = predict(exps, n, works, "serial", mc)
+        gra = predict(exps, n, works, "graph", mc, cap)
+        results["slots"][n] = (ser, gra)
+        out(f"{n:>6} {_fmt_s(ser.makespan):>10} {_fmt_s(gra.makespan):>10} {ser.makespan / gra.makespan:>8.2f}x "
+            f"{100 * ser.utilisation:>11.0f}% {100 * gra.utilisation:>10.0f}%")
+    out("")
+    asha = any(works[e.name].rungs() for e in exps)
+    if asha and results["slots"]:
+        g = results["slots"][slots[0]][1]
+        out(f"with ASHA stops ({slots[0]} slots, graph): {g.stopped} of {g.trials} trials stopped early, "
+            f"{g.trial_epochs} of {tot[2]} trial-epochs trained, {_fmt_s(g.busy)} of slot-time")
+    notes = [f"a slot = one trial's resources (cpu {spec.resources['cpu']:g}"
+             + (f", gpu {spec.resources['gpu']:g}" if spec.resources.get("gpu") else "") + ")",
+             f"trial overhead {model.trial_overhead_s:.3g} s; experiment start {model.exp_start_s:.3g} s "
+             f"(a search {model.search_start_s:.3g} s), end {model.exp_end_s:.3g} s"]
+    if asha:
+        notes.append("ASHA: trial quality drawn at random (ranks the same at every rung); "
+                     f"median of {len(SEEDS)} draws")
+    if model.estimated:
+        thr = model.throughput()
+        notes.append(f"epoch seconds ESTIMATED from FLOPs at an assumed {thr:.2g} FLOP/s per slot: a rough default; "
+                     "calibrate with --epoch-seconds (e.g. student=20 teacher=60) from a short real run")
+    for n in notes:
+        out("note: " + n)
+    return results
+
+
+def main(spec, slots: list[int] | None, epoch_seconds: list[str] | None, trial_overhead: float | None,
+         from_results: str | None = None, out=print) -> int:
+    """`kdstudy plan`: returns an exit code."""
+    import sys
+
+    try:
+        given = parse_epoch_seconds(epoch_seconds)
+    except ValueError as exc:
+        print(f"kdstudy: {exc}", file=sys.stderr)
+        return 2
+    if from_results:
+        try:
+            cal = calibrate_from_results(from_results)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            print(f"kdstudy: cannot calibrate from {from_results}: {exc}", file=sys.stderr)
+            return 2
+        model = DurationModel.from_calibration(spec, cal, given, trial_overhead)
+    else:
+        model = DurationModel(spec, given, trial_overhead)
+    if slots and any(n < 1 for n in slots):
+        print("kdstudy: --slots must be at least 1", file=sys.stderr)
+        return 2
+    report(spec, slots or [default_slots(spec)], model, out=out)
+    return 0
