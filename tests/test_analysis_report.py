@@ -226,7 +226,7 @@ def test_report_omits_figures_without_data(tmp_path):
     study = write_study(tmp_path, student_means=GAP, seeds=3)
     out = tmp_path / "elsewhere"
     html = write_report(study, out_dir=out, png=False).read_text()
-    assert _figure_ids(html) == FULL - {"trikd_generations", "multiexit_flops", "capacity_gap_trikd"}
+    assert _figure_ids(html) == FULL - {"trikd_generations", "multiexit_flops", "capacity_gap_trikd", "capacity_gap_methods"}
     assert not (study / "report").exists()
 
 

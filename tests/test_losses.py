@@ -391,3 +391,18 @@ def test_dkd_stays_finite_for_a_confident_student():
     total = terms["tckd"] + terms["nckd"]
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(s.grad).all()
+
+
+def test_rkd_angle_gram_form_equals_the_authors_difference_vectors():
+    """The Gram-matrix angle potentials equal the authors' normalised-difference form,
+    coincident points included (both give 0 there), and their gradients are finite."""
+    from trainables.losses import angle_potentials, angle_potentials_direct
+
+    torch.manual_seed(0)
+    for dim in (2, 16, 200):
+        e = torch.randn(24, dim)
+        e[3] = e[9]  # a coincident pair
+        assert torch.allclose(angle_potentials(e), angle_potentials_direct(e), atol=1e-5)
+        x = e.clone().requires_grad_(True)
+        angle_potentials(x).square().sum().backward()
+        assert torch.isfinite(x.grad).all()
