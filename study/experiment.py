@@ -208,6 +208,27 @@ def make_searcher(launch: Launch, journal: Journal):
 # --------------------------------------------------------------------------- the task
 
 
+def _named_trainable(exp_name: str):
+    """The trainable under a name of its own.
+
+    Tune registers trainables (and `with_parameters` constants) in a registry
+    shared by the whole Ray job, keyed by the function's name: two experiments
+    running at once with the same function would read each other's constants.
+    Each experiment, each attempt, gets a uniquely named function.
+    """
+    import uuid
+
+    from trainables.trainable import tune_trainable
+
+    def trainable(config, base=None):
+        return tune_trainable(config, base=base)
+
+    unique = "kdstudy_" + "".join(c if c.isalnum() else "_" for c in exp_name) + "_" + uuid.uuid4().hex[:8]
+    trainable.__name__ = trainable.__qualname__ = unique
+    return trainable
+
+
+
 def _log_to_file(root: str, name: str) -> None:
     """Ray, Tune and Optuna log lines of this experiment go to a file in the study folder."""
     if "://" in root and not root.startswith("file://"):
@@ -233,8 +254,6 @@ def run_launch(launch: Launch) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    from trainables.trainable import tune_trainable
-
     from .results import ParquetSink
 
     board = launch.board
@@ -246,7 +265,8 @@ def run_launch(launch: Launch) -> dict:
     sink = ParquetSink(launch.results_uri, launch.stage, root=launch.root, on_event=on_event,
                        identity={"study": launch.base.get("study"), "method": launch.method,
                                  "experiment": launch.name, "dataset": launch.base.get("dataset", {}).get("name")})
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, base=launch.base), launch.resources)
+    trainable = tune.with_resources(tune.with_parameters(_named_trainable(launch.name), base=launch.base),
+                                    launch.resources)
     journal = None
     if launch.kind == "grid":
         if not launch.jobs:

@@ -200,10 +200,14 @@ def plan(spec: Spec) -> list[Experiment]:
         if fixed and fixed not in extra:
             extra.append(fixed)
         gens = method_generations(m)
-        if gens > 1:
+        if gens > 1:  # the same epochs per model as the multi-generation method, on its seeds
+            n = m.confirm_seeds or spec.confirm_seeds
             long = {"epochs": int(spec.train["epochs"]) * gens}
-            if long not in extra:
-                extra.append(long)
+            old = next((x for x in extra if {k: v for k, v in x.items() if k != "_seeds"} == long), None)
+            if old is None:
+                extra.append({**long, "_seeds": n})
+            else:
+                old["_seeds"] = max(old.get("_seeds", n), n)
     if spec.confirm_seeds > 0:
         base = common_base(spec, "baseline", "scratch")
         deps, from_search = [], None
@@ -241,7 +245,8 @@ def plan(spec: Spec) -> list[Experiment]:
             if spec.confirm_seeds > 0:
                 cbase = method_base(spec, "confirm", m)
                 exps.append(Experiment("confirm", label, m.name, cbase, deps=[search.name] + deps,
-                                       from_search=search.name, top_k=top_k, seeds=seeds, max_t=max_t,
+                                       from_search=search.name, top_k=top_k,
+                                       seeds=seeds[:m.confirm_seeds or len(seeds)], max_t=max_t,
                                        teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
                                        per_teacher_size=uses_teacher and not constants))
     return exps

@@ -472,7 +472,8 @@ class DurationModel:
         if e.stage == "baseline":
             configs = [dict(c) for c in e.extra_jobs] + [{}] * (e.top_k if e.from_search else 0)
             ep = self.epoch_s("baseline", "scratch", spec.student)
-            trials = [TrialWork(int(c.get("epochs", epochs)), ep, ov) for c in configs for _ in e.seeds]
+            trials = [TrialWork(int(c.get("epochs", epochs)), ep, ov) for c in configs
+                      for _ in e.seeds[:c.get("_seeds", len(e.seeds))]]
             return Work(trials, self.exp_start_s, self.exp_end_s)
         if e.stage == "search":
             trials = []

@@ -264,7 +264,8 @@ class StudyRunner:
             configs += self.top_configs(e)
         jobs = []
         for conf in configs:
-            for seed in e.seeds:
+            n = conf.pop("_seeds", len(e.seeds))  # a baseline variant needed on fewer seeds
+            for seed in e.seeds[:n]:
                 job = {**conf, "seed": seed}
                 job["_trial_key"] = graph.trial_key(e.name, job)
                 jobs.append(job)

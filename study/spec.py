@@ -24,7 +24,9 @@ fields are:
     search: {budget: stratified | joint, scheduler: auto | asha | none, grace_period,
              max_concurrent, seed}
     methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
-                       assistant_sizes: [..]}}
+                       assistant_sizes: [..], teacher_sizes: [..], confirm_seeds}}
+             confirm_seeds: the first n of the shared confirm seeds (an expensive method can
+             take fewer; still paired with the baseline on those seeds)
              `methods: {}` (the field is required, it may be empty) is a scratch-only
              study: the teacher ladder (if `teachers` is given) and the baseline
     confirm: {seeds, top_k}        seeds shared by the baseline and every confirm run; the top_k
@@ -87,6 +89,7 @@ class MethodSpec:
     assistant_sizes: list = field(default_factory=list)
     teacher_sizes: list | None = None  # a subset of the ladder (frozen teachers) or own sizes (online)
     cls: type | None = field(default=None, repr=False)  # the registered Method class
+    confirm_seeds: int | None = None  # the first n of the shared confirm seeds (default: all)
 
 
 @dataclass
@@ -291,6 +294,10 @@ class _Validator:
         report = self.section(raw, "report")
         self.unknown("report", report, {"png"})
         budget = self.choice("search.budget", search.get("budget"), "stratified", BUDGETS)
+        n_confirm = confirm.get("seeds", 5) if isinstance(confirm.get("seeds", 5), int) else 5
+        for m in methods.values():
+            if m.confirm_seeds is not None and m.confirm_seeds > n_confirm:
+                self.err(f"methods.{m.name}.confirm_seeds", f"at most confirm.seeds ({n_confirm}); got {m.confirm_seeds}")
         for m in methods.values():
             if not teachers or not (m.cls.needs_teacher or m.cls.online_teacher):
                 continue
@@ -470,7 +477,7 @@ class _Validator:
             if not isinstance(m, dict):
                 self.err(where, f"must be a mapping, got {type(m).__name__}")
                 continue
-            self.unknown(where, m, {"trials", "space", "assistant_sizes", "teacher_sizes"})
+            self.unknown(where, m, {"trials", "space", "assistant_sizes", "teacher_sizes", "confirm_seeds"})
             cls = known[name]
             trials = self.num(f"{where}.trials", m.get("trials"), 8, kind=int, low=1, high=100000)
             params = {**COMMON_HPARAMS, **cls.hparams}
@@ -496,7 +503,9 @@ class _Validator:
                     search[p] = Range("categorical", choices=tuple(hp.choices))
                 elif hp.low is not None and hp.high is not None:
                     search[p] = Range(hp.kind, hp.low, hp.high, hp.log)
-            ms = MethodSpec(name=name, trials=trials, search=search, fixed=fixed, cls=cls)
+            ms = MethodSpec(name=name, trials=trials, search=search, fixed=fixed, cls=cls,
+                            confirm_seeds=self.num(f"{where}.confirm_seeds", m.get("confirm_seeds"), None,
+                                                   kind=int, low=1, high=1000))
             ts = m.get("teacher_sizes")
             if ts is not None:
                 if not isinstance(ts, list) or not ts:

@@ -34,6 +34,12 @@ def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypa
     df = dataset.to_table().to_pandas()
     assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"}
     assert (df["status"] == "ok").all()  # every trial trained to the end, and says so
+    # experiments ran at the same time yet never mixed their constants: every file's rows belong to
+    # its stage folder and to the experiment its trial key names
+    for f in (root / "results").rglob("*.parquet"):
+        rows = pads.dataset(str(f)).to_table().to_pandas()
+        assert (rows["stage"] == f.parent.name).all(), f
+        assert rows["trial_id"].str.startswith(rows["experiment"]).all(), f
     # each trial's rows appear exactly once, one per epoch
     assert not df.duplicated(subset=ROW_KEY).any()
     for _, trial in df.groupby("trial_id"):
