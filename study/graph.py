@@ -238,14 +238,21 @@ def plan(spec: Spec) -> list[Experiment]:
             space = method_params(m, None if constants or not uses_teacher else sizes, export_epochs)
             deps = [teacher_exp[size_key(z)].name for z in sizes] if frozen else []
             zoo = [k for z in sizes for k in keys_by_size.get(size_key(z), [])] if frozen else []
-            search = Experiment("search", label, m.name, base, space=space, constants=constants, trials=m.trials,
-                                max_t=max_t, deps=deps, teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
-                                scheduler=_scheduler(spec, m.trials, max_t))
-            exps.append(search)
+            cdeps, from_search, fixed_jobs = list(deps), None, []
+            if m.trials > 0:
+                search = Experiment("search", label, m.name, base, space=space, constants=constants,
+                                    trials=m.trials, max_t=max_t, deps=deps, teacher_sizes=sizes if frozen else [],
+                                    zoo_keys=zoo, scheduler=_scheduler(spec, m.trials, max_t))
+                exps.append(search)
+                cdeps, from_search = [search.name] + deps, search.name
+            else:  # no search: the fixed configuration, at every teacher size of this experiment
+                fixed_jobs = [dict(constants)] if constants or not uses_teacher else \
+                    [{"teacher_size": z} for z in sizes]
             if spec.confirm_seeds > 0:
                 cbase = method_base(spec, "confirm", m)
-                exps.append(Experiment("confirm", label, m.name, cbase, deps=[search.name] + deps,
-                                       from_search=search.name, top_k=top_k,
+                exps.append(Experiment("confirm", label, m.name, cbase, deps=cdeps,
+                                       from_search=from_search, top_k=top_k if from_search else 0,
+                                       extra_jobs=fixed_jobs,
                                        seeds=seeds[:m.confirm_seeds or len(seeds)], max_t=max_t,
                                        teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
                                        per_teacher_size=uses_teacher and not constants))

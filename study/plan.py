@@ -138,15 +138,41 @@ def qualities(seed: int, name: str, n: int) -> list[float]:
     return [rng.random() for _ in range(n)]
 
 
+def priority_rank(exps, cost: dict[str, float]) -> dict[str, float]:
+    """Upward rank: an experiment's own work plus the most work downstream of it (the runner and
+    the simulation start ready experiments in this order, most first: critical path first)."""
+    children: dict[str, list[str]] = {}
+    for e in exps:
+        for d in e.deps:
+            children.setdefault(d, []).append(e.name)
+    rank: dict[str, float] = {}
+    for e in reversed(list(exps)):  # plan order has dependencies first
+        rank[e.name] = cost.get(e.name, 0.0) + max((rank[c] for c in children.get(e.name, [])), default=0.0)
+    return rank
+
+
+def admits(demand: float, slots: float, running: int, max_experiments: int | None) -> bool:
+    """The runner's admission rule: start another ready experiment while the trials the running ones
+    can still ask for (each at most max_concurrent) do not fill the slots, and under the cap."""
+    return demand < slots and (max_experiments is None or running < max_experiments)
+
+
 def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "graph", max_concurrent: int = 2,
              max_experiments: int | None = None, seed: int = 0) -> SimResult:
     """Discrete-event simulation of running `exps` (objects with `.name` and `.deps`, in plan order).
 
-    `durations[name]` is the experiment's `Work`. `slots` may be `math.inf`.
+    `durations[name]` is the experiment's `Work`. `slots` may be `math.inf`. The graph policy is
+    the runner's: ready experiments start in priority order (`priority_rank`) while `admits`.
     """
     if policy not in ("graph", "serial"):
         raise ValueError(f"policy must be graph or serial, got {policy!r}")
     exps = list(exps)
+    if policy == "graph":
+        rank = priority_rank(exps, {n: sum(t.seconds() for t in w.trials) for n, w in durations.items()})
+        plan_index = {e.name: i for i, e in enumerate(exps)}
+        launch_order = sorted(exps, key=lambda e: (-rank[e.name], plan_index[e.name]))
+    else:
+        launch_order = exps
     cap = 1 if policy == "serial" else (max_experiments or len(exps) or 1)
     if policy == "serial":
         order = {e.name: i for i, e in enumerate(exps)}
@@ -174,10 +200,14 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
         heapq.heappush(events, (t, seq, kind, payload))
         seq += 1
 
+    def demand() -> float:
+        return sum(min(max_concurrent, len(durations[n].trials) - ended[n]) for n, st in state.items()
+                   if st == "running")
+
     def launch_ready():
         nonlocal running
-        for e in exps:
-            if running >= cap:
+        for e in launch_order:
+            if running >= cap or (policy == "graph" and not admits(demand(), slots, running, max_experiments)):
                 return
             if state[e.name] == "todo" and all(state[d] == "done" for d in deps[e.name]):
                 state[e.name] = "running"
@@ -248,6 +278,7 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
             inflight[name] -= 1
             ended[name] += 1
             request(name)
+            launch_ready()  # a slot's demand went down: another experiment may start
             if ended[name] == len(durations[name].trials):
                 push(now + durations[name].end_s, "done", name)
         elif kind == "done":
@@ -486,6 +517,9 @@ class DurationModel:
         groups = sizes if (e.per_teacher_size and sizes) else [sizes[0] if sizes else None]
         trials = [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student, z, gens), ov)
                   for z in groups for _ in range(e.top_k) for _ in e.seeds]
+        trials += [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student,
+                                                   c.get("teacher_size", sizes[0] if sizes else None), gens), ov)
+                   for c in e.extra_jobs for _ in e.seeds]  # a method confirmed without a search
         return Work(trials, self.exp_start_s, self.exp_end_s)
 
     def teacher_sizes(self, e) -> list:

@@ -48,6 +48,7 @@ from . import graph  # noqa: E402
 from .experiment import Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
+from .plan import admits  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
 from .results import read_trial  # noqa: E402
 from .spec import Spec  # noqa: E402
@@ -121,11 +122,16 @@ class StudyRunner:
             self.progress.say(f"{skipped} of {len(self.exps)} experiments finished earlier (verified), skipped")
         self.board = Board.options(**self._on_this_node()).remote()
         running: dict = {}  # ObjectRef -> experiment name
-        cap = self.spec.resources.get("max_experiments") or 10**9
+        order = self.priority_order()
+        cap = self.spec.resources.get("max_experiments")
+        self._snapshot = {}
         try:
             while True:
-                for e in self.exps:
-                    if state[e.name] != "todo" or len(running) >= cap:
+                slots = self.slots()
+                for e in order:
+                    # the runner's policy (kdstudy plan simulates the same): ready experiments start in
+                    # priority order while the running ones cannot fill the slots
+                    if state[e.name] != "todo" or not admits(self.demand(running), slots, len(running), cap):
                         continue
                     bad = [d for d in e.deps if state[d] in ("failed", "blocked")]
                     if bad:
@@ -169,11 +175,44 @@ class StudyRunner:
             self.progress.close()
         return outcome
 
+    def priority_order(self) -> list[graph.Experiment]:
+        """Experiments by their work plus the most work downstream of them (critical path first):
+        when slots are scarce the chain that decides the study's end starts first."""
+        from .plan import DurationModel, priority_rank
+
+        try:
+            works = DurationModel(self.spec).works(self.exps)
+            cost = {n: sum(t.seconds() for t in w.trials) for n, w in works.items()}
+        except Exception:  # an estimate only: never a reason not to run
+            cost = {e.name: 1.0 for e in self.exps}
+        rank = priority_rank(self.exps, cost)
+        index = {e.name: i for i, e in enumerate(self.exps)}
+        return sorted(self.exps, key=lambda e: (-rank[e.name], index[e.name]))
+
+    def slots(self) -> float:
+        """Trials the cluster can run at once now (an autoscaler may add more later)."""
+        res, per = ray.cluster_resources(), self.resources()
+        slots = res.get("CPU", 1) / max(per.get("cpu", 1), 1e-9)
+        if per.get("gpu"):
+            slots = min(slots, res.get("GPU", 0) / per["gpu"])
+        return max(1.0, slots)
+
+    def demand(self, running: dict) -> float:
+        """Trials the running experiments can still ask for (each at most max_concurrent at a time)."""
+        total = 0.0
+        for name, launch, owed in running.values():
+            n = len(launch.jobs) if launch.kind == "grid" else launch.trials
+            st = self._snapshot.get(name)
+            ended = (st.done + st.stopped + st.diverged + st.failed) if st is not None else 0
+            total += min(self.spec.max_concurrent, max(0, n - ended))
+        return total
+
     def _render(self, running: list[str]) -> None:
         try:
             exps, lines = ray.get(self.board.snapshot.remote(), timeout=5)
         except Exception:
             return
+        self._snapshot = exps
         self.progress.show(exps, running, lines)
 
     def _on_this_node(self) -> dict:
@@ -257,9 +296,7 @@ class StudyRunner:
                 job["_zoo_key"] = j["_zoo_key"]
                 jobs.append(job)
             return jobs
-        configs: list[dict] = []
-        if e.stage == "baseline":
-            configs += [dict(c) for c in e.extra_jobs]
+        configs: list[dict] = [dict(c) for c in e.extra_jobs]  # the baseline's variants; a confirm without search
         if e.from_search:
             configs += self.top_configs(e)
         jobs = []
@@ -349,6 +386,8 @@ class StudyRunner:
         return trials
 
     def resources(self) -> dict:
+        if getattr(self, "_resources", None) is not None:
+            return self._resources
         res = {"cpu": self.spec.resources["cpu"]}
         gpu = self.spec.resources["gpu"]
         if gpu > 0:
@@ -356,6 +395,7 @@ class StudyRunner:
                 self.progress.say(f"resources.gpu={gpu} but this machine's Ray has no GPU: trials run on CPU")
             else:
                 res["gpu"] = gpu
+        self._resources = res
         return res
 
 

@@ -23,7 +23,7 @@ fields are:
                                    like the methods when they search the recipe (see study.graph)
     search: {budget: stratified | joint, scheduler: auto | asha | none, grace_period,
              max_concurrent, seed}
-    methods: {<name>: {trials, space: {<param>: value | {low, high, log} | {choices: [..]}},
+    methods: {<name>: {trials (0: no search, the fixed configuration is confirmed), space: {<param>: value | {low, high, log} | {choices: [..]}},
                        assistant_sizes: [..], teacher_sizes: [..], confirm_seeds}}
              confirm_seeds: the first n of the shared confirm seeds (an expensive method can
              take fewer; still paired with the baseline on those seeds)
@@ -479,7 +479,8 @@ class _Validator:
                 continue
             self.unknown(where, m, {"trials", "space", "assistant_sizes", "teacher_sizes", "confirm_seeds"})
             cls = known[name]
-            trials = self.num(f"{where}.trials", m.get("trials"), 8, kind=int, low=1, high=100000)
+            # trials: 0 runs no search: the fixed (or declared default) configuration goes straight to confirm
+            trials = self.num(f"{where}.trials", m.get("trials"), 8, kind=int, low=0, high=100000)
             params = {**COMMON_HPARAMS, **cls.hparams}
             search, fixed = {}, {}
             space = m.get("space") or {}
@@ -497,12 +498,15 @@ class _Validator:
                 elif r is not None:
                     fixed[p] = r
             for p, hp in cls.hparams.items():  # unmentioned parameters: searched over their declared range
-                if p in search or p in fixed or not hp.searched:
+                if p in search or p in fixed or not hp.searched or trials == 0:
                     continue
                 if hp.kind == "categorical" and hp.choices:
                     search[p] = Range("categorical", choices=tuple(hp.choices))
                 elif hp.low is not None and hp.high is not None:
                     search[p] = Range(hp.kind, hp.low, hp.high, hp.log)
+            if trials == 0 and search:
+                self.err(f"{where}.trials", f"0 runs no search, but {', '.join(sorted(search))} "
+                         "would be searched; fix them or give trials")
             ms = MethodSpec(name=name, trials=trials, search=search, fixed=fixed, cls=cls,
                             confirm_seeds=self.num(f"{where}.confirm_seeds", m.get("confirm_seeds"), None,
                                                    kind=int, low=1, high=1000))

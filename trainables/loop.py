@@ -317,6 +317,9 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         else:
             gen_gen.manual_seed(seed * 1000 + generation)
         method.train()
+        gen_best: dict = {}  # best validation accuracy of each reported model in this generation
+        if state is not None and generation == gen0:
+            gen_best = dict(_keyed(state.get("gen_best")))
 
         for epoch in range(start_epoch + 1, epochs + 1):
             method.start_epoch(epoch)
@@ -367,10 +370,12 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             exported = epoch in set((config.get("export") or {}).get("epochs", ()))
             if has_val:
                 main_key = _main_key(val)
-                # the test split is only read where it can be reported: a new best validation epoch
-                # (the trial's selected epoch), the end of a generation, an exported teacher epoch
-                improves = main_key[0] != "student" or not best or val[main_key][1] > best["val_acc"]
-                need_test = improves or last_epoch or exported
+                # the test split is only read where it can be reported: an epoch where some reported
+                # model (role, exit) reaches its best validation accuracy of this generation (the
+                # epochs analysis selects), the end of a generation, an exported teacher epoch
+                improves = [k for k, (_, acc) in val.items() if acc > gen_best.get(k, -1.0)]
+                gen_best.update({k: val[k][1] for k in improves})
+                need_test = bool(improves) or last_epoch or exported
             else:
                 need_test = True  # no validation split: every epoch could be the last one reported
             test = evaluate(method, *test_xy, splits, device, runtime) if need_test else None
@@ -407,7 +412,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                 "generation": generation, "epoch": epoch, "method": method.state_dict(),
                 "optimizer": opt.state_dict(), "schedule": sched.state_dict(), "rng": gen_gen.get_state(),
                 "total_time_s": total_time, "best": best, "last_rows": _jsonable_rows(rows),
-                "metrics": metrics,
+                "metrics": metrics, "gen_best": [[k[0], k[1], v] for k, v in gen_best.items()],
             }
             if kept is not None:
                 ckpt["kept"] = kept
@@ -417,6 +422,11 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         state = None
     _export_final(config, best, facts)
     return hooks
+
+
+def _keyed(items) -> list:
+    """gen_best as a checkpoint holds it ([role, exit, acc] lists) back to ((role, exit), acc) pairs."""
+    return [((r, e), a) for r, e, a in (items or [])]
 
 
 def _main_key(val: dict):
