@@ -9,7 +9,7 @@ val_acc. Test accuracy never chooses anything. Without confirm rows the best
 finished search trial (on val_acc) per teacher size is shown, one run each,
 and nothing is tested.
 
-The verdict (see VERDICTS.md) compares, paired by seed, the largest teacher
+The verdict (see README, "How to read a verdict") compares, paired by seed, the largest teacher
 with every smaller teacher size (one Holm family, fixed before the data are
 seen; the headline member is the largest teacher minus the peak, or minus
 the runner-up when the peak is the largest) and the method at every teacher size with the no-KD student
@@ -399,7 +399,7 @@ def _baseline_pairs(data: CapacityData) -> list:
 
 def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseline=None) -> Verdict:
     """Decide from the data whether a larger teacher made a worse student, and how the method compares
-    with the no-KD student (see the module docstring and VERDICTS.md).
+    with the no-KD student (see the module docstring and README, "How to read a verdict").
 
     Alone, the method-vs-baseline family is this method's teacher sizes; `verdicts` builds it over all methods.
     """

@@ -421,6 +421,7 @@ table.facts td{text-align:left;border:none;padding:2px 10px 2px 0}
 table.facts td:first-child{color:#555;white-space:nowrap}
 table.facts tr:nth-child(even) td{background:none}
 .caption{color:#555;font-size:13px;max-width:1100px;margin:.2em 0 1.2em}
+.scroll{overflow-x:auto;max-width:100%}
 .verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
 .verdict b{color:#1f4e79}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
 .note{color:#555}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
@@ -452,7 +453,8 @@ def render_table(table: ResultTable, css_class: str = "results") -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f" id='{html.escape(table.name)}'" if table.name else ""
     parts = [f"<h3>{html.escape(table.title)}</h3>" if table.title else "",
-             f"<table class='{css_class}'{ident}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"]
+             f"<div class='scroll'><table class='{css_class}'{ident}><thead><tr>{head}</tr></thead>"
+             f"<tbody>{''.join(body)}</tbody></table></div>"]
     if table.caption:
         parts.append(f"<p class='caption'>{html.escape(table.caption)}</p>")
     return "\n".join(parts)
@@ -572,6 +574,18 @@ def write_students(df: pd.DataFrame, path) -> None:
     pq.write_table(table, path)
 
 
+def _atomic(target: pathlib.Path, write) -> None:
+    """Write through a temporary name, then move; a failed write (a full disk) leaves no temporary
+    file and the previous file intact."""
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None = None,
                  skip_bad: bool = False) -> pathlib.Path:
     """Write ``report.html`` (PNGs, ``students.parquet``) for the study at `path`; return the HTML's path.
@@ -610,12 +624,8 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
     out = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path(loc.study_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     target = out / "report.html"
-    tmp_target = out / f".report.html.{os.getpid()}.tmp"
-    tmp_target.write_text(page, encoding="utf-8")
-    os.replace(tmp_target, target)
-    tmp_students = out / f".students.parquet.{os.getpid()}.tmp"
-    write_students(df, tmp_students)
-    os.replace(tmp_students, out / "students.parquet")
+    _atomic(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    _atomic(out / "students.parquet", lambda tmp: write_students(df, tmp))
     if png:
         write_pngs(sections, out)
     return target

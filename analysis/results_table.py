@@ -5,7 +5,7 @@ behind a row (epoch, configuration, peak teacher size, baseline
 configuration) was made on validation accuracy; test accuracy is only
 reported. Comparisons are paired by confirm seed and decided as *shown*,
 *equivalent* (within delta) or *inconclusive* (*cannot tell* below 3 pairs),
-Holm-adjusted within their family (see VERDICTS.md).
+Holm-adjusted within their family (see README, "How to read a verdict").
 
 * `method_table`: per method x teacher size (the capacity-gap ladder)
 * `multiexit_table`: multi-exit distillation vs exit-wise CE per exit

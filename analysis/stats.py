@@ -6,7 +6,7 @@ bisection). The paired comparisons (`paired_family`, `compare`) are
 vectorised over Monte-Carlo replicates with ``scipy.special`` so that their
 calibration can be simulated in seconds (tests/test_calibration.py).
 
-How a comparison is decided (see VERDICTS.md):
+How a comparison is decided (see README, "How to read a verdict"):
 
 * d_i = a_i - b_i for the k seeds both arms have (common random numbers);
   mean(d) +- t_{1-a/2,k-1} sd(d)/sqrt(k). With k < 3: "cannot tell".

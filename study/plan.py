@@ -168,7 +168,7 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
         raise ValueError(f"policy must be graph or serial, got {policy!r}")
     exps = list(exps)
     if policy == "graph":
-        rank = priority_rank(exps, {n: sum(t.seconds() for t in w.trials) for n, w in durations.items()})
+        rank = priority_rank(exps, {n: sum(t.seconds for t in w.trials) for n, w in durations.items()})
         plan_index = {e.name: i for i, e in enumerate(exps)}
         launch_order = sorted(exps, key=lambda e: (-rank[e.name], plan_index[e.name]))
     else:

@@ -182,7 +182,7 @@ class StudyRunner:
 
         try:
             works = DurationModel(self.spec).works(self.exps)
-            cost = {n: sum(t.seconds() for t in w.trials) for n, w in works.items()}
+            cost = {n: sum(t.seconds for t in w.trials) for n, w in works.items()}
         except Exception:  # an estimate only: never a reason not to run
             cost = {e.name: 1.0 for e in self.exps}
         rank = priority_rank(self.exps, cost)

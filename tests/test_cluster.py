@@ -380,3 +380,34 @@ def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_pa
     st = optuna.load_study(study_name=j.stem, storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(j))))
     assert sorted(t.state.name for t in latest_trials(st, j.stem).values()) == ["COMPLETE", "COMPLETE"]
+
+
+# --------------------------------------------------------------------------- the study fills its cluster
+
+
+def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, data_root):
+    """3 methods x 3 teacher sizes on a head + 2 one-CPU workers: the slots stay busy while trials
+    remain, and experiments of different methods run at the same time (Parquet timestamps)."""
+    import importlib.util
+
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+                      teachers={"family": "mlp", "sizes": [8, 16, 32], "seeds": 1, "epochs": 3},
+                      train={"epochs": 4, "batch_size": 128, "lr": 0.01},
+                      search={"budget": "stratified", "scheduler": "none", "max_concurrent": 1},
+                      methods={"kd": {"trials": 2}, "dist": {"trials": 2}, "lskd": {"trials": 2}})
+    log = tmp_path / "driver.log"
+    p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
+               "--no-report", log=log)
+    finish(p, log, timeout=400)
+    util = importlib.util.spec_from_file_location("utilisation", REPO / "bench" / "utilisation.py")
+    mod = importlib.util.module_from_spec(util)
+    util.loader.exec_module(mod)
+    from analysis.load import load
+
+    spans = mod.trial_spans(load(tmp_path / "results" / "micro"))
+    assert len(spans) == 3 + 3 * 3 * 2
+    busy = mod.busy_while_remaining(spans, slots=2)
+    assert busy >= 0.8, f"slot-time busy while trials remained: {busy:.2f}"
+    pairs = mod.overlaps(spans)
+    methods = {frozenset((a.split("-")[1], b.split("-")[1])) for a, b, _ in pairs}
+    assert len(methods) >= 2 and any(len(m) == 2 for m in methods), pairs  # different methods overlapped

@@ -94,3 +94,23 @@ def test_graph_dependencies(tmp_path, data_root):
     assert exps[("search", "kd-t32")].deps == [names[("teachers", "t32")]]
     assert exps[("search", "dml-t8")].deps == [] and exps[("baseline", "scratch")].deps == []
     assert names[("search", "kd-t8")] in exps[("confirm", "kd-t8")].deps
+
+
+def test_a_method_without_search_is_confirmed_at_its_fixed_configuration(tmp_path, data_root):
+    from study.spec import SpecError
+
+    fixed = {"trials": 0, "space": {"temperature": 4.0, "alpha": 0.5}}
+    spec = parse_spec(micro_spec(tmp_path, data_root, search={"budget": "stratified", "scheduler": "none"},
+                                 methods={"kd": fixed}, confirm={"seeds": 3}))
+    exps = plan(spec)
+    assert not [e for e in exps if e.stage == "search"]
+    confirms = [e for e in exps if e.stage == "confirm"]
+    assert [c.extra_jobs for c in confirms] == [[{"teacher_size": 8}], [{"teacher_size": 32}]]
+    assert all(c.from_search is None and len(c.seeds) == 3 for c in confirms)
+    try:
+        parse_spec(micro_spec(tmp_path, data_root, methods={"kd": {"trials": 0, "space": {
+            "temperature": {"low": 1.0, "high": 4.0}}}}))
+    except SpecError as exc:
+        assert "0 runs no search" in str(exc)
+    else:
+        raise AssertionError("trials: 0 with a searched parameter must be refused")
