@@ -24,7 +24,6 @@ simulated in tests/test_calibration.py.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
-from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, accuracy_range, compare,
+from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
 #: methods that are not distillation from a teacher ladder
@@ -135,14 +134,9 @@ def _fmt_params(p: float) -> str:
 
 
 def _budget_mode(search_rows: pd.DataFrame) -> str:
-    for text in search_rows.get("hparams_json", pd.Series(dtype=object)).dropna():
-        try:
-            mode = json.loads(text).get("budget_mode")
-        except (ValueError, AttributeError):
-            continue
-        if mode:
-            return str(mode)
-    return "not recorded"
+    from .landscape import recorded_budget_mode
+
+    return recorded_budget_mode(search_rows) or "not recorded"
 
 
 # --------------------------------------------------------------------------- decisions on arrays

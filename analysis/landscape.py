@@ -53,7 +53,11 @@ def search_trials(summary: pd.DataFrame, method: str | None = None) -> pd.DataFr
 
 def budget_mode(summary: pd.DataFrame, method: str) -> str | None:
     """The search budget recorded in the trials' hparams_json (stratified | joint | ...), if any."""
-    rows = summary[(summary["stage"] == "search") & (summary["method"] == method)]
+    return recorded_budget_mode(summary[(summary["stage"] == "search") & (summary["method"] == method)])
+
+
+def recorded_budget_mode(rows: pd.DataFrame) -> str | None:
+    """The first budget mode recorded in `rows`' hparams_json, if any."""
     for text in rows.get("hparams_json", pd.Series(dtype=object)).dropna():
         try:
             mode = json.loads(text).get("budget_mode")

@@ -183,6 +183,12 @@ class FrozenTeacherMethod(Method):
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
 
+    def student_and_teacher_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's logits and the frozen teacher's (computed without a graph) for one batch."""
+        with torch.no_grad():
+            t_logits = self.teacher(x)
+        return self.student(x), t_logits
+
 
 _REGISTRY: dict[str, type[Method]] = {}
 

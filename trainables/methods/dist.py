@@ -22,8 +22,6 @@ protocol: all 50k training images, 240 epochs).
 
 from __future__ import annotations
 
-import torch
-
 from ..losses import cross_entropy, dist_terms
 from .base import FrozenTeacherMethod, HParam, Step, register
 
@@ -38,9 +36,7 @@ class DIST(FrozenTeacherMethod):
     }
 
     def training_step(self, x, y):
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = self.student(x)
+        s_logits, t_logits = self.student_and_teacher_logits(x)
         terms = {"ce": self.hp["ce_weight"] * cross_entropy(s_logits, y),
                  **dist_terms(s_logits, t_logits, self.hp["temperature"], self.hp["dist_beta"], self.hp["dist_gamma"])}
         return Step(terms=terms, logits=s_logits)

@@ -21,8 +21,6 @@ images, 240 epochs). On short runs lower the warm-up with the epoch budget.
 
 from __future__ import annotations
 
-import torch
-
 from ..losses import cross_entropy, dkd_terms
 from .base import FrozenTeacherMethod, HParam, Step, register
 
@@ -51,9 +49,7 @@ class DecoupledKD(FrozenTeacherMethod):
         return 1.0 if w <= 0 else min(self._epoch / w, 1.0)
 
     def training_step(self, x, y):
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = self.student(x)
+        s_logits, t_logits = self.student_and_teacher_logits(x)
         ramp = self.warmup_factor()
         dkd = dkd_terms(s_logits, t_logits, y, self.hp["temperature"], self.hp["dkd_alpha"], self.hp["dkd_beta"])
         terms = {"ce": self.hp["ce_weight"] * cross_entropy(s_logits, y), **{k: ramp * v for k, v in dkd.items()}}

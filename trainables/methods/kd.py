@@ -11,8 +11,6 @@ TAKD authors' code: only for reproducing TAKD's numbers (see `soft_kl`).
 
 from __future__ import annotations
 
-import torch
-
 from ..losses import KD_REDUCTIONS, hinton_kd
 from .base import FrozenTeacherMethod, HParam, Step, register
 
@@ -27,9 +25,7 @@ class HintonKD(FrozenTeacherMethod):
     }
 
     def training_step(self, x, y):
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = self.student(x)
+        s_logits, t_logits = self.student_and_teacher_logits(x)
         terms = hinton_kd(s_logits, t_logits, y, self.hp["temperature"], self.hp["alpha"],
                           self.hp["kd_reduction"])
         return Step(terms=terms, logits=s_logits)

@@ -19,8 +19,6 @@ RepDistiller protocol: all 50k training images, 240 epochs).
 
 from __future__ import annotations
 
-import torch
-
 from ..losses import cross_entropy, standardized_kd
 from .base import FrozenTeacherMethod, HParam, Step, register
 
@@ -35,9 +33,7 @@ class LogitStandardizedKD(FrozenTeacherMethod):
     }
 
     def training_step(self, x, y):
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        s_logits = self.student(x)
+        s_logits, t_logits = self.student_and_teacher_logits(x)
         terms = {"ce": self.hp["ce_weight"] * cross_entropy(s_logits, y),
                  "kd": self.hp["kd_weight"] * standardized_kd(s_logits, t_logits, self.hp["temperature"])}
         return Step(terms=terms, logits=s_logits)
