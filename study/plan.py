@@ -151,6 +151,16 @@ def priority_rank(exps, cost: dict[str, float]) -> dict[str, float]:
     return rank
 
 
+def demand_of(trials: int, ended: int, running: int, max_concurrent: int) -> int:
+    """Slots a running experiment still claims: its unfinished trials, at most max_concurrent; once
+    every trial has started, one fewer than it runs (a slot frees soon: the next experiment may
+    start its Tuner meanwhile, so the slot does not wait for it)."""
+    left = max(0, trials - ended)
+    if left - running > 0:
+        return min(max_concurrent, left)
+    return max(0, running - 1)
+
+
 def admits(demand: float, slots: float, running: int, max_experiments: int | None) -> bool:
     """The runner's admission rule: start another ready experiment while the trials the running ones
     can still ask for (each at most max_concurrent) do not fill the slots, and under the cap."""
@@ -201,8 +211,8 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
         seq += 1
 
     def demand() -> float:
-        return sum(min(max_concurrent, len(durations[n].trials) - ended[n]) for n, st in state.items()
-                   if st == "running")
+        return sum(demand_of(len(durations[n].trials), ended[n], inflight[n] if nxt[n] else 0, max_concurrent)
+                   for n, st in state.items() if st == "running")
 
     def launch_ready():
         nonlocal running

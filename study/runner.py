@@ -48,7 +48,7 @@ from . import graph  # noqa: E402
 from .experiment import Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
-from .plan import admits  # noqa: E402
+from .plan import admits, demand_of  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
 from .results import read_trial  # noqa: E402
 from .spec import Spec  # noqa: E402
@@ -204,7 +204,8 @@ class StudyRunner:
             n = len(launch.jobs) if launch.kind == "grid" else launch.trials
             st = self._snapshot.get(name)
             ended = (st.done + st.stopped + st.diverged + st.failed) if st is not None else 0
-            total += min(self.spec.max_concurrent, max(0, n - ended))
+            running_now = len(st.running) if st is not None else 0
+            total += demand_of(n, ended, running_now, self.spec.max_concurrent)
         return total
 
     def _render(self, running: list[str]) -> None:

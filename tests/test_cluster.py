@@ -390,9 +390,12 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     remain, and experiments of different methods run at the same time (Parquet timestamps)."""
     import importlib.util
 
+    # trials of a few seconds each (on tiny ones an experiment's start-up would be most of the time)
     spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+                      dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
+                      student={"family": "cnn1d", "size": 16},
                       teachers={"family": "mlp", "sizes": [8, 16, 32], "seeds": 1, "epochs": 3},
-                      train={"epochs": 4, "batch_size": 128, "lr": 0.01},
+                      train={"epochs": 8, "batch_size": 64, "lr": 0.01},
                       search={"budget": "stratified", "scheduler": "none", "max_concurrent": 1},
                       methods={"kd": {"trials": 2}, "dist": {"trials": 2}, "lskd": {"trials": 2}})
     log = tmp_path / "driver.log"

@@ -115,10 +115,10 @@ def _no_duplicates(df) -> None:
 
 
 def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path, data_root):
-    epochs = 6
+    epochs, teacher_epochs = 6, 40  # a long teacher: the interrupt surely lands while it trains
     spec = micro_spec(tmp_path, data_root, dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
-                      teachers={"family": "cnn1d", "sizes": [8], "seeds": 1, "epochs": epochs},
+                      teachers={"family": "cnn1d", "sizes": [8], "seeds": 1, "epochs": teacher_epochs},
                       train={"epochs": epochs, "batch_size": 64, "lr": 0.01},
                       methods={"kd": {"trials": 2}}, confirm={"seeds": 2, "top_k": 1},
                       runtime={"checkpoint_every_s": 0})
@@ -128,12 +128,14 @@ def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path
     # 1. Ctrl-C while the teacher trains: exit 130, one line, no marker for what was cut
     log = tmp_path / "run1.log"
     code, out = interrupt_when(cli("run", str(spec_path), "--no-report", log=log), log, study,
-                               lambda df: ((df.stage == "teachers") & (df.epoch >= 1)).any())
+                               lambda df: ((df.stage == "teachers") & (df.epoch >= 1)).any()
+                               and df[df.stage == "teachers"]["epoch"].max() <= teacher_epochs - 10)
     assert code == 130, out
     assert f"interrupted; continue with `kdstudy resume {study}`" in out and "Traceback" not in out
+    # the teacher was cut mid-training: no zoo entry, and no marker for its experiment
     teachers_exp = [e.name for e in plan(parse_spec(spec)) if e.stage == "teachers"]
-    assert not any((study / "stages" / f"{n}.json").exists() for n in teachers_exp)
     assert not list((study / "zoo").glob("*/meta.json"))
+    assert not any((study / "stages" / f"{n}.json").exists() for n in teachers_exp)
 
     # 2. resume, then Ctrl-C twice while the search trains: still 130, no traceback, no search marker
     log = tmp_path / "run2.log"
@@ -184,7 +186,8 @@ def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path
         rows = df[df.stage == stage]
         assert rows["trial_id"].nunique() == trials, (stage, rows["trial_id"].unique())
         assert (rows["status"] == "ok").all(), rows.groupby("trial_id")["status"].unique()
-        assert_rows_exactly_once(rows[rows.role == rows.role.iloc[0]].drop_duplicates(ROW_KEY), epochs)
+        assert_rows_exactly_once(rows[rows.role == rows.role.iloc[0]].drop_duplicates(ROW_KEY),
+                                 teacher_epochs if stage == "teachers" else epochs)
     # the trials cut in step 2 continued under their own keys: nothing was added beside them
     assert set(cut["trial_id"]) <= set(df[df.stage == "search"]["trial_id"])
     # Optuna: every trial of the search finished, none left RUNNING

@@ -279,6 +279,11 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         hooks.report(state["metrics"], [], None, final=True)  # its rows are already in the results
         _export_final(config, state["best"], facts)
         return hooks
+    if state is not None and state.get("metrics") and state.get("last_rows"):
+        # the checkpoint's epoch again: its rows may not have reached the results before the
+        # interruption (the sink writes them after the trial moved on); rows are keyed, so a
+        # second copy replaces the first
+        hooks.report(state["metrics"], _rows_from_json(state["last_rows"]), None)
     gen0, epoch0 = (state["generation"], state["epoch"]) if state else (0, 0)
     total_time = state["total_time_s"] if state else 0.0
     best = state["best"] if state else {}
@@ -506,6 +511,15 @@ def _diverged_rows(last_rows, epoch, epoch_time, total_time) -> list[dict]:
         rows.append({**r, "epoch": epoch, "status": "diverged", "train_loss": float("nan"),
                      "epoch_time_s": epoch_time, "total_time_s": total_time,
                      "timestamp": datetime.now(timezone.utc)})
+    return rows
+
+
+def _rows_from_json(text: str) -> list[dict]:
+    """Rows saved by `_jsonable_rows`, timestamps parsed back."""
+    rows = json.loads(text)
+    for r in rows:
+        if isinstance(r.get("timestamp"), str):
+            r["timestamp"] = datetime.fromisoformat(r["timestamp"])
     return rows
 
 
