@@ -390,6 +390,9 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     remain, and experiments of different methods run at the same time (Parquet timestamps)."""
     import importlib.util
 
+    # head + 2 one-CPU workers (an earlier test of this module may have killed one)
+    while sum(w.poll() is None for w in cluster.workers) < 2:
+        cluster.add_worker(cpus=1)
     # trials of a few seconds each (on tiny ones an experiment's start-up would be most of the time)
     spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
                       dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
