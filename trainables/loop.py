@@ -276,7 +276,8 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     if state is not None and state.get("metrics") and state["generation"] == method.generations - 1 \
             and state["epoch"] >= int(train["epochs"]):
         # the trial had finished (its driver stopped before recording that): report its end again
-        hooks.report(state["metrics"], [], None, final=True)  # its rows are already in the results
+        # its last epoch's rows may not have reached the results before the interruption: again
+        hooks.report(state["metrics"], _rows_from_json(state.get("last_rows") or "[]"), None, final=True)
         _export_final(config, state["best"], facts)
         return hooks
     if state is not None and state.get("metrics") and state.get("last_rows"):
