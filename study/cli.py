@@ -165,7 +165,7 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
         for p in problems:
             print(f"kdstudy: {p}", file=sys.stderr)
         return 2
-    from .runner import run_study
+    from .runner import StudyLockLost, run_study
 
     try:
         root, outcome = run_study(spec, root=root, address=address, extend=extend)
@@ -174,7 +174,7 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
         print(f"interrupted; continue with `kdstudy resume {root}`", file=sys.stderr)
         _shutdown_ray()
         return 130
-    except (SpecMismatch, StudyLocked) as exc:
+    except (SpecMismatch, StudyLocked, StudyLockLost) as exc:
         print(f"kdstudy: {exc}", file=sys.stderr)
         return 1
     except (CorruptCheckpointError, FileNotFoundError) as exc:  # a damaged or missing file, named

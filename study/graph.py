@@ -88,19 +88,12 @@ class Experiment:
 
     @property
     def name(self) -> str:
-        # the search budget (trials) and the seed list are not identity: raising them
+        # the search budget (trials) and the seed lists are not identity: raising them
         # (`kdstudy run --extend`) continues the same experiment
         ident = self.identity()
         ident.pop("seeds")
+        ident["extra"] = [{k: v for k, v in x.items() if k != "_seeds"} for x in ident["extra"]]
         return f"{self.stage}-{self.label}-{digest(ident)}"
-
-    def owed(self) -> int:
-        """How many trials the experiment owes (a confirm's are known once its search ends)."""
-        if self.kind == "search":
-            return self.trials
-        if self.jobs is not None:
-            return len(self.jobs)
-        return -1
 
 
 def trial_key(exp_name: str, job: dict) -> str:
@@ -116,17 +109,7 @@ def common_base(spec: Spec, stage: str, method: str) -> dict:
 
 def method_generations(m: MethodSpec) -> int:
     """Generations a method's trial trains (each with the full epoch budget)."""
-    gens = m.cls.total_generations(m.fixed) if hasattr(m.cls, "total_generations") else None
-    if gens is None:
-        if "generations" in m.fixed:
-            gens = m.fixed["generations"]
-        elif "generations" in m.cls.hparams:
-            gens = m.cls.hparams["generations"].default
-        elif m.name == "takd":
-            gens = 2
-        else:
-            gens = 1
-    return int(gens)
+    return int(m.cls.planned_generations(m.fixed))
 
 
 def method_base(spec: Spec, stage: str, m: MethodSpec) -> dict:

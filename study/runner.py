@@ -89,6 +89,10 @@ class ExperimentFailed(RuntimeError):
     pass
 
 
+class StudyLockLost(RuntimeError):
+    """This driver's lock was taken over by another driver."""
+
+
 @dataclass
 class Outcome:
     finished: list[str] = field(default_factory=list)
@@ -97,8 +101,10 @@ class Outcome:
 
 
 class StudyRunner:
-    def __init__(self, spec: Spec, root: str, progress: Progress | None = None, local: bool = True):
+    def __init__(self, spec: Spec, root: str, progress: Progress | None = None, local: bool = True,
+                 lock: StudyLock | None = None):
         self.spec = spec
+        self.lock = lock
         self.folder = StudyFolder(root)
         self.root = self.folder.root
         self.local = local  # a Ray started here (no autoscaler that could add GPU nodes later)
@@ -113,15 +119,12 @@ class StudyRunner:
     # ---------------------------------------------------------------- the graph
     def run(self) -> Outcome:
         outcome = Outcome()
-        state = {e.name: "todo" for e in self.exps}
-        for e in self.exps:
-            if self.folder.marker(e.name) is not None:
-                state[e.name] = "done"
+        state = self.finished_earlier()
         skipped = sum(1 for v in state.values() if v == "done")
         if skipped:
             self.progress.say(f"{skipped} of {len(self.exps)} experiments finished earlier (verified), skipped")
         self.board = Board.options(**self._on_this_node()).remote()
-        running: dict = {}  # ObjectRef -> experiment name
+        running: dict = {}  # ObjectRef -> (experiment name, its Launch)
         order = self.priority_order()
         cap = self.spec.resources.get("max_experiments")
         self._snapshot = {}
@@ -145,27 +148,26 @@ class StudyRunner:
                     except Exception as exc:
                         self._fail(e, state, outcome, f"{type(exc).__name__}: {exc}")
                         continue
-                    owed = self.owed_keys(e, launch)
                     if launch.kind == "grid" and not launch.jobs or launch.kind == "search" and launch.trials == 0:
-                        self._settle(e, launch, owed, state, outcome)
+                        self._settle(e, state, outcome)
                         continue
-                    self.progress.say(f"{graph_label(e)}: started ({self._describe(e, launch, owed)})")
+                    self.progress.say(f"{graph_label(e)}: started ({self._describe(launch)})")
                     ref = experiment_task.options(**self._on_this_node()).remote(launch)
-                    running[ref] = (e.name, launch, owed)
+                    running[ref] = (e.name, launch)
                     state[e.name] = "running"
                 if not running:
                     break
+                self.check_lock()
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-                self._render([v[0] for v in running.values()])
                 for ref in ready:
-                    name, launch, owed = running.pop(ref)
+                    name, launch = running.pop(ref)
                     e = self.by_name[name]
                     try:
                         ray.get(ref)
                     except Exception as exc:  # the experiment's driver task itself failed
                         self._fail(e, state, outcome, _short(exc))
                         continue
-                    self._settle(e, launch, owed, state, outcome)
+                    self._settle(e, state, outcome)
                 self._render([v[0] for v in running.values()])
         except BaseException:
             for ref in running:
@@ -174,6 +176,34 @@ class StudyRunner:
         finally:
             self.progress.close()
         return outcome
+
+    def check_lock(self) -> None:
+        """Stop (cancelling what runs) once another driver has taken the study over: this one's
+        heartbeat stalled for a whole lease, and two drivers must never write markers side by side."""
+        if self.lock is not None and self.lock.lost:
+            raise StudyLockLost(f"another driver took the study over ({self.lock.uri}); this one stops, "
+                                f"leaving its running experiments unfinished")
+
+    def finished_earlier(self) -> dict[str, str]:
+        """"done" for each experiment whose marker covers every trial it owes now and whose
+        dependencies are done too; "todo" otherwise. A study extended with more seeds or search
+        trials (`run --extend`) keeps its markers, but they no longer cover it: the experiment is
+        run again for its new trials only, and a confirm whose search grew is run again after it
+        (its top-k may have changed)."""
+        state = {e.name: "todo" for e in self.exps}
+        for e in self.exps:  # plan order: dependencies first
+            marker = self.folder.marker(e.name)
+            if marker is None or any(state[d] != "done" for d in e.deps):
+                continue
+            have = {t.get("trial_key") for t in marker.get("trials", [])}
+            try:
+                covered = len(have) >= e.trials if e.kind == "search" else \
+                    {j["_trial_key"] for j in self.grid_jobs(e)} <= have
+            except Exception:  # what it owes cannot be known now: verify it again
+                covered = False
+            if covered:
+                state[e.name] = "done"
+        return state
 
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):
@@ -200,9 +230,9 @@ class StudyRunner:
     def demand(self, running: dict) -> float:
         """Trials the running experiments can still ask for (each at most max_concurrent at a time)."""
         total = 0.0
-        for name, launch, owed in running.values():
-            n = len(launch.jobs) if launch.kind == "grid" else launch.trials
+        for name, launch in running.values():
             st = self._snapshot.get(name)
+            n = st.owed if st is not None and st.owed else (len(launch.jobs) if launch.kind == "grid" else launch.trials)
             ended = (st.done + st.stopped + st.diverged + st.failed) if st is not None else 0
             running_now = len(st.running) if st is not None else 0
             total += demand_of(n, ended, running_now, self.spec.max_concurrent)
@@ -223,8 +253,8 @@ class StudyRunner:
         node = ray.get_runtime_context().get_node_id()
         return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=True)}
 
-    def _describe(self, e: graph.Experiment, launch: Launch, owed: list[str] | int) -> str:
-        n = owed if isinstance(owed, int) else len(owed)
+    def _describe(self, launch: Launch) -> str:
+        n = launch.owed
         left = len(launch.jobs) if launch.kind == "grid" else launch.trials
         extra = f", {n - left} finished earlier" if left < n else ""
         return f"{n} trial(s){extra}"
@@ -234,13 +264,17 @@ class StudyRunner:
         outcome.failed[e.name] = reason
         self.progress.say(f"{graph_label(e)}: FAILED — {reason}")
 
-    def _settle(self, e, launch, owed, state, outcome) -> None:
+    def _settle(self, e, state, outcome) -> None:
         """Verify a finished task's experiment from storage; marker only if every owed trial ended normally."""
         try:
-            trials = self.verify(e, owed)
+            trials = self.verify(e)
         except ExperimentFailed as exc:
             self._fail(e, state, outcome, str(exc))
             return
+        except Exception as exc:  # unreadable storage (a damaged file): this experiment fails, not the study
+            self._fail(e, state, outcome, f"could not verify it: {type(exc).__name__}: {_short(exc)}")
+            return
+        self.check_lock()
         counts = {}
         for t in trials:
             counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -280,10 +314,11 @@ class StudyRunner:
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
         if e.kind == "search":
-            return self.launch(e, base, kind="search", space=e.space, constants=e.constants, trials=e.trials)
+            return self.launch(e, base, kind="search", space=e.space, constants=e.constants, trials=e.trials,
+                               owed=e.trials)
         jobs = self.grid_jobs(e)
         todo = [j for j in jobs if not self._done(e, j)]
-        return self.launch(e, base, kind="grid", jobs=todo)
+        return self.launch(e, base, kind="grid", jobs=todo, owed=len(jobs))
 
     def grid_jobs(self, e: graph.Experiment) -> list[dict]:
         """Every job of a grid experiment, each with its `_trial_key`."""
@@ -335,12 +370,7 @@ class StudyRunner:
         rows = read_trial(self.results_uri, e.stage, job["_trial_key"])
         return bool(rows) and rows[-1].get("status") in TERMINAL_OK
 
-    def owed_keys(self, e: graph.Experiment, launch: Launch) -> list[str] | int:
-        if e.kind == "search":
-            return e.trials
-        return [j["_trial_key"] for j in self.grid_jobs(e)]
-
-    def verify(self, e: graph.Experiment, owed) -> list[dict]:
+    def verify(self, e: graph.Experiment) -> list[dict]:
         """Every trial the experiment owes, with its outcome; raises ExperimentFailed otherwise."""
         if e.kind == "search":
             return self._verify_search(e)
@@ -444,14 +474,14 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
               extend: bool = False, num_cpus: int | None = None) -> tuple[str, Outcome]:
     """Run (or continue) the study at `root` (default: the spec's storage/name)."""
     folder = StudyFolder(root or spec.study_uri)
-    folder.adopt(spec, extend=extend, version=code_version())
     lock = StudyLock(folder.root)
-    lock.acquire()
+    lock.acquire()  # before the spec is recorded: a refused second driver leaves no trace
     try:
+        folder.adopt(spec, extend=extend, version=code_version())
         logs = None if "://" in folder.root else os.path.join(folder.root, "logs", "ray")
         init_ray(address, num_cpus=num_cpus, log_dir=logs)
         t0 = time.time()
-        runner = StudyRunner(spec, folder.root, progress, local=address is None)
+        runner = StudyRunner(spec, folder.root, progress, local=address is None, lock=lock)
         outcome = runner.run()
         took = time.time() - t0
         if outcome.failed or outcome.blocked:

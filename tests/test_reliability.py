@@ -270,6 +270,38 @@ def test_edited_spec_is_refused_with_the_difference(tmp_path, data_root, capsys)
         folder.adopt(parse_spec(edited), extend=True)
 
 
+def test_extended_study_runs_only_its_new_trials(tmp_path, data_root, ray_local):
+    """`run --extend` with more confirm seeds and search trials: the finished experiments' markers no
+    longer cover what they owe, so the new trials run, and nothing that finished runs again."""
+    raw = micro_spec(tmp_path, data_root, teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
+                     train={"epochs": 2, "batch_size": 128, "lr": 0.01},
+                     methods={"kd": {"trials": 2}}, confirm={"seeds": 1, "top_k": 1})
+    root, outcome = run_study(parse_spec(raw))
+    assert not outcome.failed and not outcome.blocked
+    before = read_rows(Path(root))
+    wider = {**raw, "methods": {"kd": {"trials": 3}}, "confirm": {"seeds": 2, "top_k": 1}}
+    with pytest.raises(Exception, match="--extend"):
+        run_study(parse_spec(wider))
+    root, outcome = run_study(parse_spec(wider), extend=True)
+    assert not outcome.failed and not outcome.blocked
+    after = read_rows(Path(root))
+    _no_duplicates(after)
+    # every row of the first run is still there, unchanged (nothing ran again)
+    old = after.merge(before[["trial_id", "epoch", "role", "timestamp"]], on=["trial_id", "epoch", "role"],
+                      suffixes=("", "_before"))
+    assert len(old) == len(before) and (old["timestamp"] == old["timestamp_before"]).all()
+    # the search has its third trial, the baseline and the confirm their second seed
+    assert after.loc[after.stage == "search", "trial_id"].nunique() == 3
+    for stage in ("baseline", "confirm"):
+        part = after[after.stage == stage].drop_duplicates("trial_id")
+        assert not part.duplicated(["config_id", "seed"]).any(), part
+        assert part.groupby("config_id")["seed"].nunique().max() == 2, part  # a search that grew may pick anew
+    assert after.loc[after.stage == "teachers", "trial_id"].nunique() == 1
+    # and a plain resume now has nothing left to do
+    _, outcome = run_study(parse_spec(wider))
+    assert not outcome.failed and len(read_rows(Path(root))) == len(after)
+
+
 # --------------------------------------------------------------------------- preflight: before Ray starts
 
 
