@@ -48,6 +48,7 @@ class Launch:
     space: dict | None = None
     constants: dict = field(default_factory=dict)
     trials: int = 0                 # a search's budget
+    owed: int = 0                   # trials the experiment owes in all (finished earlier included)
     max_t: int = 1
     scheduler: str = "none"
     grace_period: int = 2
@@ -250,6 +251,10 @@ def run_launch(launch: Launch) -> dict:
     """Run what is left of one experiment; returns counts. The driver verifies from storage."""
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # Tune's own files are never read back (see the module docstring): no per-result JSON/CSV/
+    # TensorBoard logs of every report, and its experiment state saved seldom
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "300")
     _log_to_file(launch.root, launch.name)
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
