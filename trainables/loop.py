@@ -296,6 +296,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     bs = int(train.get("batch_size", 128))
     steps_per_epoch = max(1, math.ceil(len(train_xy[1]) / bs))
     grad_clip = train.get("grad_clip")
+    export_epochs = set((config.get("export") or {}).get("epochs", ()))
     setup_time = None  # seconds from the trial's start to its first training step
 
     has_val = len(val_xy[1]) > 0
@@ -307,7 +308,8 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         keep = method.keep_best_weights(generation) if has_val else None
         kept = state.get("kept") if state is not None and generation == gen0 else None
         method.to(device)
-        opt = build_optimizer(method.trainable_parameters(), train, device)
+        params = list(method.trainable_parameters())
+        opt = build_optimizer(params, train, device)
         sched = build_schedule(opt, train, steps_per_epoch)
         start_epoch = 0
         if state is not None and generation == gen0:
@@ -346,7 +348,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(list(method.trainable_parameters()), float(grad_clip))
+                    torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
                 opt.step()
                 sched.step()
                 method.after_step(step)
@@ -373,7 +375,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             t_eval = time.perf_counter()
             val = evaluate(method, *val_xy, splits, device, runtime) if has_val else {}
             last_epoch = epoch == epochs
-            exported = epoch in set((config.get("export") or {}).get("epochs", ()))
+            exported = epoch in export_epochs
             if has_val:
                 main_key = _main_key(val)
                 # the test split is only read where it can be reported: an epoch where some reported
@@ -555,11 +557,14 @@ def _export(config, method, generation, epoch, val_acc, test_acc, best, facts) -
     export = config.get("export")
     if not export:
         return
-    model = method.student
-    weights = {"model": {k: v.detach().cpu() for k, v in _plain_state(model).items()}}
-    if best.get("epoch") == epoch and best.get("generation") == generation:
+    is_best = best.get("epoch") == epoch and best.get("generation") == generation
+    chosen = epoch in export.get("epochs", ())
+    if not (is_best or chosen):
+        return
+    weights = {"model": {k: v.detach().cpu() for k, v in _plain_state(method.student).items()}}
+    if is_best:
         storage.save_state(weights, storage.join(export["uri"], "model.pt"))
-    if epoch in set(export.get("epochs", ())):
+    if chosen:
         storage.save_state(weights, storage.join(export["uri"], f"epoch-{epoch}.pt"))
         meta = {"epoch": epoch, "val_acc": val_acc, "test_acc": test_acc}
         storage.write_bytes(storage.join(export["uri"], f"epoch-{epoch}.json"), json.dumps(meta).encode())
