@@ -194,9 +194,15 @@ def _mnist1d_args(num_samples: int, seed: int) -> dict:
     return args
 
 
-def _mnist1d_cache_path(root: str, args: dict) -> str:
-    key = hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
-    return os.path.join(root, "mnist1d", f"mnist1d_n{args['num_samples']}_s{args['seed']}_{key}.npz")
+def _mnist1d_cache_path(root: str, num_samples: int, seed: int) -> str:
+    """The cached arrays of (num_samples, seed) as the installed mnist1d generates them: the
+    package's version is in the key, so reading the cache never imports it (about 1 s of
+    matplotlib and scipy in every fresh trial process)."""
+    from importlib.metadata import version
+
+    ident = {"num_samples": int(num_samples), "seed": int(seed), "mnist1d": version("mnist1d")}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+    return os.path.join(root, "mnist1d", f"mnist1d_n{int(num_samples)}_s{int(seed)}_{key}.npz")
 
 
 def _generate_mnist1d(args: dict) -> dict[str, np.ndarray]:
@@ -237,11 +243,11 @@ def _load_npz(path: str) -> dict[str, np.ndarray] | None:
 
 @_register("mnist1d")
 def _load_mnist1d(cfg: dict) -> _Raw:
-    args = _mnist1d_args(cfg.get("num_samples", 10000), cfg.get("data_seed", MNIST1D_DEFAULT_SEED))
-    path = _mnist1d_cache_path(_root(cfg), args)
+    n, seed = cfg.get("num_samples", 10000), cfg.get("data_seed", MNIST1D_DEFAULT_SEED)
+    path = _mnist1d_cache_path(_root(cfg), n, seed)
     arrays = _load_npz(path) if os.path.exists(path) else None
     if arrays is None:
-        arrays = _generate_mnist1d(args)
+        arrays = _generate_mnist1d(_mnist1d_args(n, seed))
         _atomic_savez(path, arrays)
 
     def signals(a: np.ndarray) -> Tensor:
