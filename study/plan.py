@@ -482,6 +482,9 @@ class DurationModel:
         else:
             train, evaluated = 3 * S, S
         n_train, n_eval = self.samples()
+        if cls is not None:  # a loss that is not linear in the batch (RKD's angle: N³)
+            bs = int(self.spec.train.get("batch_size", 128))
+            train += cls.loss_flops(bs) / bs
         self.estimated = True
         return (n_train * train + n_eval * evaluated) / self.throughput()
 

@@ -112,6 +112,13 @@ class Method(nn.Module):
             return int((hp or {}).get("generations", cls.hparams["generations"].default))
         return 1
 
+    @classmethod
+    def loss_flops(cls, batch_size: int) -> float:
+        """Work of the method's loss per training batch beyond the models' passes, in
+        FLOP-equivalents (forward and backward): what the planner adds to its estimate of
+        an epoch. Default 0 (losses linear in the batch are negligible beside the models)."""
+        return 0.0
+
     # -- what the loop calls -------------------------------------------------
     @property
     def generations(self) -> int:
