@@ -79,14 +79,16 @@ class Journal:
 
     def __init__(self, root: str, name: str):
         self.uri = journal_uri(root, name)
-        self.remote = "://" in root and not root.startswith("file://")
+        local = storage.local_path(self.uri)
+        self.remote = local is None
+        self.tmp = None
         if self.remote:
             self.tmp = tempfile.mkdtemp(prefix="kdstudy-journal-")
             self.path = os.path.join(self.tmp, f"{name}.journal")
             if storage.exists(self.uri):
                 Path(self.path).write_bytes(storage.read_bytes(self.uri))
         else:
-            self.path = storage.resolve(self.uri)[1]
+            self.path = local
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
         self.repaired = repair_journal(self.path)
 
@@ -98,6 +100,14 @@ class Journal:
     def sync(self) -> None:
         if self.remote and os.path.exists(self.path):
             storage.write_bytes(self.uri, Path(self.path).read_bytes())
+
+    def close(self, write_back: bool = True) -> None:
+        """Copy back (remote storage, unless only read) and remove the local copy."""
+        if write_back:
+            self.sync()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
 
 
 def repair_journal(path: str) -> bool:
@@ -232,9 +242,10 @@ def _named_trainable(exp_name: str):
 
 def _log_to_file(root: str, name: str) -> None:
     """Ray, Tune and Optuna log lines of this experiment go to a file in the study folder."""
-    if "://" in root and not root.startswith("file://"):
+    logs = storage.local_path(storage.join(root, "logs"))
+    if logs is None:
         return
-    folder = Path(storage.resolve(storage.join(root, "logs"))[1])
+    folder = Path(logs)
     folder.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(folder / f"{name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -311,7 +322,7 @@ def run_launch(launch: Launch) -> dict:
         tuner.fit()
     finally:
         if journal is not None:
-            journal.sync()
+            journal.close()
         shutil.rmtree(private, ignore_errors=True)
     return {"ran": n}
 

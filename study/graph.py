@@ -121,8 +121,7 @@ def method_base(spec: Spec, stage: str, m: MethodSpec) -> dict:
         if k in m.fixed:
             base["train"][k] = m.fixed[k]
     if m.cls.online_teacher:
-        opts = {k: v for k, v in spec.teachers.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
-        base["teachers"] = {size_key(z): {**opts, "size": z} for z in m.teacher_sizes}
+        base["teachers"] = {size_key(z): spec.teacher_model(z) for z in m.teacher_sizes}
     if m.assistant_sizes:
         opts = {k: v for k, v in spec.student.items() if k != "size"}
         base["assistants"] = {size_key(z): {**opts, "size": z} for z in m.assistant_sizes}

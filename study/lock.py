@@ -64,9 +64,9 @@ class StudyLock:
 
     def _create_exclusive(self) -> bool:
         """On a local disk: create the lock only if none exists (no race between two starts)."""
-        if "://" in self.uri:
+        path = storage.local_path(self.uri)
+        if path is None:
             return False
-        path = storage.resolve(self.uri)[1]
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

@@ -151,6 +151,15 @@ def priority_rank(exps, cost: dict[str, float]) -> dict[str, float]:
     return rank
 
 
+def launch_order(exps, cost: dict[str, float]) -> list:
+    """Experiments in the order the runner considers them: highest `priority_rank` first, ties in
+    plan order."""
+    exps = list(exps)
+    rank = priority_rank(exps, cost)
+    index = {e.name: i for i, e in enumerate(exps)}
+    return sorted(exps, key=lambda e: (-rank[e.name], index[e.name]))
+
+
 def demand_of(trials: int, ended: int, running: int, max_concurrent: int) -> int:
     """Slots a running experiment still claims: its unfinished trials, at most max_concurrent; once
     every trial has started, one fewer than it runs (a slot frees soon: the next experiment may
@@ -178,15 +187,13 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
         raise ValueError(f"policy must be graph or serial, got {policy!r}")
     exps = list(exps)
     if policy == "graph":
-        rank = priority_rank(exps, {n: sum(t.seconds for t in w.trials) for n, w in durations.items()})
-        plan_index = {e.name: i for i, e in enumerate(exps)}
-        launch_order = sorted(exps, key=lambda e: (-rank[e.name], plan_index[e.name]))
+        order = launch_order(exps, {n: sum(t.seconds for t in w.trials) for n, w in durations.items()})
     else:
-        launch_order = exps
+        order = exps
     cap = 1 if policy == "serial" else (max_experiments or len(exps) or 1)
     if policy == "serial":
-        order = {e.name: i for i, e in enumerate(exps)}
-        deps = {e.name: [exps[order[e.name] - 1].name] if order[e.name] else [] for e in exps}
+        pos = {e.name: i for i, e in enumerate(exps)}
+        deps = {e.name: [exps[pos[e.name] - 1].name] if pos[e.name] else [] for e in exps}
     else:
         deps = {e.name: list(e.deps) for e in exps}
     quality = {e.name: qualities(seed, e.name, len(durations[e.name].trials)) for e in exps}
@@ -216,7 +223,7 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
 
     def launch_ready():
         nonlocal running
-        for e in launch_order:
+        for e in order:
             if running >= cap or (policy == "graph" and not admits(demand(), slots, running, max_experiments)):
                 return
             if state[e.name] == "todo" and all(state[d] == "done" for d in deps[e.name]):
@@ -401,14 +408,6 @@ class DurationModel:
                    cal.exp_start_s, cal.exp_end_s, cal.search_start_s)
 
     # -- FLOPs -----------------------------------------------------------------
-    def _shape(self):
-        name = self.spec.dataset.get("name")
-        if name in ("cifar10", "cifar100"):
-            return (3, 32, 32), 10 if name == "cifar10" else 100
-        if name == "synthetic_image":
-            return (3, 32, 32), 10
-        return (1, 40), 10
-
     def flops(self, cfg: dict) -> float:
         """Forward FLOPs per sample of a model config (counted once per architecture, no GPU)."""
         import json
@@ -419,7 +418,7 @@ class DurationModel:
 
             from trainables.models import build_model, count_flops
 
-            in_shape, classes = self._shape()
+            in_shape, classes = self.spec.shape
             try:  # shapes only (the meta device): no memory, no arithmetic
                 with torch.device("meta"):
                     model = build_model(cfg, in_shape, classes)
@@ -455,18 +454,13 @@ class DurationModel:
             return ASSUMED_GPU_FLOPS * gpu
         return ASSUMED_CPU_FLOPS * float(self.spec.resources.get("cpu") or 1)
 
-    def _teacher_cfg(self, size) -> dict:
-        t = self.spec.teachers or {}
-        return {**{k: v for k, v in t.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")},
-                "size": size}
-
     def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1) -> float:
         """Rough seconds per epoch from FLOPs (see the module docstring)."""
         from trainables.methods import available_methods
 
         cls = available_methods().get(method)
         S = self.flops(student)
-        T = self.flops(self._teacher_cfg(teacher_size)) if teacher_size is not None else 0.0
+        T = self.flops(self.spec.teacher_model(teacher_size)) if teacher_size is not None else 0.0
         if method == "takd":
             m = self.spec.methods.get(method)
             sizes = (m.assistant_sizes if m else None) or [student.get("size")]

@@ -28,7 +28,7 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
     except Exception as exc:
         problems.append(f"storage: cannot write to {root}: {exc}")
     zoo = Zoo(storage.join(root, "zoo"))
-    in_shape, classes = _shape(spec)
+    in_shape, classes = spec.shape
     for job in teacher_jobs(spec):
         try:
             meta = zoo.get(job["key"])
@@ -44,10 +44,3 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
                             "(use device: auto to run on what is there)")
     return problems
 
-
-def _shape(spec: Spec):
-    if spec.dataset.get("name") in ("cifar10", "cifar100"):
-        return (3, 32, 32), 10 if spec.dataset["name"] == "cifar10" else 100
-    if spec.dataset.get("name") == "synthetic_image":
-        return (3, 32, 32), 10
-    return (1, 40), 10

@@ -33,7 +33,6 @@ class ExpState:
     failed: int = 0
     running: dict = field(default_factory=dict)  # trial key -> (progress, total)
     best: float | None = None
-    errors: list = field(default_factory=list)
 
 
 @ray.remote(num_cpus=0)
@@ -67,7 +66,6 @@ class Board:
                 st.diverged += 1
             elif event == "failed":
                 st.failed += 1
-                st.errors.append(details.get("error") or "")
                 self.lines.append(f"{name}: trial {short} failed: {details.get('error')}")
 
     def snapshot(self) -> tuple[dict, list[str]]:

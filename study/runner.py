@@ -45,7 +45,7 @@ from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
 from . import graph  # noqa: E402
-from .experiment import Launch, experiment_task  # noqa: E402
+from .experiment import METRIC, Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
 from .plan import admits, demand_of  # noqa: E402
@@ -208,16 +208,14 @@ class StudyRunner:
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):
         when slots are scarce the chain that decides the study's end starts first."""
-        from .plan import DurationModel, priority_rank
+        from .plan import DurationModel, launch_order
 
         try:
             works = DurationModel(self.spec).works(self.exps)
             cost = {n: sum(t.seconds for t in w.trials) for n, w in works.items()}
         except Exception:  # an estimate only: never a reason not to run
             cost = {e.name: 1.0 for e in self.exps}
-        rank = priority_rank(self.exps, cost)
-        index = {e.name: i for i, e in enumerate(self.exps)}
-        return sorted(self.exps, key=lambda e: (-rank[e.name], index[e.name]))
+        return launch_order(self.exps, cost)
 
     def slots(self) -> float:
         """Trials the cluster can run at once now (an autoscaler may add more later)."""
@@ -282,7 +280,7 @@ class StudyRunner:
                                           "finished_at": time.time(), "counts": counts, "trials": trials})
         state[e.name] = "done"
         outcome.finished.append(e.name)
-        ok = [t[graph_metric()] for t in trials if t.get(graph_metric()) is not None and t["status"] == "ok"]
+        ok = [t[METRIC] for t in trials if t.get(METRIC) is not None and t["status"] == "ok"]
         best = f", best val {100 * max(ok):.1f}%" if ok else ""
         desc = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         self.progress.say(f"{graph_label(e)}: finished ({desc}{best})")
@@ -297,9 +295,7 @@ class StudyRunner:
         base["code_version"] = self.version
         base["experiment"] = e.name
         if e.teacher_sizes:
-            from .preflight import _shape
-
-            in_shape, classes = _shape(self.spec)
+            in_shape, classes = self.spec.shape
             base["teachers"] = teacher_table(self.spec, self.zoo, sizes=e.teacher_sizes, in_shape=in_shape,
                                              num_classes=classes)
         return base
@@ -350,14 +346,14 @@ class StudyRunner:
         marker = self.folder.marker(e.from_search)
         if marker is None:
             raise ExperimentFailed(f"its search {e.from_search} is not finished")
-        trials = [t for t in marker["trials"] if t["status"] == "ok" and t.get(graph_metric()) is not None]
+        trials = [t for t in marker["trials"] if t["status"] == "ok" and t.get(METRIC) is not None]
         groups: dict = {}
         for t in trials:
             size = t["config"].get("teacher_size") if e.per_teacher_size else None
             groups.setdefault(None if size is None else size_key(size), []).append(t)
         chosen = []
         for group in groups.values():
-            group.sort(key=lambda t: (-t[graph_metric()], t["trial_key"]))
+            group.sort(key=lambda t: (-t[METRIC], t["trial_key"]))
             chosen += [{k: v for k, v in t["config"].items() if k not in ("seed", "_trial_key")}
                        for t in group[:e.top_k]]
         if not chosen:
@@ -385,11 +381,13 @@ class StudyRunner:
             if status not in TERMINAL_OK:
                 problems.append((key, status, (rows[-1].get("error") if rows else None)))
                 continue
-            if e.stage == "teachers":
-                problems.append((key, "failed", "trained, but its zoo entry is incomplete"))
+            if e.stage == "teachers":  # it ended, yet there is no complete zoo entry
+                problems.append((key, "failed", "its loss diverged (NaN): no weights for the zoo; lower the "
+                                 "teachers' learning rate" if status == "diverged"
+                                 else "trained, but its zoo entry is incomplete"))
                 continue
             trials.append({"trial_key": key, "config": _public(job), "status": status,
-                           graph_metric(): _best_val(rows)})
+                           METRIC: _best_val(rows)})
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
         return trials
@@ -399,9 +397,13 @@ class StudyRunner:
 
         from .experiment import Journal, latest_trials, load_study
 
-        study = load_study(Journal(self.root, e.name), e.name)
+        journal = Journal(self.root, e.name)
+        try:
+            latest = latest_trials(load_study(journal, e.name), e.name)
+        finally:
+            journal.close(write_back=False)  # read only; a remote journal's local copy is removed
         trials, problems = [], []
-        for key, t in sorted(latest_trials(study, e.name).items(), key=lambda kv: kv[1].number):
+        for key, t in sorted(latest.items(), key=lambda kv: kv[1].number):
             rows = read_trial(self.results_uri, e.stage, key)
             status = rows[-1].get("status") if rows else None
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or status not in TERMINAL_OK:
@@ -409,7 +411,7 @@ class StudyRunner:
                                  rows[-1].get("error") if rows else None))
                 continue
             trials.append({"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
-                           graph_metric(): t.value if t.state == TrialState.COMPLETE else None})
+                           METRIC: t.value if t.state == TrialState.COMPLETE else None})
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
         if len(trials) < e.trials:
@@ -428,10 +430,6 @@ class StudyRunner:
                 res["gpu"] = gpu
         self._resources = res
         return res
-
-
-def graph_metric() -> str:
-    return "best_val_acc"
 
 
 def graph_label(e: graph.Experiment) -> str:
@@ -478,7 +476,8 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
     lock.acquire()  # before the spec is recorded: a refused second driver leaves no trace
     try:
         folder.adopt(spec, extend=extend, version=code_version())
-        logs = None if "://" in folder.root else os.path.join(folder.root, "logs", "ray")
+        local = storage.local_path(folder.root)
+        logs = None if local is None else os.path.join(local, "logs", "ray")
         init_ray(address, num_cpus=num_cpus, log_dir=logs)
         t0 = time.time()
         runner = StudyRunner(spec, folder.root, progress, local=address is None, lock=lock)

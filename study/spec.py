@@ -68,6 +68,23 @@ SCHEDULERS = ("auto", "asha", "none")
 #: search seeds stay below this; confirm (and baseline) seeds start there (disjoint, see study.graph)
 MAX_SEARCH_SEED = 9_999
 DEVICES = ("auto", "cpu", "cuda")
+#: keys of the `teachers` section that describe the ladder, not the model
+TEACHER_LADDER_KEYS = ("sizes", "seeds", "epochs", "export_epochs")
+
+
+def teacher_model(teachers: dict, size) -> dict:
+    """The model config of the teacher of `size` (the section's model options plus the size)."""
+    return {**{k: v for k, v in teachers.items() if k not in TEACHER_LADDER_KEYS}, "size": size}
+
+
+def dataset_shape(dataset: dict) -> tuple[tuple[int, ...], int]:
+    """(input shape, number of classes) of a spec's dataset, known without loading it."""
+    name = dataset.get("name")
+    if name in ("cifar10", "cifar100"):
+        return (3, 32, 32), 10 if name == "cifar10" else 100
+    if name == "synthetic_image":
+        return (3, 32, 32), 10
+    return (1, 40), 10
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -127,6 +144,14 @@ class Spec:
         if not self.teachers:
             return False
         return not self.methods or any(m.cls.needs_teacher for m in self.methods.values())
+
+    @property
+    def shape(self) -> tuple[tuple[int, ...], int]:
+        """(input shape, number of classes) of the dataset."""
+        return dataset_shape(self.dataset)
+
+    def teacher_model(self, size) -> dict:
+        return teacher_model(self.teachers or {}, size)
 
     @property
     def study_uri(self) -> str:
@@ -309,8 +334,7 @@ class _Validator:
                     self.err(f"methods.{m.name}.teacher_sizes", f"{extra} not in teachers.sizes {teachers['sizes']}")
             else:
                 for z in m.teacher_sizes:
-                    self.check_model(f"methods.{m.name}.teacher_sizes", {**{k: v for k, v in teachers.items()
-                                     if k not in ("sizes", "seeds", "epochs", "export_epochs")}, "size": z}, dataset)
+                    self.check_model(f"methods.{m.name}.teacher_sizes", teacher_model(teachers, z), dataset)
             if budget == "joint" and len(m.teacher_sizes) > 1 and m.trials < len(m.teacher_sizes):
                 self.err(f"methods.{m.name}.trials", f"with budget 'joint' needs at least one trial per "
                          f"teacher size ({len(m.teacher_sizes)}); got {m.trials}")
@@ -372,7 +396,7 @@ class _Validator:
         if family not in fams:
             self.err(f"{where}.family", f"must be one of {', '.join(fams)}; got {family!r}")
             return {}
-        cfg = {k: v for k, v in d.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
+        cfg = {k: v for k, v in d.items() if k not in TEACHER_LADDER_KEYS}
         sizes = d.get(sizes_key)
         if sizes_key == "sizes":
             if not isinstance(sizes, list) or not sizes:
@@ -395,7 +419,7 @@ class _Validator:
             if key not in allowed:
                 self.err(f"{where.rsplit('.', 1)[0]}.{key}", f"is not an option of {cfg['family']}; "
                          f"options: {', '.join(sorted(allowed - {'family'}))}")
-        in_shape = (3, 32, 32) if dataset.get("name") in ("cifar10", "cifar100", "synthetic_image") else (1, 40)
+        in_shape = dataset_shape(dataset)[0]
         try:
             with torch.device("meta"):  # shapes only: no memory is allocated, whatever the size
                 model = build_model(cfg, in_shape, 10)

@@ -104,11 +104,10 @@ def teacher_jobs(spec) -> list[dict]:
     if not t:
         return []
     recipe = {**spec.train, "epochs": t["epochs"]}
-    options = {k: v for k, v in t.items() if k not in ("sizes", "seeds", "epochs", "export_epochs")}
     jobs = []
     for size in t["sizes"]:
         for seed in range(t["seeds"]):
-            model = {**options, "size": size}
+            model = spec.teacher_model(size)
             jobs.append({"size": size, "seed": seed, "model": model,
                          "key": teacher_key(spec.dataset, model, recipe, seed, t["export_epochs"])})
     return jobs

@@ -115,11 +115,12 @@ def _no_duplicates(df) -> None:
 
 
 def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path, data_root):
-    epochs, teacher_epochs = 6, 40  # a long teacher: the interrupt surely lands while it trains
+    # small batches: every epoch takes a while, so each interrupt surely lands mid-trial
+    epochs, teacher_epochs = 6, 20
     spec = micro_spec(tmp_path, data_root, dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
                       teachers={"family": "cnn1d", "sizes": [8], "seeds": 1, "epochs": teacher_epochs},
-                      train={"epochs": epochs, "batch_size": 64, "lr": 0.01},
+                      train={"epochs": epochs, "batch_size": 16, "lr": 0.005},
                       methods={"kd": {"trials": 2}}, confirm={"seeds": 2, "top_k": 1},
                       runtime={"checkpoint_every_s": 0})
     spec_path = write_spec(tmp_path / "spec.yaml", spec)

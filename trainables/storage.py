@@ -27,6 +27,15 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
+def local_path(uri: str) -> str | None:
+    """The path on this machine's disk of a plain path or a file:// URI; None for remote storage."""
+    if "://" not in uri:
+        return os.path.abspath(os.path.expanduser(uri))
+    if uri.startswith("file://"):
+        return resolve(uri)[1]
+    return None
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts onto a local path or a URI."""
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])

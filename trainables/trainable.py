@@ -109,6 +109,9 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
     key = sampled.get("_trial_key") or tune.get_context().get_trial_id() or "unknown"
     paths = base.get("paths", {})
     root = paths.get("root")
+    if root and storage.exists(error_uri(root, key)):  # an earlier attempt's error is not this one's
+        fs, path = storage.resolve(error_uri(root, key))
+        fs.delete_file(path)
     try:
         trial_config = resolve(base, sampled)
         trial_config["config_id"] = config_id(sampled)
