@@ -253,6 +253,27 @@ def test_second_driver_is_refused_and_a_stale_lock_is_taken_over(tmp_path, data_
     assert not lock.exists()
 
 
+def test_driver_whose_lock_was_taken_over_stops(tmp_path, data_root):
+    spec = parse_spec(micro_spec(tmp_path, data_root))
+    root = StudyFolder(spec.study_uri).root
+    lock = StudyLock(root, lease_s=0.4)
+    lock.acquire()
+    try:
+        runner = runner_mod.StudyRunner(spec, root, lock=lock)
+        runner.check_lock()  # still ours
+        # another driver took over (ours stalled for a whole lease): the next heartbeat notices
+        (Path(root) / "lock.json").write_text(json.dumps({"token": "other", "owner": "elsewhere pid 7",
+                                                          "heartbeat": time.time(), "lease_s": 60}))
+        deadline = time.time() + 5
+        while not lock.lost and time.time() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(runner_mod.StudyLockLost, match="another driver took the study over"):
+            runner.check_lock()
+    finally:
+        lock.release()
+    assert json.loads((Path(root) / "lock.json").read_text())["token"] == "other"  # never removes theirs
+
+
 def test_edited_spec_is_refused_with_the_difference(tmp_path, data_root, capsys):
     raw = micro_spec(tmp_path, data_root, confirm={"seeds": 2, "top_k": 1})
     StudyFolder(parse_spec(raw).study_uri).adopt(parse_spec(raw))
