@@ -68,6 +68,7 @@ SCHEDULERS = ("auto", "asha", "none")
 #: search seeds stay below this; confirm (and baseline) seeds start there (disjoint, see study.graph)
 MAX_SEARCH_SEED = 9_999
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 #: keys of the `teachers` section that describe the ladder, not the model
 TEACHER_LADDER_KEYS = ("sizes", "seeds", "epochs", "export_epochs")
 
@@ -85,7 +86,6 @@ def dataset_shape(dataset: dict) -> tuple[tuple[int, ...], int]:
     if name == "synthetic_image":
         return (3, 32, 32), 10
     return (1, 40), 10
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class SpecError(ValueError):

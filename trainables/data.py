@@ -275,13 +275,19 @@ def _cifar_class(name: str):
     return datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
 
 
+def _cifar_missing_files(cfg: dict, name: str) -> tuple[str, list[str]]:
+    """(the extracted CIFAR folder, the files of it that are not there)."""
+    cls = _cifar_class(name)
+    folder = os.path.join(_root(cfg), cls.base_folder)
+    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return folder, [f for f in expected if not os.path.isfile(os.path.join(folder, f))]
+
+
 def _cifar_missing(cfg: dict, name: str) -> str | None:
     """Why the CIFAR files cannot be read (None when present, or when the spec asks to download)."""
     cls = _cifar_class(name)
     root = _root(cfg)
-    folder = os.path.join(root, cls.base_folder)
-    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [f for f in expected if not os.path.isfile(os.path.join(folder, f))]
+    folder, missing = _cifar_missing_files(cfg, name)
     if missing and not cfg.get("download", False):
         return (f"{name}: dataset files not found; expected the extracted '{cls.base_folder}' folder at "
                 f"{folder} (missing: {', '.join(missing)}). Set `download: true` in the dataset section "
@@ -313,10 +319,7 @@ def _load_cifar(cfg: dict, name: str, num_classes: int, mean, std) -> _Raw:
     problem = _cifar_missing(cfg, name)
     if problem:
         raise FileNotFoundError(problem)
-    folder = os.path.join(root, cls.base_folder)
-    expected = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    missing = [f for f in expected if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
+    if _cifar_missing_files(cfg, name)[1]:  # only with `download: true` (else refused above)
         os.makedirs(root, exist_ok=True)
         from filelock import FileLock  # parallel trials: one downloads, the others wait
 
