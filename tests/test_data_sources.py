@@ -9,6 +9,7 @@ import os
 import struct
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -468,3 +469,17 @@ def test_a_plugin_dataset_registers_like_the_builtins():
 
         registry._REGISTRY.pop("test_two_blobs", None)
 
+
+def test_report_header_reads_the_recorded_facts(folder):
+    from analysis.report import header_facts
+
+    df = pd.DataFrame({"study": ["s"], "dataset": ["image_folder"], "role": ["student"], "student_arch": ["mlp-32"],
+                       "student_params": [1000.0], "teacher_size": [None], "teacher_arch": [None],
+                       "teacher_params": [None], "code_version": ["v"], "timestamp": [pd.Timestamp.now(tz="UTC")],
+                       "stage": ["search"], "trial_id": ["t0"], "generation": [0], "epoch": [1],
+                       "epoch_time_s": [1.0], "device": ["cpu"], "node": ["n"]})
+    facts = dict(header_facts(df, {"dataset": _cfg(folder[0])}, dataset_facts(_cfg(folder[0])).to_json()))
+    assert facts["splits"].startswith("train 173 / val 19 / test 48")
+    assert "held out from train/" in facts["splits"] and "image 3x16x16, 3 classes" in facts["input"]
+    old = dict(header_facts(df, {"dataset": {"name": "mnist1d", "num_samples": 1000}}))  # a study without them
+    assert old["splits"].startswith("train 720 / val 80 / test 200")
