@@ -232,6 +232,9 @@ def test_streaming_is_chosen_by_the_memory_budget(folder):
     assert not dataset_facts(_cfg(root, memory_budget_gb=(nbytes - 1) / 2**30)).resident
     assert dataset_facts(_cfg(root, stream=False, memory_budget_gb=0)).resident
     assert D.identity_config(_cfg(root, stream=True, memory_budget_gb=1)) == {"name": "image_folder"}
+    # what identities hashed before the registry (the spec's dataset without root and download) is unchanged
+    old = {"name": "mnist1d", "root": root, "download": False, "val_fraction": 0.1, "split_seed": 0}
+    assert D.identity_config(old) == {"name": "mnist1d", "val_fraction": 0.1, "split_seed": 0}
 
 
 def test_streamed_trial_equals_the_resident_one(folder, resident_run):

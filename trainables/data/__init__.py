@@ -33,11 +33,9 @@ from .sources import ImageSource, LazyImages
 from . import mnist1d_data, cifar, synthetic, image_folder, torchvision_classes  # noqa: E402,F401  isort: skip
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 
-DATASET_NAMES = tuple(available_datasets())
-
 __all__ = [
     "AUGMENT_OPTIONS", "Augmentation", "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_MEAN", "CIFAR10_STD",
-    "COMMON_OPTIONS", "CROP_PADDING", "DATASET_NAMES", "DEFAULT_MEMORY_BUDGET_GB", "DEFAULT_ROOT", "DatasetEntry",
+    "COMMON_OPTIONS", "CROP_PADDING", "DEFAULT_MEMORY_BUDGET_GB", "DEFAULT_ROOT", "DatasetEntry",
     "DatasetError", "DatasetFacts", "DatasetInfo", "DatasetNotFound", "DeviceBatches", "ImageSource", "LazyImages",
     "Loaded", "STREAM_OPTIONS", "Splits", "StreamBatches", "available_datasets", "batches", "check_dataset",
     "dataset_facts", "dataset_options", "describe", "identity_config", "load_dataset", "random_crop_flip",
