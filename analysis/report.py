@@ -124,6 +124,20 @@ def read_spec(loc) -> dict | None:
         return None
 
 
+def read_dataset_facts(loc) -> dict | None:
+    """The dataset facts the study recorded (``<study>/dataset.json``, written by the runner
+    from the dataset's registry entry), or None for a study that predates them."""
+    path = posixpath.join(loc.study_dir, "dataset.json")
+    try:
+        if loc.fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with loc.fs.open_input_stream(path) as f:
+            facts = json.loads(f.read().decode("utf-8"))
+        return facts if isinstance(facts, dict) else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
 def _kv(d) -> str:
     if not isinstance(d, dict):
         return "" if d is None else str(d)
@@ -139,7 +153,8 @@ def _duration(seconds: float) -> str:
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
 
 
-#: train / test sizes of a dataset's own splits, before the validation carve (mnist1d: 80% / 20%)
+#: studies without dataset.json (written before the dataset registry): the train / test sizes of
+#: the datasets they could use, before the validation carve (mnist1d: 80% / 20%)
 def _mnist1d_splits(ds: dict) -> tuple[int, int]:
     n = int(ds.get("num_samples", 10_000))
     return int(0.8 * n), n - int(0.8 * n)
@@ -149,8 +164,43 @@ _BASE_SPLITS = {"cifar10": lambda ds: (50_000, 10_000), "cifar100": lambda ds: (
                 "mnist1d": _mnist1d_splits}
 
 
+def recorded_split_sizes(facts: dict) -> str | None:
+    """"train N / val N / test N (where validation and test come from)" from recorded dataset facts."""
+    try:
+        sp = facts["splits"]
+        text = f"train {int(sp['train']):,} / val {int(sp['val']):,} / test {int(sp['test']):,}"
+    except (KeyError, TypeError, ValueError):
+        return None
+    where = [f"validation: {facts['validation']}" if facts.get("validation") else "",
+             f"test: {facts['test']}" if facts.get("test") else ""]
+    where = "; ".join(w for w in where if w)
+    return f"{text} ({where}; validation alone selects)" if where else text
+
+
+def _input_fact(facts: dict) -> str | None:
+    try:
+        shape = "x".join(str(int(d)) for d in facts["input_shape"])
+        text = f"{facts['kind']} {shape}, {int(facts['num_classes'])} classes"
+    except (KeyError, TypeError, ValueError):
+        return None
+    norm = facts.get("normalization")
+    if isinstance(norm, dict) and "mean" in norm:
+        text += f"; normalised with fixed per-channel mean {norm['mean']} and std {norm.get('std')}"
+    elif isinstance(norm, dict):
+        text += "; normalised with the training split's per-channel mean and std"
+    aug = facts.get("augmentation")
+    if isinstance(aug, dict):
+        parts = ([f"random crop (padding {aug.get('crop_padding')})"] if aug.get("crop_padding") else []) + (
+            ["horizontal flip"] if aug.get("flip") else [])
+        text += f"; training augmentation: {' + '.join(parts) or 'none'}"
+    if facts.get("resident") is False:
+        text += "; streamed from disk"
+    return text
+
+
 def split_sizes(ds: dict) -> str | None:
-    """"train N / val N / test N" from the spec's dataset section (val carved from train), if known."""
+    """"train N / val N / test N" from the spec's dataset section (val carved from train), if known:
+    the fallback for studies that did not record their dataset facts."""
     base = _BASE_SPLITS.get(str(ds.get("name")))
     if base is None:
         return None
@@ -165,8 +215,8 @@ def split_sizes(ds: dict) -> str | None:
     return f"train {train:,} / val {n_val:,} / test {n_test:,}"
 
 
-def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
-    """(label, value) pairs for the report's header, from spec.json and the rows."""
+def header_facts(df: pd.DataFrame, spec: dict | None, dataset: dict | None = None) -> list[tuple[str, str]]:
+    """(label, value) pairs for the report's header, from spec.json, dataset.json and the rows."""
     spec = spec or {}
     facts = []
     studies = sorted(df["study"].dropna().unique())
@@ -174,9 +224,16 @@ def header_facts(df: pd.DataFrame, spec: dict | None) -> list[tuple[str, str]]:
     ds = spec.get("dataset") if isinstance(spec.get("dataset"), dict) else {}
     datasets = ", ".join(sorted(df["dataset"].dropna().unique()))
     facts.append(("dataset", f"{datasets or ds.get('name', '-')}" + (f" ({_kv(ds)})" if ds else "")))
-    splits = split_sizes(ds) if ds else None
-    if splits:
-        facts.append(("splits", f"{splits} (validation carved from the training split; it alone selects)"))
+    recorded = recorded_split_sizes(dataset) if dataset else None
+    if recorded:
+        inputs = _input_fact(dataset)
+        if inputs:
+            facts.append(("input", inputs))
+        facts.append(("splits", recorded))
+    else:
+        splits = split_sizes(ds) if ds else None
+        if splits:
+            facts.append(("splits", f"{splits} (validation carved from the training split; it alone selects)"))
     students = df[df["role"] == "student"].dropna(subset=["student_arch"]).drop_duplicates("student_arch")
     student_txt = ", ".join(f"{r.student_arch} ({_params(r.student_params)} params)" for r in students.itertuples())
     if isinstance(spec.get("student"), dict):
@@ -461,11 +518,12 @@ def render_table(table: ResultTable, css_class: str = "results") -> str:
 
 
 def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
-                spec: dict | None = None, tables: list[ResultTable] | None = None) -> str:
+                spec: dict | None = None, tables: list[ResultTable] | None = None,
+                dataset: dict | None = None) -> str:
     """The whole page; plotly.js is embedded once, with the first figure."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_STYLE}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
-    facts = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in header_facts(df, spec))
+    facts = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in header_facts(df, spec, dataset))
     parts.append(f"<table class='facts' id='header'>{facts}</table>")
     skipped = df.attrs.get("skipped_files") or []
     if skipped:
@@ -609,7 +667,7 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
     studies = sorted(df["study"].dropna().unique())
     title = f"kdstudy report: {', '.join(studies) or posixpath.basename(loc.study_dir)}"
     page = render_html(title, df, sections, verdicts, spec=read_spec(loc),
-                       tables=results_tables(df, delta, level))
+                       tables=results_tables(df, delta, level), dataset=read_dataset_facts(loc))
     if out_dir is None and not loc.is_local:
         with tempfile.TemporaryDirectory() as tmp:
             tmp_path = pathlib.Path(tmp)

@@ -2,6 +2,7 @@
 
     <study>/spec.json             the spec as first run (never overwritten)
     <study>/spec-extend-N.json    a later spec that extended the study (`run --extend`)
+    <study>/dataset.json          the dataset's facts the study ran with (shape, classes, splits)
     <study>/lock.json             the running driver's lease (study.lock)
     <study>/stages/<exp>.json     an experiment verified finished, with its trials
     <study>/results/<stage>/      Parquet rows, one file per trial
@@ -147,3 +148,15 @@ class StudyFolder:
 
     def write_marker(self, name: str, data: dict) -> None:
         storage.write_bytes(self.marker_uri(name), json.dumps({**data, "name": name}, indent=1, default=str).encode())
+
+    # ------------------------------------------------------------------ dataset facts
+    def record_dataset(self, facts: dict) -> None:
+        """Write ``dataset.json``: the dataset facts the study runs with (shape, classes, split
+        sizes, normalisation; `trainables.data.DatasetFacts.to_json`), which the report's header
+        reads (`analysis` never imports `trainables`). Descriptive, not identity: rewritten only
+        when the facts changed (a folder that gained images, say)."""
+        uri = self.uri("dataset.json")
+        data = json.dumps(facts, indent=1, sort_keys=True, default=str).encode()
+        if storage.exists(uri) and storage.read_bytes(uri) == data:
+            return
+        storage.write_bytes(uri, data)

@@ -431,22 +431,12 @@ class DurationModel:
         return self._flops[key]
 
     def samples(self) -> tuple[int, int]:
-        """(training samples, evaluated samples per epoch: validation + test)."""
-        d = self.spec.dataset
-        name = d.get("name")
-        if name in ("cifar10", "cifar100"):
-            n, n_test = 50_000, 10_000
-        elif name == "synthetic_image":
-            n = int(d.get("synthetic_size", 2048))
-            n_test = max(1, n // 4)
-        else:  # mnist1d: 80% of num_samples train, 20% test
-            total = int(d.get("num_samples", 10_000))
-            n, n_test = int(total * 0.8), total - int(total * 0.8)
-        n_val = int(round(n * float(d.get("val_fraction", 0.1))))
-        n_train = n - n_val
-        if d.get("train_subset") is not None:
-            n_train = min(n_train, int(d["train_subset"]))
-        return n_train, n_val + n_test
+        """(training samples, evaluated samples per epoch: validation + test), from the dataset's
+        registry entry (`trainables.data.dataset_facts`: known without loading the data)."""
+        from trainables.data import dataset_facts
+
+        facts = dataset_facts(self.spec.dataset)
+        return facts.n_train, facts.n_val + facts.n_test
 
     def throughput(self) -> float:
         gpu = float(self.spec.resources.get("gpu") or 0)

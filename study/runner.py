@@ -468,6 +468,16 @@ def _short(exc: BaseException) -> str:
     return (text[-1] if text else type(exc).__name__)[:500]
 
 
+def _record_dataset(folder: StudyFolder, spec: Spec) -> None:
+    """The dataset's facts beside the spec, for the report (the preflight has already read them)."""
+    from trainables.data import dataset_facts
+
+    try:
+        folder.record_dataset(dataset_facts(spec.dataset).to_json())
+    except Exception as exc:  # a description only: never the reason a study does not run
+        log.warning("dataset facts not recorded: %s", exc)
+
+
 def run_study(spec: Spec, root: str | None = None, address: str | None = None, progress: Progress | None = None,
               extend: bool = False, num_cpus: int | None = None) -> tuple[str, Outcome]:
     """Run (or continue) the study at `root` (default: the spec's storage/name)."""
@@ -476,6 +486,7 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
     lock.acquire()  # before the spec is recorded: a refused second driver leaves no trace
     try:
         folder.adopt(spec, extend=extend, version=code_version())
+        _record_dataset(folder, spec)
         local = storage.local_path(folder.root)
         logs = None if local is None else os.path.join(local, "logs", "ray")
         init_ray(address, num_cpus=num_cpus, log_dir=logs)

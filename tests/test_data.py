@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from study.spec import dataset_shape
 from trainables import data as D
-from trainables.data import DeviceBatches, Splits, describe, load_dataset, to_device
+from trainables.data import DeviceBatches, Splits, dataset_facts, describe, load_dataset, to_device
+from trainables.data import mnist1d_data
 
 # --------------------------------------------------------------------------- MNIST-1D
 
@@ -32,11 +32,12 @@ def mnist(mnist_root) -> Splits:
     return load_dataset(_mnist_cfg(mnist_root))
 
 
-def test_mnist1d_shapes_dtypes_classes(mnist):
+def test_mnist1d_shapes_dtypes_classes(mnist, mnist_root):
     s = mnist
     assert s.name == "mnist1d" and s.kind == "signal" and s.num_classes == 10
     assert s.input_shape == (1, 40)
-    assert dataset_shape({"name": "mnist1d"}) == (s.input_shape, s.num_classes)  # what the planner assumes
+    facts = dataset_facts(_mnist_cfg(mnist_root))  # what the spec and the planner assume
+    assert (facts.input_shape, facts.num_classes) == (s.input_shape, s.num_classes)
     # mnist1d: 1000 samples, 80 % its own train split (800), 10 % of that carved to val
     assert len(s.train[0]) == 720 and len(s.val[0]) == 80 and len(s.test[0]) == 200
     for x, y in (s.train, s.val, s.test):
@@ -81,7 +82,7 @@ def test_mnist1d_is_cached_and_reread(mnist, mnist_root, monkeypatch):
     def no_generation(args):
         raise AssertionError("regenerated although the cache file exists")
 
-    monkeypatch.setattr(D, "_generate_mnist1d", no_generation)
+    monkeypatch.setattr(mnist1d_data, "_generate_mnist1d", no_generation)
     again = load_dataset(_mnist_cfg(mnist_root))
     assert torch.equal(again.train[0], mnist.train[0]) and torch.equal(again.test[1], mnist.test[1])
 
@@ -187,7 +188,8 @@ def test_cifar_loads_real_format_and_pixels_round_trip(tmp_path, monkeypatch, na
     s = load_dataset({"name": name, "root": str(tmp_path), "val_fraction": 0.2, "split_seed": 3})
     n = len(y)
     assert s.kind == "image" and s.num_classes == num_classes and s.input_shape == (3, 32, 32)
-    assert dataset_shape({"name": name}) == (s.input_shape, s.num_classes)  # what the planner assumes
+    facts = dataset_facts({"name": name})  # what the spec and the planner assume
+    assert (facts.input_shape, facts.num_classes) == (s.input_shape, s.num_classes)
     assert len(s.val[0]) == round(0.2 * n) and len(s.train[0]) + len(s.val[0]) == n
     assert len(s.test[0]) == len(ty)
     for xs, ys in (s.train, s.val, s.test):
@@ -230,7 +232,8 @@ def test_synthetic_image_is_fixed_and_cifar_shaped():
     a = load_dataset({"name": "synthetic_image", "synthetic_size": 256})
     b = load_dataset({"name": "synthetic_image", "synthetic_size": 256})
     assert a.kind == "image" and a.num_classes == 10 and a.input_shape == (3, 32, 32)
-    assert dataset_shape({"name": "synthetic_image"}) == (a.input_shape, a.num_classes)
+    facts = dataset_facts({"name": "synthetic_image"})
+    assert (facts.input_shape, facts.num_classes) == (a.input_shape, a.num_classes)
     assert a.train[0].dtype == torch.uint8 and a.train[1].dtype == torch.int64
     assert len(a.train[0]) + len(a.val[0]) == 256 and len(a.test[0]) > 0
     assert torch.equal(a.train[0], b.train[0]) and torch.equal(a.test[1], b.test[1])

@@ -68,6 +68,9 @@ def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypa
     assert {p.stem for p in (root / "stages").glob("*.json")} == names
     # spec.json keeps the spec, and no absolute path leaks into an experiment's identity
     assert json.loads((root / "spec.json").read_text())["name"] == "micro"
+    # the dataset's facts, recorded for the report (which never imports trainables)
+    recorded = json.loads((root / "dataset.json").read_text())
+    assert recorded["splits"] == {"train": 720, "val": 80, "test": 200} and recorded["input_shape"] == [1, 40]
 
     # running again redoes nothing: no teacher retrained, no trial rerun
     before = _files(root / "zoo") | _files(root / "results")

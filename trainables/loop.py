@@ -187,9 +187,9 @@ def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
     bs = int(runtime.get("eval_batch_size", 1024))
     sums: dict = {}
     n = 0
-    for xb, yb in data_mod.DeviceBatches(x, y, bs, shuffle=False, generator=None, augment=False,
-                                         mean=splits.mean, std=splits.std,
-                                         channels_last=use_channels_last(runtime, device, splits)):
+    for xb, yb in data_mod.batches(x, y, bs, shuffle=False, generator=None, augment=False,
+                                   mean=splits.mean, std=splits.std,
+                                   channels_last=use_channels_last(runtime, device, splits)):
         with autocast(device, runtime):
             outs = method.eval_logits(xb)
         for key, logits in outs.items():
@@ -261,7 +261,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         "assistant": model_facts(config.get("assistant"), in_shape, num_classes),
     }
     ctx = Context(student=student_cfg, teacher=teacher_cfg, num_classes=num_classes,
-                  build_model=build, load_model=load,
+                  build_model=build, load_model=load, num_train_samples=len(splits.train[1]),
                   extra={"assistant": config.get("assistant"), "in_shape": in_shape, "device": device})
 
     torch.manual_seed(seed)
@@ -301,7 +301,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
 
     has_val = len(val_xy[1]) > 0
     selection = "best_val" if has_val else "last_epoch"
-    augment = splits.kind == "image" and bool(train.get("augment", True))
+    augment = splits.augmentation if train.get("augment", True) else None  # the dataset's (None: signals)
     for generation in range(gen0, method.generations):
         torch.manual_seed(seed * 1000 + generation)
         method.start_generation(generation)
@@ -339,11 +339,12 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
             if setup_time is None:  # from the trial's start (its process's, for a fresh Ray actor)
                 started = config.get("started_at")
                 setup_time = time.time() - started if started else t0 - t_start
-            for xb, yb in data_mod.DeviceBatches(*train_xy, bs, shuffle=True, generator=gen_gen,
-                                                 augment=augment, mean=splits.mean,
-                                                 std=splits.std, drop_last=False, channels_last=channels_last):
+            for batch in data_mod.batches(*train_xy, bs, shuffle=True, generator=gen_gen, augment=augment,
+                                          mean=splits.mean, std=splits.std, drop_last=False,
+                                          channels_last=channels_last, with_index=method.needs_sample_index):
+                yb = batch[1]  # batch: (x, y), or (x, y, index in the training split) for a method that asks
                 with autocast(device, runtime):
-                    step = method.training_step(xb, yb)
+                    step = method.training_step(*batch)
                 loss = sum(step.terms.values())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

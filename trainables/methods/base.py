@@ -73,6 +73,8 @@ class Context:
     model of the dataset's input shape and class count (seeded by the loop).
     load_teacher(model_cfg) -> nn.Module builds a model and loads the frozen
     pretrained weights named in model_cfg["checkpoint"].
+    num_train_samples: the size of the training split (a memory bank indexed by the
+    sample index of `Method.needs_sample_index` has this many rows).
     """
 
     student: dict
@@ -81,6 +83,7 @@ class Context:
     build_model: Callable[[dict], nn.Module]
     load_model: Callable[[dict], nn.Module]
     extra: dict = field(default_factory=dict)
+    num_train_samples: int = 0
 
 
 class Method(nn.Module):
@@ -96,6 +99,9 @@ class Method(nn.Module):
     online_teacher: ClassVar[bool] = False
     #: True if the method trains a multi-exit student (reports one row per exit)
     multi_exit: ClassVar[bool] = False
+    #: True if `training_step(x, y, index)` wants each sample's row in the training split
+    #: (0 .. ctx.num_train_samples - 1; CRD's memory bank); False: `training_step(x, y)`
+    needs_sample_index: ClassVar[bool] = False
     def __init__(self, ctx: Context, hp: dict):
         super().__init__()
         self.ctx = ctx
@@ -147,7 +153,9 @@ class Method(nn.Module):
         """Parameters the optimizer updates (default: the student's)."""
         return self.student.parameters()
 
-    def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Step:
+    def training_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> Step:
+        """One batch's loss terms; `index` (int64, on the batch's device) only when the method
+        sets `needs_sample_index` (methods that do not may define `training_step(self, x, y)`)."""
         raise NotImplementedError
 
     def after_step(self, step: Step) -> None:
