@@ -10,7 +10,8 @@ included; the models' passes are not) split into the negatives' sampling
 (class-aware, the authors' CIFAR sampler, or uniform) and the rest, for the
 dense score path (all N dot products, used when N <= 8 (K + 1)) and the
 gathered one (the authors' form), with the peak extra memory each keeps
-for its backward pass (the largest tensors it saves). Median of `--repeats`.
+for its backward pass (the largest tensors it saves). Median of `--repeats`;
+on the CPU in CPU time of one thread (see `timed`), on a GPU in wall time.
 """
 
 from __future__ import annotations
@@ -29,16 +30,19 @@ from trainables import crd  # noqa: E402
 
 
 def timed(fn, repeats: int, device: str) -> float:
+    """Median seconds of `fn`: wall time (synchronised) on a GPU; on the CPU the process's CPU
+    time, which a busy shared machine does not inflate as it does the wall time (one thread)."""
     fn()  # warm-up (and Z's estimate)
+    clock = time.perf_counter if device.startswith("cuda") else time.process_time
     times = []
     for _ in range(repeats):
-        if device == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        if device == "cuda":
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -63,7 +67,8 @@ def main(argv=None) -> int:
     label_mb = mem.labels.numel() * mem.labels.element_size() / 2**20
     heads = sum(p.numel() for p in loss.parameters())
     print(f"CRD bank: N = {a.n_data}, D = {crd.CRD_EMBED_DIM}, K = {a.negatives}, device {dev} "
-          f"({a.threads} thread{'s' if a.threads > 1 else ''}; CPU numbers are CPU numbers)")
+          f"({a.threads} thread{'s' if a.threads > 1 else ''}; "
+          f"{'wall time' if dev.startswith('cuda') else 'CPU time: CPU numbers, not GPU ones'})")
     print(f"  two banks (float32) {bank_mb:.1f} MiB, labels (int64) {label_mb:.2f} MiB, "
           f"embedding heads {heads} parameters ({heads * 4 / 2**20:.2f} MiB)")
     print()
