@@ -233,6 +233,18 @@ def test_hcl_loss_matches_hand_computation():
         fl.hcl_loss([torch.zeros(2, 3, 4, 4)], [torch.zeros(2, 3, 8, 8)])
 
 
+def test_hcl_gradient_through_the_pyramid():
+    fs = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    ft = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: fl.hcl_loss([s], [ft]), (fs,))
+    # a uniform shift c is seen alike by every pyramid level: by hand, each level's MSE pulls back through
+    # its average pooling to 2c/N per entry, so the gradient is 2c/N * (1 + 1/2 + 1/4) / 1.75 = 2c/N
+    c = 0.3
+    shifted = (ft + c).requires_grad_(True)
+    (g,) = torch.autograd.grad(fl.hcl_loss([shifted], [ft]), shifted)
+    assert torch.allclose(g, torch.full_like(g, c * 2 / ft.numel()))
+
+
 # --------------------------------------------------------------------------- ReviewKD: ABF and the review path
 
 
