@@ -96,6 +96,10 @@ class Method(nn.Module):
     online_teacher: ClassVar[bool] = False
     #: True if the method trains a multi-exit student (reports one row per exit)
     multi_exit: ClassVar[bool] = False
+    #: options of the method's spec section beyond trials, space, teacher_sizes and confirm_seeds
+    #: (`trainables.options.Option`s, e.g. TAKD's assistant_sizes): validated by the spec, in its
+    #: JSON Schema, and given to the study as `MethodSpec.options`
+    spec_options: ClassVar[dict[str, Any]] = {}
     def __init__(self, ctx: Context, hp: dict):
         super().__init__()
         self.ctx = ctx
