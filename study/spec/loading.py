@@ -60,12 +60,15 @@ def _check_expansion(root) -> None:
     sizes: dict[int, int] = {}
     active: set[int] = set()
 
-    def size(node) -> int:
+    def size(node, depth: int = 0) -> int:
         key = id(node)
         if key in sizes:
             return sizes[key]
         if key in active:
             raise ComposerError(None, None, "an alias refers to the node that contains it", node.start_mark)
+        if depth > MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels (through aliases)",
+                                node.start_mark)
         if isinstance(node, SequenceNode):
             children = node.value
         elif isinstance(node, MappingNode):
@@ -76,7 +79,7 @@ def _check_expansion(root) -> None:
         active.add(key)
         total = 1
         for child in children:
-            total += size(child)
+            total += size(child, depth + 1)
             if total > MAX_NODES:
                 raise ComposerError(None, None, f"aliases expand to more than {MAX_NODES:,} values "
                                     "(an alias bomb?)", node.start_mark)

@@ -331,7 +331,7 @@ def option_fields(options: dict[str, Option], taken=()) -> dict[str, tuple]:
         if name in taken:
             continue
         default = ... if opt.required else (opt.default if _jsonable(opt.default) else None)
-        fields[f"opt_{i}"] = (_option_value(name, opt), Field(default, alias=name))
+        fields[f"opt_{i}"] = (_option_value(name, opt), Field(default, alias=name, description=opt.help or None))
     return fields
 
 

@@ -19,14 +19,13 @@ import json
 from .model import spec_models
 
 DRAFT = "http://json-schema.org/draft-07/schema#"
-SCHEMA_ID = "https://kdstudy.invalid/kdstudy.schema.json"  # a name, not a place: nothing is fetched
 
 
 def json_schema() -> dict:
     """The spec's JSON Schema (draft-07) for the registries as they are now."""
     schema = spec_models().root.model_json_schema(ref_template="#/definitions/{model}")
     defs = schema.pop("$defs", {})
-    out = {"$schema": DRAFT, "$id": SCHEMA_ID, "title": "kdstudy study spec", **_clean(schema)}
+    out = {"$schema": DRAFT, "title": "kdstudy study spec", **_clean(schema)}
     out["definitions"] = {k: _clean(v) for k, v in sorted(defs.items())}
     return out
 
