@@ -339,7 +339,7 @@ def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_pa
     from study.experiment import latest_trials
 
     epochs = 10
-    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 1, "top_k": 1},
                       teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
                       dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16}, runtime={"checkpoint_every_s": 0},
@@ -394,13 +394,14 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     while sum(w.poll() is None for w in cluster.workers) < 2:
         cluster.add_worker(cpus=1)
     # trials of a few seconds each (on tiny ones an experiment's start-up would be most of the time)
-    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+    # (the cheapest valid design: one search trial and one confirm seed per method x size)
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 1, "top_k": 1},
                       dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
                       teachers={"family": "mlp", "sizes": [8, 16, 32], "seeds": 1, "epochs": 3},
                       train={"epochs": 8, "batch_size": 64, "lr": 0.01},
                       search={"budget": "stratified", "scheduler": "none", "max_concurrent": 1},
-                      methods={"kd": {"trials": 2}, "dist": {"trials": 2}, "lskd": {"trials": 2}})
+                      methods={"kd": {"trials": 1}, "dist": {"trials": 1}, "lskd": {"trials": 1}})
     log = tmp_path / "driver.log"
     p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
                "--no-report", log=log)
@@ -411,7 +412,7 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     from analysis.load import load
 
     spans = mod.trial_spans(load(tmp_path / "results" / "micro"))
-    assert len(spans) == 3 + 3 * 3 * 2
+    assert len(spans) == 3 + 1 + 3 * 3 * 2  # teachers, the baseline, a search and a confirm trial per method x size
     busy = mod.busy_while_remaining(spans, slots=2)
     assert busy >= 0.8, f"slot-time busy while trials remained: {busy:.2f}"
     pairs = mod.overlaps(spans)

@@ -105,7 +105,7 @@ def _word(value) -> str:
     return "true" if value is True else "false" if value is False else str(value)
 
 
-def message(err: dict, field, owner, model) -> str:
+def message(err: dict, field, owner) -> str:
     """One error of pydantic, in kdstudy's words."""
     kind, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     got = short(value)
@@ -166,7 +166,7 @@ def problems_of(exc: ValidationError, model: type[BaseModel], prefix: str) -> li
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"]) + tuple((err.get("ctx") or {}).get("at") or ())
         path, field, owner = locate(model, loc, prefix)
-        text = f"{path}: {message(err, field, owner, model)}" if path else message(err, field, owner, model)
+        text = f"{path}: {message(err, field, owner)}" if path else message(err, field, owner)
         if text not in out:
             out.append(text)
     return out

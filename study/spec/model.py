@@ -77,6 +77,8 @@ def choices_of(values) -> Any:
 
 Int = Annotated[int, BeforeValidator(_integral)]
 Text = Annotated[str, Field(min_length=1)]
+#: a model size: an integer or a name, as the family allows (the family's own check decides)
+Size = Annotated[Any, WithJsonSchema({"type": ["integer", "string"]})]
 
 
 class Section(BaseModel):
@@ -287,7 +289,7 @@ _WEIGHTS_SCHEMA = {"type": "object", "additionalProperties": {"anyOf": [
 class TeachersBase(Section):
     """The teacher ladder: its sizes, seeds, epochs and epochs kept for ESKD, plus the family's options."""
 
-    sizes: list[Any] = Field(..., description="the ladder: one teacher per size")
+    sizes: list[Size] = Field(..., description="the ladder: one teacher per size")
     seeds: Int = Field(1, ge=1, le=100, description="teachers trained per size")
     epochs: Optional[Annotated[Int, Field(ge=1)]] = Field(None, description="teacher epochs (default: train.epochs)")
     export_epochs: list[Int] = Field([], description="epochs whose weights are kept (ESKD's early teachers)")
@@ -549,7 +551,7 @@ def _build(fingerprint) -> SpecModels:
             **{f"hp_{i}": (space_value(p, hp), Field(None, alias=p)) for i, (p, hp) in enumerate(params.items())})
         fields: dict[str, tuple] = {"space": (Optional[space], Field(None, description=space.__doc__))}
         if uses_teacher(cls):
-            fields["teacher_sizes"] = (Optional[Annotated[list[Any], Field(min_length=1)]], Field(
+            fields["teacher_sizes"] = (Optional[Annotated[list[Size], Field(min_length=1)]], Field(
                 None, description="teacher sizes this method distils from (default: the whole ladder)"))
         fields.update(option_fields(method_spec_options(cls), taken=set(MethodBase.model_fields) | set(fields)))
         hints = {} if uses_teacher(cls) else {"teacher_sizes": f"method {name} uses no teacher"}

@@ -23,7 +23,7 @@ from trainables.models import build_model
 from ..ranges import Range
 from .errors import SpecError, join, key_text, problems_of
 from .loading import SpecYAMLError, load_yaml, read_spec_text
-from .model import (COMMON_HPARAMS, DatasetBase, Head, SpecModels, short, spec_models, uses_teacher)
+from .model import COMMON_HPARAMS, DatasetBase, SpecModels, short, spec_models, uses_teacher
 from .view import TEACHER_LADDER_KEYS, MethodSpec, Spec, dataset_shape, teacher_model
 
 #: a model larger than this is surely a typo in its size (and would not fit a GPU anyway)
