@@ -139,25 +139,30 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
+    import contextlib
+
     from .spec import SpecError, load_spec_plugins, schema_text
     from .spec.loading import SpecYAMLError, load_yaml, read_spec_text
 
+    out = sys.stdout
     try:
-        if args.spec:
-            path = Path(args.spec)
-            try:
-                raw = load_yaml(read_spec_text(path))
-            except SpecYAMLError as exc:
-                raise SpecError([str(exc)], str(path)) from None
-            except (OSError, UnicodeDecodeError) as exc:
-                raise SpecError([f"cannot read the spec file: {exc}"], str(path)) from None
-            load_spec_plugins(raw, str(path.resolve().parent), str(path))
-        else:
-            load_spec_plugins({}, None)  # the installed entry points
+        # a plug-in that prints while it is imported must not end up in the schema
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.spec:
+                path = Path(args.spec)
+                try:
+                    raw = load_yaml(read_spec_text(path))
+                except SpecYAMLError as exc:
+                    raise SpecError([str(exc)], str(path)) from None
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise SpecError([f"cannot read the spec file: {exc}"], str(path)) from None
+                load_spec_plugins(raw, str(path.resolve().parent), str(path))
+            else:
+                load_spec_plugins({}, None)  # the installed entry points
     except SpecError as exc:
         print(str(exc), file=sys.stderr)
         return 2
-    sys.stdout.write(schema_text())
+    out.write(schema_text())
     return 0
 
 
