@@ -153,18 +153,22 @@ def kdstudy(*args, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_alias_bomb_and_huge_spec_are_refused_in_one_line_by_a_real_process(tmp_path):
+def test_alias_bomb_is_refused_in_one_line_by_a_real_process(tmp_path):
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text(alias_bomb())
     assert len(bomb.read_bytes()) < 1024
     p = kdstudy("run", bomb, "--no-report", cwd=tmp_path)
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr[:2000]
     assert "alias" in p.stderr and str(bomb) in p.stderr and len(p.stderr) < 300
+
+
+def test_a_spec_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path, capsys, monkeypatch):
     big = tmp_path / "big.yaml"
     big.write_text("name: big\n" + "# padding\n" * 120_000)  # 1.2 MB
-    p = kdstudy("validate", big, cwd=tmp_path)
-    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr[:2000]
-    assert "at most 1 MiB" in p.stderr
+    monkeypatch.setattr("yaml.load", lambda *a, **k: pytest.fail("a spec over the limit was parsed"))
+    assert main(["validate", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "the spec file is 1.1 MiB; a spec is at most 1 MiB" in err
 
 
 def test_nan_is_refused_by_validate_with_the_exit_code_of_run(tmp_path):
