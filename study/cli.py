@@ -2,12 +2,22 @@
 
   kdstudy run [SPEC] [--storage URI] [--address ADDR]   run a study (default: the quickstart)
   kdstudy validate SPEC...                              check specs, print every problem
+  kdstudy schema [SPEC]                                 the spec's JSON Schema (with SPEC's plug-ins)
   kdstudy resume PATH [--address ADDR]                  continue an interrupted study
   kdstudy plan [SPEC] [--slots N] [--epoch-seconds S]   experiment graph and predicted makespan
   kdstudy report PATH [--out DIR] [--no-png] [--skip-bad]  write report.html, PNGs and students.parquet
   kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
   kdstudy --version                                     the installed version
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
+
+Exit codes: 0 done; 1 the study could not finish (an experiment failed, another driver
+holds the study, the spec differs from the study's, the disk is full); 2 bad input,
+found before anything ran (the spec, a plug-in, dataset files, zoo entries, storage);
+130 interrupted (Ctrl-C). `validate` exits 2 when any spec has a problem.
+
+Plug-ins (the spec's `plugins` and installed `kdstudy.plugins` entry points) are imported
+by validate, schema, plan, run and resume, before the spec is validated; never by status
+or report, which read only Parquet and JSON.
 """
 
 from __future__ import annotations
@@ -59,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept a spec that adds confirm seeds or search trials to an existing study")
     v = sub.add_parser("validate", help="check specs and print every problem")
     v.add_argument("specs", nargs="+", metavar="SPEC", help="study spec YAML file(s) to check")
+    sc = sub.add_parser("schema", help="print the spec's JSON Schema (for editors; studies/kdstudy.schema.json)")
+    sc.add_argument("spec", nargs="?", help="a spec whose plug-ins to include (default: what is installed)")
     rs = sub.add_parser("resume", help="continue an interrupted study from its folder")
     rs.add_argument("path", help="the study folder (<storage>/<name>), wherever it was copied or moved")
     rs.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local Ray")
@@ -122,8 +134,36 @@ def cmd_validate(args) -> int:
         if spec is None:
             bad += 1
         else:
-            print(f"{path}: ok ({', '.join(spec.methods)}; storage {spec.storage})")
-    return 1 if bad else 0
+            print(f"{path}: ok ({', '.join(spec.methods) or 'no methods'}; storage {spec.storage})")
+    return 2 if bad else 0
+
+
+def cmd_schema(args) -> int:
+    import contextlib
+
+    from .spec import SpecError, load_spec_plugins, schema_text
+    from .spec.loading import SpecYAMLError, load_yaml, read_spec_text
+
+    out = sys.stdout
+    try:
+        # a plug-in that prints while it is imported must not end up in the schema
+        with contextlib.redirect_stdout(sys.stderr):
+            if args.spec:
+                path = Path(args.spec)
+                try:
+                    raw = load_yaml(read_spec_text(path))
+                except SpecYAMLError as exc:
+                    raise SpecError([str(exc)], str(path)) from None
+                except (OSError, UnicodeDecodeError) as exc:
+                    raise SpecError([f"cannot read the spec file: {exc}"], str(path)) from None
+                load_spec_plugins(raw, str(path.resolve().parent), str(path))
+            else:
+                load_spec_plugins({}, None)  # the installed entry points
+    except SpecError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    out.write(schema_text())
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -139,6 +179,7 @@ def cmd_resume(args) -> int:
 
     folder = StudyFolder(args.path)
     try:
+        _resume_plugins(folder)
         spec = folder.saved_spec()
     except SpecError as exc:
         print(f"kdstudy: cannot resume: {exc}", file=sys.stderr)
@@ -148,6 +189,26 @@ def cmd_resume(args) -> int:
         return 2
     # the study folder is authoritative: the study continues where it was found
     return _run(spec, folder.root, args.address, report=not args.no_report)
+
+
+def _resume_plugins(folder) -> None:
+    """Import the plug-ins the study recorded (its spec's `plugins`, relative to where that spec was)."""
+    import json
+
+    from trainables import storage
+
+    from .spec import SpecError, load_spec_plugins
+
+    files = folder.spec_files()
+    if not files:
+        return
+    try:
+        raw = json.loads(storage.read_bytes(files[-1]))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SpecError([f"cannot read {files[-1]}: {exc}"], files[-1]) from None
+    meta = raw.get("kdstudy") if isinstance(raw, dict) else None
+    spec_dir = meta.get("spec_dir") if isinstance(meta, dict) else None
+    load_spec_plugins(raw, spec_dir if isinstance(spec_dir, str) else None, files[-1])
 
 
 def _run(spec, root, address, report: bool, extend: bool = False) -> int:
@@ -275,8 +336,8 @@ def cmd_plan(args) -> int:
     return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
-            "status": cmd_status, "plan": cmd_plan}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "resume": cmd_resume,
+            "report": cmd_report, "status": cmd_status, "plan": cmd_plan}
 
 if __name__ == "__main__":
     sys.exit(main())

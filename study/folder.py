@@ -24,11 +24,13 @@ import posixpath
 from datetime import datetime, timezone
 
 from trainables import storage
+from trainables.data import identity_config
 
 from .spec import Spec, SpecError, parse_spec
 
 #: spec fields that do not change what a study trains
-NOT_CONTENT = ("name", "storage", "description", "resources", "runtime", "failure", "report")
+NOT_CONTENT = ("name", "storage", "description", "resources", "runtime", "failure", "report", "tracking",
+               "plugins")
 
 
 class SpecMismatch(RuntimeError):
@@ -46,10 +48,8 @@ def normalize_root(path: str) -> str:
 def content(spec: Spec) -> dict:
     """What decides a study's trials, as plain JSON."""
     raw = {k: v for k, v in (spec.raw or {}).items() if k not in NOT_CONTENT}
-    ds = dict(raw.get("dataset") or {})
-    ds.pop("root", None)
-    ds.pop("download", None)
-    raw["dataset"] = ds
+    ds = raw.get("dataset")
+    raw["dataset"] = identity_config(ds) if isinstance(ds, dict) else {}
     return json.loads(json.dumps(raw, sort_keys=True, default=str))
 
 
@@ -109,13 +109,16 @@ class StudyFolder:
             raw = json.loads(storage.read_bytes(files[-1]))
         except (ValueError, UnicodeDecodeError) as exc:
             raise SpecError([f"cannot read {files[-1]}: {exc}"], files[-1]) from None
+        meta = raw.get("kdstudy") if isinstance(raw, dict) else None
+        spec_dir = meta.get("spec_dir") if isinstance(meta, dict) and isinstance(meta.get("spec_dir"), str) else None
         raw = {k: v for k, v in raw.items() if k != "kdstudy"} if isinstance(raw, dict) else raw
-        return parse_spec(raw, source=files[-1])
+        return parse_spec(raw, source=files[-1], spec_dir=spec_dir)
 
     def adopt(self, spec: Spec, extend: bool = False, version: str = "") -> None:
         """Record `spec` for a new study, or check it against the study's (raising SpecMismatch)."""
         saved = self.saved_spec()
-        record = {**spec.raw, "kdstudy": {"saved": datetime.now(timezone.utc).isoformat(), "code_version": version}}
+        record = {**spec.raw, "kdstudy": {"saved": datetime.now(timezone.utc).isoformat(), "code_version": version,
+                                          "spec_dir": spec.spec_dir, "plugin_sources": spec.plugin_sources}}
         if saved is None:
             storage.write_bytes(self.uri("spec.json"), json.dumps(record, indent=1, default=str).encode())
             return

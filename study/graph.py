@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass, field
 
 from trainables.config import size_key
+from trainables.data import identity_config
 
 from .spaces import method_params
 from .spec import MethodSpec, Range, Spec
@@ -103,7 +104,7 @@ def trial_key(exp_name: str, job: dict) -> str:
 
 def common_base(spec: Spec, stage: str, method: str) -> dict:
     return {"study": spec.name, "stage": stage, "method": method, "seed": spec.search_seed,
-            "dataset": {k: v for k, v in spec.dataset.items() if k not in ("root", "download")},
+            "dataset": identity_config(spec.dataset),
             "student": spec.student, "train": dict(spec.train), "runtime": {}, "hp": {}}
 
 

@@ -19,6 +19,7 @@ import posixpath
 
 from trainables import storage
 from trainables.config import size_key
+from trainables.data import identity_config
 
 
 class ZooIntegrityError(storage.CorruptCheckpointError):
@@ -27,7 +28,7 @@ class ZooIntegrityError(storage.CorruptCheckpointError):
 
 def teacher_key(dataset: dict, model_cfg: dict, train: dict, seed: int, export_epochs=()) -> str:
     payload = {
-        "dataset": {k: v for k, v in dataset.items() if k not in ("root", "download")},
+        "dataset": identity_config(dataset),
         "model": model_cfg, "train": train, "seed": int(seed), "export_epochs": sorted(export_epochs),
     }
     blob = json.dumps(payload, sort_keys=True, default=str).encode()

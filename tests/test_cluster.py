@@ -339,7 +339,7 @@ def test_killed_driver_resumes_without_retraining_or_losing_rows(cluster, tmp_pa
     from study.experiment import latest_trials
 
     epochs = 10
-    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 1, "top_k": 1},
                       teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
                       dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16}, runtime={"checkpoint_every_s": 0},
@@ -394,13 +394,15 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     while sum(w.poll() is None for w in cluster.workers) < 2:
         cluster.add_worker(cpus=1)
     # trials of a few seconds each (on tiny ones an experiment's start-up would be most of the time)
-    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 0},
+    # every method x size a two-trial experiment that waits for its teacher only, as a search would
+    # (no search: each method's fixed configuration confirmed on two seeds), and a two-trial baseline
+    spec = micro_spec(tmp_path, data_root, confirm={"seeds": 2, "top_k": 1},
                       dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
                       teachers={"family": "mlp", "sizes": [8, 16, 32], "seeds": 1, "epochs": 3},
                       train={"epochs": 8, "batch_size": 64, "lr": 0.01},
                       search={"budget": "stratified", "scheduler": "none", "max_concurrent": 1},
-                      methods={"kd": {"trials": 2}, "dist": {"trials": 2}, "lskd": {"trials": 2}})
+                      methods={"kd": {"trials": 0}, "dist": {"trials": 0}, "lskd": {"trials": 0}})
     log = tmp_path / "driver.log"
     p = driver(cluster, "run", str(write_spec(tmp_path / "spec.yaml", spec)), "--address", cluster.address,
                "--no-report", log=log)
@@ -411,7 +413,7 @@ def test_experiments_of_different_methods_share_the_cluster(cluster, tmp_path, d
     from analysis.load import load
 
     spans = mod.trial_spans(load(tmp_path / "results" / "micro"))
-    assert len(spans) == 3 + 3 * 3 * 2
+    assert len(spans) == 3 + 2 + 3 * 3 * 2  # teachers, the baseline, two confirm trials per method x size
     busy = mod.busy_while_remaining(spans, slots=2)
     assert busy >= 0.8, f"slot-time busy while trials remained: {busy:.2f}"
     pairs = mod.overlaps(spans)

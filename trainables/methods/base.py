@@ -102,6 +102,10 @@ class Method(nn.Module):
     #: True if `training_step(x, y, index)` wants each sample's row in the training split
     #: (0 .. ctx.num_train_samples - 1; CRD's memory bank); False: `training_step(x, y)`
     needs_sample_index: ClassVar[bool] = False
+    #: options of the method's spec section beyond trials, space, teacher_sizes and confirm_seeds
+    #: (`trainables.options.Option`s, e.g. TAKD's assistant_sizes): validated by the spec, in its
+    #: JSON Schema, and given to the study as `MethodSpec.options`
+    spec_options: ClassVar[dict[str, Any]] = {}
     def __init__(self, ctx: Context, hp: dict):
         super().__init__()
         self.ctx = ctx

@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from ..losses import KD_REDUCTIONS, hinton_kd
+from ..options import REQUIRED, Option
 from .base import HParam, Method, Step, freeze, register
 
 
@@ -43,6 +44,10 @@ class TeacherAssistantKD(Method):
                                help="KL reduction: batchmean (Hinton) or mean over batch x classes (TAKD's code)"),
     }
     needs_teacher = True
+    spec_options = {
+        "assistant_sizes": Option(REQUIRED, ("array",), "the teacher-assistant sizes to try (student family); "
+                                  "searched as assistant_size", items=("integer", "string")),
+    }
 
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
