@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from trainables import plugins as _plugins
-from trainables.models import build_model
+from trainables.models import arch_name, build_model
 
 from ..ranges import Range
 from .errors import SpecError, join, key_text, problems_of
@@ -268,7 +268,12 @@ class _Validator:
 
     def check_model(self, where: str, cfg: dict, shape: tuple[tuple[int, ...], int] | None) -> None:
         """The model builds at the dataset's input shape (shapes only) and is not absurdly large."""
-        if shape is None:
+        if shape is None:  # the dataset is unknown: check the family's own rules (size, options) only
+            try:
+                arch_name(cfg)
+            except Exception as exc:
+                self.err(where, f"{cfg['family']} of size {short(cfg.get('size'))} cannot be built: "
+                         f"{short(str(exc), 300)}")
             return
         in_shape, classes = shape
         try:
