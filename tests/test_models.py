@@ -41,7 +41,7 @@ def _seeded(cfg, in_shape, num_classes=10):
 
 
 def test_all_families_registered():
-    assert available_families() == sorted(["mlp", "cnn1d", "cifar_resnet", "wrn", "plain_cnn"])
+    assert available_families() == sorted(["mlp", "cnn1d", "cifar_resnet", "wrn", "plain_cnn", "torchvision"])
     for fam in available_families():
         assert isinstance(family_sizes_hint(fam), str) and family_sizes_hint(fam)
     assert supports_multi_exit("cnn1d") and supports_multi_exit("cifar_resnet")
