@@ -414,7 +414,7 @@ class _Validator:
         if cfg.get("size") is None:
             self.err(where, f"is required ({family_sizes_hint(cfg['family'])})")
             return
-        allowed = {"family", "size", *family_options(cfg["family"])}
+        allowed = {"family", "size", *family_options(cfg["family"], cfg.get("size"))}
         for key in cfg:
             if key not in allowed:
                 self.err(f"{where.rsplit('.', 1)[0]}.{key}", f"is not an option of {cfg['family']}; "
@@ -471,7 +471,12 @@ class _Validator:
             return None
         allowed = {"family", "sizes", "seeds", "epochs", "export_epochs"}
         if raw.get("family") in available_families():  # the family's own options (width, depth, kernel, ...)
-            allowed |= set(family_options(raw["family"]))
+            sizes = raw.get("sizes") if isinstance(raw.get("sizes"), list) else []
+            for size in [None, *sizes]:  # options that depend on the size (a torchvision model's constructor)
+                try:
+                    allowed |= set(family_options(raw["family"], size))
+                except Exception:  # noqa: BLE001 - a bad size is reported where the sizes are checked
+                    pass
         self.unknown("teachers", {k: v for k, v in raw.items()}, allowed)
         cfg = self.model("teachers", {k: v for k, v in raw.items() if k in allowed}, dataset, sizes_key="sizes")
         out = {k: v for k, v in cfg.items() if k != "sizes"}
