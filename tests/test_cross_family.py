@@ -129,3 +129,19 @@ def test_a_study_with_a_torchvision_teacher_ladder(tmp_path, ray_local):
     assert set(distilled["teacher_arch"]) == {"tv-mobilenet_v3_small", "tv-resnet18"}
     assert distilled["teacher_acc"].notna().all() and (distilled["student_arch"] == "resnet8").all()
     assert set(distilled["teacher_size"]) == set(teachers["teacher_size"])
+
+
+def test_plan_estimates_a_torchvision_ladder_from_its_flops(tmp_path, capsys):
+    from study.cli import main as cli_main
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: tvplan\nstorage: ./results\ndataset: {name: cifar100, root: ./data}\n"
+        "student: {family: torchvision, size: mobilenet_v2, width_mult: 0.5}\n"
+        "teachers: {family: torchvision, sizes: [resnet18, resnet50, resnet101], seeds: 1, epochs: 2}\n"
+        "train: {epochs: 2}\nmethods: {kd: {trials: 2}}\n")
+    assert cli_main(["plan", str(spec), "--slots", "4"]) == 0
+    out = capsys.readouterr().out
+    per_epoch = {ln.split()[0]: float(ln.split()[4]) for ln in out.splitlines() if ln.startswith("teachers-t")}
+    assert per_epoch["teachers-tresnet18"] < per_epoch["teachers-tresnet50"] < per_epoch["teachers-tresnet101"]
+    assert "ESTIMATED from FLOPs" in out

@@ -189,6 +189,8 @@ def test_taps_under_torch_compile_match_eager_and_carry_gradients():
         torch.testing.assert_close(a, b)
     f["penultimate"].sum().backward()
     assert m.stem[0].weight.grad is not None and m.classifier.weight.grad is None
+    # the shapes probe runs the compiled model eagerly, on meta
+    assert taps.shapes((3, 8, 8))["stages"] == [(16, 8, 8), (32, 4, 4), (64, 2, 2)]
 
 
 # ----- the method-facing API ------------------------------------------------------------------
@@ -272,3 +274,47 @@ def test_rkd_works_across_families_with_a_torchvision_student():
     sum(step.terms.values()).backward()
     assert all(torch.isfinite(v) for v in step.terms.values())
     assert m.student.classifier[0].weight.grad is not None
+
+
+# ----- a plug-in family: the same register_family, the same taps -------------------------------
+
+
+@pytest.fixture()
+def plugin_family():
+    from trainables.models import register_family
+    from trainables.models.registry import _FAMILIES
+
+    class Toy(nn.Module):  # a model that is not a kdstudy SingleExit: no `features`, no `classifier`
+        def __init__(self, width, num_classes):
+            super().__init__()
+            self.blocks = nn.Sequential(nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU()),
+                                        nn.Sequential(nn.Conv2d(width, 2 * width, 3, 2, 1), nn.ReLU()))
+            self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.5),
+                                      nn.Linear(2 * width, num_classes))
+
+        def forward(self, x):
+            return self.head(self.blocks(x))
+
+    register_family("toy_plugin", options={}, sizes_hint="width",
+                    arch_name=lambda c: f"toy-{c['size']}",
+                    stages=lambda m: ["blocks.0", "blocks.1"])(lambda cfg, shape, nc, me: Toy(cfg["size"], nc))
+    register_family("toy_plugin_bare", options={}, sizes_hint="width",
+                    arch_name=lambda c: f"bare-{c['size']}")(lambda cfg, shape, nc, me: Toy(cfg["size"], nc))
+    yield
+    _FAMILIES.pop("toy_plugin")
+    _FAMILIES.pop("toy_plugin_bare")
+
+
+def test_a_plugin_family_gets_taps_from_its_declared_stages(plugin_family):
+    m = _model({"family": "toy_plugin", "size": 4}, IMG).train()
+    x = torch.randn(3, *IMG)
+    out, f = Taps(m, ["stages", "stage:-1", "penultimate"])(x)
+    assert [tuple(s.shape[1:]) for s in f["stages"]] == [(4, 16, 16), (8, 8, 8)]
+    # penultimate found generically: the last Linear's input, before the dropout that precedes it
+    torch.testing.assert_close(f["penultimate"], f["stage:-1"].mean(dim=(2, 3)))
+    assert tap_shapes(m, ["penultimate"], IMG) == {"penultimate": (8,)}
+    bare = _model({"family": "toy_plugin_bare", "size": 4}, IMG)
+    with pytest.raises(TapError, match=r"declares no stages.*'module:<path>'"):
+        Taps(bare, ["stages"])
+    assert tap_shapes(bare, ["module:blocks.1", "penultimate"], IMG) == {"module:blocks.1": (8, 8, 8),
+                                                                        "penultimate": (8,)}

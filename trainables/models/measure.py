@@ -4,8 +4,8 @@
 results rows; FLOPs come from ``torch.utils.flop_counter.FlopCounterMode``
 (matmuls, convolutions and attention; one multiply-add counts as 2 FLOPs).
 PyTorch's fused multi-head-attention fast path (taken in eval mode without
-gradients) is switched off while counting, so a ViT's attention is counted like
-any other matmul (torchvision's published GFLOPs of vit_b_16, swin_t, resnet18,
+gradients) and its fused attention kernels are switched off while counting, so
+a ViT's attention is counted like any other matmul (torchvision's published GFLOPs of vit_b_16, swin_t, resnet18,
 mobilenet_v2 are reproduced to the digit: tests/test_models.py).
 
 ``build_meta`` builds a model on the meta device (shapes, no memory, no
@@ -48,15 +48,18 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _no_mha_fastpath() -> Iterator[None]:
-    mha = getattr(torch.backends, "mha", None)
-    if mha is None or not hasattr(mha, "set_fastpath_enabled"):
-        yield
-        return
+def _countable_attention() -> Iterator[None]:
+    """Attention as matmuls the FLOP counter sees: no fused multi-head-attention fast path (eval mode
+    without gradients) and scaled-dot-product attention by its math kernel (the fused CPU kernels are
+    not in the counter's table)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    mha = torch.backends.mha
     was = mha.get_fastpath_enabled()
     mha.set_fastpath_enabled(False)
     try:
-        yield
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
     finally:
         mha.set_fastpath_enabled(was)
 
@@ -67,7 +70,7 @@ def _flops_per_sample(model: nn.Module, in_shape: tuple[int, ...], fn: Callable)
     device = p.device if p is not None else torch.device("cpu")
     dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
     x = torch.zeros((2, *in_shape), device=device, dtype=dtype)
-    with _eval_mode(model), _no_mha_fastpath(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with _eval_mode(model), _countable_attention(), torch.no_grad(), FlopCounterMode(display=False) as counter:
         fn(x)
     return counter.get_total_flops() / 2.0
 

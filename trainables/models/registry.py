@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -75,7 +75,6 @@ class Family:
     preact_stages: TapFn | None = None
     penultimate: Callable[[nn.Module], "TapPoint | str | None"] | None = None
     adapt_state_dict: Callable[[dict, dict], dict] | None = None
-    extra: dict = field(default_factory=dict)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -161,8 +160,9 @@ def family_option_specs(family: str, size: Any = None) -> dict[str, Option]:
     """The options a family accepts besides `size`, each as an `Option` (default, types, help).
 
     With a ``size``, the options of that size are included where a family's options
-    depend on it (a torchvision model's constructor options); such options have no
-    default that enters the config: the constructor's own default applies.
+    depend on it (a torchvision model's constructor options). Their defaults describe
+    what the constructor does when the option is not given; unlike the family's own
+    options they are never merged into a config (the constructor applies them itself).
     Every family also accepts ``multi_exit`` (bool, default False); see `supports_multi_exit`.
     """
     fam = family_entry(family)
@@ -174,7 +174,7 @@ def family_option_specs(family: str, size: Any = None) -> dict[str, Option]:
 
 def family_options(family: str, size: Any = None) -> dict[str, Any]:
     """The options a family accepts besides `size`, with their defaults (see `family_option_specs`;
-    an option whose default is the constructor's maps to None here)."""
+    an option without a default maps to None)."""
     return {k: (None if o.required else o.default) for k, o in family_option_specs(family, size).items()}
 
 

@@ -60,6 +60,7 @@ import json
 import threading
 import types
 import typing
+import warnings
 from typing import Any
 
 import torch
@@ -107,7 +108,8 @@ _CAPTURE_LOCK = threading.Lock()
 
 
 def _construct_meta(name: str, kwargs: dict, num_classes: int = 1000) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # googlenet's note on its default initialisation
         try:
             with torch.device("meta"):
                 return _tvm().get_model(name, weights=None, num_classes=num_classes, **kwargs)
