@@ -258,8 +258,8 @@ def test_rkd_on_the_penultimate_tap_keeps_its_loss_values(student, teacher, shap
     with torch.no_grad():
         ft = m.teacher.features(x)
     fs = m.student.features(x)
-    assert float(step.terms["rkd_distance"]) == float(25.0 * rkd_distance(fs, ft))
-    assert float(step.terms["rkd_angle"]) == float(50.0 * rkd_angle(fs, ft))
+    assert step.terms["rkd_distance"].item() == (25.0 * rkd_distance(fs, ft)).item()
+    assert step.terms["rkd_angle"].item() == (50.0 * rkd_angle(fs, ft)).item()
 
 
 def test_rkd_works_across_families_with_a_torchvision_student():
