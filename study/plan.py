@@ -416,15 +416,13 @@ class DurationModel:
         if key not in self._flops:
             import torch
 
-            from trainables.models import build_model, count_flops
+            from trainables.models import build_meta, build_model, count_flops
 
             in_shape, classes = self.spec.shape
-            try:  # shapes only (the meta device): no memory, no arithmetic
-                with torch.device("meta"):
-                    model = build_model(cfg, in_shape, classes)
-                flops = count_flops(model, in_shape)
-            except Exception:  # an operation without a meta kernel: count on the CPU
-                with torch.random.fork_rng():
+            try:  # shapes only (the meta device): no memory, no arithmetic, any size or family
+                flops = count_flops(build_meta(cfg, in_shape, classes), in_shape)
+            except (NotImplementedError, RuntimeError):  # an operation without a meta kernel: on the CPU
+                with torch.random.fork_rng(devices=[]):
                     model = build_model(cfg, in_shape, classes)
                 flops = count_flops(model, in_shape)
             self._flops[key] = float(flops)

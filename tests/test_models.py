@@ -41,7 +41,7 @@ def _seeded(cfg, in_shape, num_classes=10):
 
 
 def test_all_families_registered():
-    assert available_families() == sorted(["mlp", "cnn1d", "cifar_resnet", "wrn", "plain_cnn"])
+    assert available_families() == sorted(["mlp", "cnn1d", "cifar_resnet", "wrn", "plain_cnn", "torchvision"])
     for fam in available_families():
         assert isinstance(family_sizes_hint(fam), str) and family_sizes_hint(fam)
     assert supports_multi_exit("cnn1d") and supports_multi_exit("cifar_resnet")
@@ -356,3 +356,211 @@ def test_unrelated_keys_are_ignored():
 )
 def test_arch_name(cfg, name):
     assert arch_name(cfg) == name
+
+
+# ----- identity: the package builds exactly what the single module built ------------------
+
+#: sha256 (first 16 hex digits) of every state-dict tensor, in order, of each model built after
+#: torch.manual_seed(0) by trainables/models.py on main before it became a package (x86-64, AVX2)
+MAIN_CHECKSUMS = [
+    ({"family": "mlp", "size": 32}, (1, 40), 10, "3df6e8948e0246d1"),
+    ({"family": "cnn1d", "size": 16, "kernel": [5, 3, 3], "stride": 2, "padding": 1}, (1, 40), 10, "72c7864b735162e1"),
+    ({"family": "cnn1d", "size": 8, "multi_exit": True}, (1, 40), 10, "ce315c72fb69b685"),
+    ({"family": "cifar_resnet", "size": 8}, (3, 32, 32), 100, "2a3e84b8850d526e"),
+    ({"family": "cifar_resnet", "size": 14, "width": 2, "multi_exit": True}, (3, 32, 32), 10, "e1f5b15769e6c104"),
+    ({"family": "wrn", "size": 10, "width": 2}, (3, 32, 32), 10, "a21c0b6ef1e5d19e"),
+    ({"family": "plain_cnn", "size": 4}, (3, 32, 32), 100, "3f5f039c98a8755b"),
+]
+
+
+@pytest.mark.parametrize("cfg,shape,nc,digest", MAIN_CHECKSUMS, ids=lambda v: str(v) if isinstance(v, dict) else None)
+def test_weights_are_bit_identical_to_main(cfg, shape, nc, digest):
+    import hashlib
+
+    torch.manual_seed(0)
+    h = hashlib.sha256()
+    for k, v in build_model(cfg, shape, nc).state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().contiguous().numpy().tobytes())
+    assert h.hexdigest()[:16] == digest
+
+
+# ----- the registry's facts ---------------------------------------------------------------
+
+
+def test_family_entries_hold_their_facts():
+    from trainables.models import family_entry, family_option_specs, family_size_spec, family_sizes, size_order
+    from trainables.options import Option
+
+    specs = family_option_specs("cnn1d")
+    assert set(specs) == {"depth", "kernel", "stride", "padding"} and all(isinstance(o, Option) for o in specs.values())
+    assert specs["depth"].default == 3 and specs["depth"].minimum == 1
+    assert family_options("cnn1d") == {"depth": 3, "kernel": 5, "stride": 1, "padding": "same"}
+    assert family_size_spec("mlp").types == ("integer",) and family_size_spec("torchvision").types == ("string",)
+    assert family_sizes("plain_cnn") == [2, 4, 6, 8, 10] and family_sizes("wrn") is None
+    assert "resnet18" in family_sizes("torchvision") and "fasterrcnn_resnet50_fpn" not in family_sizes("torchvision")
+    assert size_order({"family": "cifar_resnet", "size": 56}) == 56.0
+    for name in available_families():
+        entry = family_entry(name)
+        assert entry.name == name and entry.stages is not None  # every built-in family says where its stages are
+    with pytest.raises(ValueError, match=r"unknown model family 'cifar_resnt'.*did you mean cifar_resnet"):
+        family_entry("cifar_resnt")
+
+
+def test_size_key_keeps_numbers_as_before_and_names_as_they_are():
+    from trainables.config import size_key
+
+    assert [size_key(s) for s in (8, 8.0, "8", 2.5, "resnet18", "vit_b_16")] == ["8", "8", "8", "2.5", "resnet18",
+                                                                                  "vit_b_16"]
+
+
+# ----- torchvision models by name -----------------------------------------------------------
+
+#: a model of each torchvision architecture that takes 32x32 inputs (all 80 were checked: see the README)
+TV32 = ["resnet18", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
+        "regnet_x_400mf", "densenet121", "convnext_tiny", "vgg11_bn", "swin_t", "shufflenet_v2_x1_0", "squeezenet1_1",
+        "mnasnet0_5", "googlenet"]
+
+
+@pytest.mark.parametrize("name", TV32)
+def test_torchvision_models_build_and_run_at_32x32_on_meta(name):
+    from trainables.models import build_meta
+
+    m = build_meta({"family": "torchvision", "size": name}, IMG, 100)
+    out = m(torch.zeros(2, *IMG, device="meta"))
+    assert out.shape == (2, 100) and count_params(m) > 0 and count_flops(m, IMG) > 0
+    assert arch_name({"family": "torchvision", "size": name}) == f"tv-{name}"
+
+
+def test_torchvision_model_trains_on_the_cpu_reproducibly_and_never_downloads(monkeypatch):
+    import torch.hub
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was attempted")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    cfg = {"family": "torchvision", "size": "mobilenet_v3_small", "dropout": 0.1}
+    a, b, c = _seeded(cfg, IMG), _seeded(cfg, IMG), build_model(cfg, IMG, 10)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+    assert a.classifier[2].p == 0.1
+    x = torch.randn(4, *IMG)
+    loss = torch.nn.functional.cross_entropy(a(x), torch.arange(4))
+    loss.backward()
+    assert all(p.grad is not None for p in a.parameters())
+    with pytest.raises(ValueError, match="never downloaded"):
+        build_model({**cfg, "weights": "IMAGENET1K_V1"}, IMG, 10)
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"size": "resnt18"}, r"unknown torchvision model 'resnt18'; did you mean resnet18"),
+    ({"size": 18}, r"must be a string"),
+    ({"size": "resnet18", "dropout": 0.1}, r"resnet18 has no option 'dropout'.*its options: groups"),
+    ({"size": "resnet18", "zero_init_residul": True}, r"did you mean zero_init_residual"),
+    ({"size": "resnext50_32x4d", "groups": 2}, r"has no option 'groups' \(torchvision fixes it"),
+    ({"size": "mobilenet_v2", "width_mult": "wide"}, r"width_mult' must be a number"),
+    ({"size": "googlenet", "aux_logits": True}, r"aux_logits' must be false"),
+    ({"size": "vit_b_16"}, r"vit_b_16 cannot take inputs of shape \(3, 32, 32\).*set its option image_size: 32"),
+    ({"size": "alexnet"}, r"alexnet cannot take inputs.*use larger images"),
+    ({"size": "maxvit_t"}, r"maxvit_t cannot take inputs.*use larger images"),
+    ({"size": "resnet18", "channels": "stem"}, r"channels' must be one of 'repeat', 'adapt'"),
+])
+def test_torchvision_bad_configs_are_one_line_errors(cfg, match):
+    from trainables.models import build_meta
+
+    with pytest.raises(ValueError, match=match) as info:
+        build_meta({"family": "torchvision", **cfg}, IMG, 10)
+    assert "\n" not in str(info.value)
+
+
+def test_torchvision_constructor_options_are_the_builders_free_ones():
+    from trainables.models import family_option_specs
+
+    mob = family_option_specs("torchvision", "mobilenet_v2")
+    assert mob["width_mult"].default == 1.0 and mob["dropout"].default == 0.2 and mob["channels"].default == "repeat"
+    assert "num_classes" not in mob and "norm_layer" not in mob and "block" not in mob
+    assert "dropout" not in family_option_specs("torchvision", "efficientnet_b0")  # fixed per model by torchvision
+    assert family_option_specs("torchvision", "vit_b_16")["image_size"].default == 224
+    assert family_options("torchvision", "resnet18") == {"channels": "repeat", "zero_init_residual": False, "groups": 1,
+                                                         "width_per_group": 64, "replace_stride_with_dilation": None}
+    assert family_options("torchvision") == {"channels": "repeat"}
+    cfg = {"family": "torchvision", "size": "vit_b_16", "image_size": 32}
+    assert arch_name(cfg) == "tv-vit_b_16-image_size32"
+    assert arch_name({"family": "torchvision", "size": "mobilenet_v2", "width_mult": 0.5}) == "tv-mobilenet_v2-width_mult0.5"
+
+
+def test_torchvision_ladder_is_ordered_by_parameters():
+    from trainables.models import size_order
+
+    ladder = ["resnet18", "resnet34", "resnet50", "resnet101"]
+    orders = [size_order({"family": "torchvision", "size": n}, 100) for n in ladder]
+    assert orders == sorted(orders) and orders[0] == 11_227_812  # resnet18 with a 100-class head
+
+
+def test_torchvision_flops_match_the_published_gflops():
+    """torchvision's model cards give GFLOPS (multiply-adds) at 224x224; counted here on the meta device,
+    attention (ViT, Swin) included."""
+    from torchvision.models import get_model_weights
+
+    from trainables.models import build_meta
+
+    for name in ("resnet18", "mobilenet_v2", "vit_b_16", "swin_t"):
+        macs = get_model_weights(name).DEFAULT.meta["_ops"] * 1e9
+        m = build_meta({"family": "torchvision", "size": name}, (3, 224, 224), 1000)
+        assert count_flops(m, (3, 224, 224)) / 2 == pytest.approx(macs, rel=1e-3), name
+
+
+def test_attention_is_counted_even_where_pytorch_takes_its_fused_fast_path():
+    """In eval mode without gradients nn.MultiheadAttention runs one fused kernel, and on the CPU its
+    attention a fused kernel too, that the FLOP counter does not see; count_flops switches both off, so the
+    count is the matmuls by hand."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    n, d = 6, 16
+
+    class Attn(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = torch.nn.MultiheadAttention(d, 2, batch_first=True)
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=False)[0]
+
+    m = Attn().eval()
+    by_hand = 2 * (n * d * 3 * d + 2 * n * n * d + n * d * d)  # in-projection, QK^T and AV, out-projection
+    with torch.no_grad(), FlopCounterMode(display=False) as naive:
+        m(torch.zeros(2, n, d))
+    assert naive.get_total_flops() / 2 < by_hand  # the fused path hides work from a plain count
+    assert count_flops(m, (n, d)) == by_hand
+
+
+def test_torchvision_grayscale_inputs_repeat_or_adapt():
+    gray = (1, 28, 28)
+    m = _seeded({"family": "torchvision", "size": "resnet18"}, gray).eval()
+    x = torch.rand(2, *gray)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), m(x.expand(-1, 3, -1, -1)))  # the channel repeated, nothing learned
+    assert m.conv1.in_channels == 3
+    adapted = build_model({"family": "torchvision", "size": "resnet18", "channels": "adapt"}, (2, 28, 28), 10)
+    assert adapted.conv1.in_channels == 2 and adapted(torch.rand(2, 2, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="has 2 channels: set the model's option channels: adapt"):
+        build_model({"family": "torchvision", "size": "resnet18"}, (2, 28, 28), 10)
+
+
+def test_meta_builds_allocate_nothing_and_draw_no_random_numbers():
+    from trainables.models import build_meta
+
+    state = torch.random.get_rng_state()
+    m = build_meta({"family": "torchvision", "size": "regnet_y_400mf"}, IMG, 10)  # its constructor computes with tensors
+    assert all(p.device.type == "meta" for p in m.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert nn_registration_restored()
+    with torch.device("meta"):  # the spec's check builds this way
+        assert count_params(build_model({"family": "torchvision", "size": "regnet_x_400mf"}, IMG, 10)) > 0
+
+
+def nn_registration_restored() -> bool:
+    from torch import nn
+
+    return nn.Module.register_parameter.__qualname__ == "Module.register_parameter"

@@ -23,8 +23,17 @@ SECTION_KEYS = ("student", "teacher", "assistant", "export", "role")
 
 
 def size_key(size) -> str:
-    """Canonical dict key of a model size (1 and 1.0 are the same size)."""
-    f = float(size)
+    """Canonical dict key of a model size: a number as before (1 and 1.0 are the same size,
+    "1" too), a name (a torchvision model: "resnet18") as it is."""
+    if isinstance(size, str):
+        try:
+            f = float(size)
+        except ValueError:
+            return size
+    elif isinstance(size, bool):
+        raise TypeError(f"a model size is a number or a name, not {size!r}")
+    else:
+        f = float(size)
     return str(int(f)) if f.is_integer() else repr(f)
 
 

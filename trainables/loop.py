@@ -126,24 +126,51 @@ def place_model(model: torch.nn.Module, device, runtime: dict, channels_last: bo
 #: (model config, input shape, classes) -> arch, params, flops: counted once per architecture
 #: and process (an actor reused for many trials counts each architecture once)
 _FACTS_CACHE: dict[str, dict] = {}
+#: keys the study adds to a model config that are not part of the architecture
+_BOOKKEEPING = ("checkpoint", "acc", "epoch_checkpoints", "sha256", "arch", "params", "flops")
+
+
+#: models up to this many parameters are counted on the CPU (a real forward of a few MFLOPs costs less
+#: than the seconds a first meta forward takes to import torch._dynamo); larger ones on the meta device
+_CPU_COUNT_MAX_PARAMS = 20_000_000
 
 
 def model_facts(cfg: dict | None, in_shape, num_classes) -> dict:
-    """arch, params and flops of a model config (building it once on the CPU, then cached)."""
+    """arch, params and flops of a model config (counted once, then cached; a large model is
+    counted on the meta device: no memory, no arithmetic). Draws no random numbers."""
     if not cfg:
         return {}
     if "arch" in cfg and "params" in cfg and "flops" in cfg:
         return cfg
-    arch_cfg = {k: v for k, v in cfg.items() if k not in ("checkpoint", "acc", "epoch_checkpoints", "sha256")}
+    arch_cfg = {k: v for k, v in cfg.items() if k not in _BOOKKEEPING}
     key = json.dumps([arch_cfg, list(in_shape), num_classes], sort_keys=True, default=str)
     if key not in _FACTS_CACHE:
-        model = models_mod.build_model(cfg, in_shape, num_classes)
-        _FACTS_CACHE[key] = {
-            "arch": models_mod.arch_name(cfg),
-            "params": models_mod.count_params(model),
-            "flops": models_mod.count_flops(model, in_shape),
-        }
+        model = models_mod.build_meta(cfg, in_shape, num_classes)
+        params = models_mod.count_params(model)
+        flops = None
+        if params > _CPU_COUNT_MAX_PARAMS:
+            try:
+                flops = models_mod.count_flops(model, in_shape)
+            except (NotImplementedError, RuntimeError):  # an operation without a meta kernel
+                pass
+        if flops is None:  # on the CPU
+            with torch.random.fork_rng(devices=[]):
+                model = models_mod.build_model(cfg, in_shape, num_classes)
+            flops = models_mod.count_flops(model, in_shape)
+        _FACTS_CACHE[key] = {"arch": models_mod.arch_name(cfg), "params": params, "flops": flops}
     return {**cfg, **_FACTS_CACHE[key]}
+
+
+def size_value(cfg: dict | None, num_classes) -> float | None:
+    """A model's size as a number for the results' ``teacher_size``: a numeric size as it is
+    (the built-in ladders' values are unchanged), a named one (a torchvision model) by its
+    family's `size_order` (torchvision: its parameter count), so ladders sort by size."""
+    if not cfg or cfg.get("size") is None:
+        return None
+    size = cfg["size"]
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        return float(size)
+    return models_mod.size_order({k: v for k, v in cfg.items() if k not in _BOOKKEEPING}, num_classes)
 
 
 def build_optimizer(params, train: dict, device: torch.device):
@@ -259,6 +286,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         "student": model_facts(student_cfg, in_shape, num_classes),
         "teacher": model_facts(teacher_cfg, in_shape, num_classes),
         "assistant": model_facts(config.get("assistant"), in_shape, num_classes),
+        "size": {"student": size_value(student_cfg, num_classes), "teacher": size_value(teacher_cfg, num_classes)},
     }
     ctx = Context(student=student_cfg, teacher=teacher_cfg, num_classes=num_classes,
                   build_model=build, load_model=load, num_train_samples=len(splits.train[1]),
@@ -475,11 +503,12 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
         "node": _node(), "device": str(device), "code_version": config.get("code_version", "unknown"),
     }
     model_cols = {}
+    sizes = facts.get("size") or {}
     if trained_role == "teacher":  # a teacher-stage trial: the trained model is a teacher
-        model_cols.update(_model_cols("teacher", student))
+        model_cols.update(_model_cols("teacher", student, sizes.get("student")))
     else:
         model_cols.update(_model_cols("student", student))
-        model_cols.update(_model_cols("teacher", teacher))
+        model_cols.update(_model_cols("teacher", teacher, sizes.get("teacher")))
         if teacher:
             model_cols["teacher_acc"] = teacher.get("acc")
     rows = []
@@ -498,13 +527,14 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
     return rows
 
 
-def _model_cols(prefix: str, facts: dict) -> dict:
+def _model_cols(prefix: str, facts: dict, size: float | None = None) -> dict:
+    """The results columns of one model; ``size`` is its `size_value` (teachers only)."""
     if not facts:
         return {}
     cols = {f"{prefix}_family": facts.get("family"), f"{prefix}_arch": facts.get("arch"),
             f"{prefix}_params": facts.get("params"), f"{prefix}_flops": facts.get("flops")}
     if prefix == "teacher":
-        cols["teacher_size"] = float(facts["size"]) if facts.get("size") is not None else None
+        cols["teacher_size"] = size
     return cols
 
 

@@ -517,6 +517,16 @@ def _summary(cls, name: str) -> str:
     return f"method {name}"
 
 
+def size_schema(family: str) -> dict:
+    """JSON Schema of one size of a family: its type (and minimum) or its closed list of names."""
+    out = {**_models.family_size_spec(family).json_schema(), "description": _models.family_sizes_hint(family)}
+    names = _models.family_sizes(family)
+    if names is not None:
+        out.pop("type", None)
+        out["enum"] = list(names)
+    return out
+
+
 def _union(models: list, tag: str):
     if len(models) == 1:
         return models[0]
@@ -535,12 +545,13 @@ def _build(fingerprint) -> SpecModels:
         students[fam] = create_model(
             f"Model_{_safe(fam)}", __base__=ModelBase, __doc__=f"a {fam} model",
             family=(Literal[fam], Field(...)),
-            size=(Annotated[Any, WithJsonSchema({"type": ["integer", "string"], "description": hint})],
-                  Field(..., description=hint)),
+            size=(Annotated[Any, WithJsonSchema(size_schema(fam))], Field(..., description=hint)),
             **option_fields(opts, taken={"family", "size"}))
         teachers[fam] = create_model(
             f"Teachers_{_safe(fam)}", __base__=TeachersBase, __doc__=f"a ladder of {fam} teachers ({hint})",
             family=(Literal[fam], Field(...)),
+            sizes=(list[Annotated[Any, WithJsonSchema(size_schema(fam))]],
+                   Field(..., description="the ladder: one teacher per size")),
             **option_fields(opts, taken=set(TeachersBase.model_fields) | {"family", "size"}))
     classes = available_methods()
     for name, cls in classes.items():

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from trainables import models as _models
 from trainables import plugins as _plugins
 from trainables.models import arch_name, build_model
 
@@ -249,12 +250,35 @@ class _Validator:
         model = self.family(where, d, models)
         if model is None:
             return None
+        d, by_size = self.size_options(where, d, [d.get("size")])
         obj = self.validate(model, d, where)
         if obj is None:
             return None
         given = _given(obj)
-        return {"family": given.pop("family"), **{k: v for k, v in given.items() if k != "size"},
+        return {"family": given.pop("family"), **{k: v for k, v in given.items() if k != "size"}, **by_size,
                 "size": given["size"]}
+
+    def size_options(self, where: str, d: dict, sizes: list) -> tuple[dict, dict]:
+        """Split off the options that exist only for some sizes of the family (a torchvision model's
+        constructor options): allowed when some size of the section has them, checked here; the rest
+        of `d` goes to the family's typed model."""
+        family = d.get("family")
+        static = set(_models.family_option_specs(family))
+        extra: dict = {}
+        for size in sizes if isinstance(sizes, list) else []:
+            try:
+                opts = _models.family_option_specs(family, size)
+            except Exception:  # a bad size is reported where the sizes are checked
+                continue
+            for k, o in opts.items():
+                if k not in static:
+                    extra.setdefault(k, o)
+        taken = {k: v for k, v in d.items() if k in extra}
+        for k, v in taken.items():
+            msg = extra[k].check(k, v)
+            if msg:
+                self.err(f"{where}.{k}", msg)
+        return {k: v for k, v in d.items() if k not in taken}, taken
 
     def dataset_shape(self, dataset: dict | None) -> tuple[tuple[int, ...], int] | None:
         """(input shape, classes) from the dataset registry's facts, or None after a problem."""
@@ -300,11 +324,12 @@ class _Validator:
         model = self.family("teachers", raw, self.m.teachers)
         if model is None:
             return None
+        raw, by_size = self.size_options("teachers", raw, raw.get("sizes"))
         obj = self.validate(model, raw, "teachers")
         if obj is None:
             return None
         given = _given(obj)
-        out = {k: v for k, v in given.items() if k not in TEACHER_LADDER_KEYS}
+        out = {**{k: v for k, v in given.items() if k not in TEACHER_LADDER_KEYS}, **by_size}
         sizes = list(obj.sizes)
         if not sizes:
             self.err("teachers.sizes", "must be a non-empty list of sizes")

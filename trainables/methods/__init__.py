@@ -1,5 +1,18 @@
 """Distillation methods, one file each, found by name through the registry."""
 
-from .base import Context, HParam, Method, Step, available_methods, get_method, register
+from ..models.taps import Taps, tap_shapes
+from .base import (
+    Context,
+    Forward,
+    FrozenTeacherMethod,
+    HParam,
+    Method,
+    Step,
+    available_methods,
+    freeze,
+    get_method,
+    register,
+)
 
-__all__ = ["Context", "HParam", "Method", "Step", "available_methods", "get_method", "register"]
+__all__ = ["Context", "Forward", "FrozenTeacherMethod", "HParam", "Method", "Step", "Taps", "available_methods",
+           "freeze", "get_method", "register", "tap_shapes"]

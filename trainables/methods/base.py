@@ -7,6 +7,22 @@ terms, steps the optimizer over `trainable_parameters()`, evaluates every
 model in `eval_logits()`, checkpoints `state_dict()` and reports. Adding a
 method never touches the loop: write one file in this package and decorate
 its class with `@register("name")`.
+
+Features beyond logits come from **feature taps** (`trainables.models.taps`,
+where the names are documented): a method declares what it reads with the
+classmethod ``feature_taps(hp) -> {"student": [names], "teacher": [names]}``
+(default: nothing, and then no hook is installed anywhere), e.g.
+``{"student": ["stages", "penultimate"], "teacher": ["stages", "penultimate"]}``.
+`FrozenTeacherMethod` serves them: ``forward_both(x)`` returns a `Forward` with
+the student's logits and features (with their graph) and the frozen teacher's
+(computed under ``no_grad``, in eval mode), all from one forward pass of each
+model; ``tap_shapes(role)`` gives each feature's per-sample shape before
+training (for connectors: a FitNets regressor, CRD's embedding heads), from a
+meta forward that costs nothing. A method with its own models uses
+``Taps(model, names)`` the same way. The taps work for every model family
+(built-in, torchvision, plug-in), compiled or not, channels_last or not, under
+bf16 autocast (the features are then bf16, like the logits: cast them with
+``.float()`` where a loss needs float32).
 """
 
 from __future__ import annotations
@@ -16,6 +32,8 @@ from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
+
+from ..models.taps import Taps
 
 
 @dataclass(frozen=True)
@@ -129,6 +147,14 @@ class Method(nn.Module):
         an epoch. Default 0 (losses linear in the batch are negligible beside the models)."""
         return 0.0
 
+    @classmethod
+    def feature_taps(cls, hp: dict | None = None) -> dict[str, list[str]]:
+        """The features the method reads beyond logits, by tap name, per role:
+        ``{"student": [...], "teacher": [...]}`` (see `trainables.models.taps` for the names;
+        `hp` are the trial's hyperparameters, for methods whose taps depend on them). Default:
+        none, and then no hook is installed."""
+        return {}
+
     # -- what the loop calls -------------------------------------------------
     @property
     def generations(self) -> int:
@@ -189,8 +215,23 @@ class Method(nn.Module):
         return {}
 
 
+@dataclass
+class Forward:
+    """One batch through the student and the frozen teacher: logits and the tapped features
+    ({tap name: tensor, or list of tensors for "stages"}); the teacher's carry no graph."""
+
+    student_logits: torch.Tensor
+    student: dict[str, Any]
+    teacher_logits: torch.Tensor
+    teacher: dict[str, Any]
+
+
 class FrozenTeacherMethod(Method):
-    """A method that distils a fresh student from a frozen pretrained teacher (from the zoo)."""
+    """A method that distils a fresh student from a frozen pretrained teacher (from the zoo).
+
+    The features the class declares in `feature_taps` are tapped on both models
+    (``self.student_taps``, ``self.teacher_taps``) and served by `forward_both`.
+    """
 
     needs_teacher = True
 
@@ -198,15 +239,30 @@ class FrozenTeacherMethod(Method):
         super().__init__(ctx, hp)
         self.student = ctx.build_model(ctx.student)
         self.teacher = freeze(ctx.load_model(ctx.teacher))
+        taps = type(self).feature_taps(self.hp)
+        self.student_taps = Taps(self.student, taps.get("student", ()))
+        self.teacher_taps = Taps(self.teacher, taps.get("teacher", ()))
 
     def frozen_modules(self) -> list[nn.Module]:
         return [self.teacher]
 
+    def forward_both(self, x: torch.Tensor) -> Forward:
+        """Teacher (no grad, eval mode) then student on one batch, with their tapped features."""
+        with torch.no_grad():
+            t_logits, t_feats = self.teacher_taps(x)
+        s_logits, s_feats = self.student_taps(x)
+        return Forward(s_logits, s_feats, t_logits, t_feats)
+
     def student_and_teacher_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The student's logits and the frozen teacher's (computed without a graph) for one batch."""
-        with torch.no_grad():
-            t_logits = self.teacher(x)
-        return self.student(x), t_logits
+        f = self.forward_both(x)
+        return f.student_logits, f.teacher_logits
+
+    def tap_shapes(self, role: str) -> dict[str, Any]:
+        """Per-sample shapes of the features tapped on ``role`` ("student" or "teacher"), known
+        before training (a meta forward: no arithmetic, the models untouched)."""
+        taps = {"student": self.student_taps, "teacher": self.teacher_taps}[role]
+        return taps.shapes(self.ctx.extra["in_shape"])
 
 
 _REGISTRY: dict[str, type[Method]] = {}

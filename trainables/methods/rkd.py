@@ -2,7 +2,8 @@
 
 The student learns the *relations* among the teacher's embeddings of a
 mini-batch rather than the embeddings themselves, on the penultimate
-embeddings (`features(x)`, before the classifier):
+embeddings (the ``"penultimate"`` feature tap: the (B, D) input of the
+classifier, for any model family, torchvision models included):
 
     loss = (1−α)·CE(s, y) + λ_D·L_dist(f_s, f_t) + λ_A·L_angle(f_s, f_t) [+ α·T²·KL(softmax(t/T) ‖ softmax(s/T))]
 
@@ -18,13 +19,11 @@ classification code also adds Hinton KD (T = 4); here that term is optional
 (α = 0 turns it off and leaves CE at weight 1, the RepDistiller "RKD" row);
 α and T are held at their defaults unless a spec searches them.
 Teacher and student embeddings may differ in dimension: RKD compares
-relations, so no projection is needed. Each model runs one forward pass
-(features, then head); the frozen teacher's under no_grad.
+relations, so no projection is needed. Each model runs one forward pass,
+which yields both its logits and its embedding; the frozen teacher's under no_grad.
 """
 
 from __future__ import annotations
-
-import torch
 
 from ..losses import cross_entropy, rkd_angle, rkd_distance, soft_kl
 from .base import FrozenTeacherMethod, HParam, Step, register
@@ -50,12 +49,14 @@ class RelationalKD(FrozenTeacherMethod):
     def loss_flops(cls, batch_size: int) -> float:
         return cls.ANGLE_FLOPS_PER_TRIPLET * float(batch_size) ** 3
 
+    @classmethod
+    def feature_taps(cls, hp=None):
+        return {"student": ["penultimate"], "teacher": ["penultimate"]}
+
     def training_step(self, x, y):
-        with torch.no_grad():
-            ft = self.teacher.features(x)
-            t_logits = self.teacher.head(ft)
-        fs = self.student.features(x)
-        s_logits = self.student.head(fs)
+        f = self.forward_both(x)
+        fs, ft = f.student["penultimate"], f.teacher["penultimate"]
+        s_logits, t_logits = f.student_logits, f.teacher_logits
         alpha = float(self.hp["alpha"])
         terms = {
             "ce": (1.0 - alpha) * cross_entropy(s_logits, y),
