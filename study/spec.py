@@ -68,7 +68,7 @@ SCHEDULERS = ("auto", "asha", "none")
 #: search seeds stay below this; confirm (and baseline) seeds start there (disjoint, see study.graph)
 MAX_SEARCH_SEED = 9_999
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")  # fp32: IEEE float32 matmuls; tf32 opts into TF32 (CUDA)
 #: keys of the `teachers` section that describe the ladder, not the model
 TEACHER_LADDER_KEYS = ("sizes", "seeds", "epochs", "export_epochs")
 
