@@ -312,8 +312,9 @@ class _Validator:
         runtime = self.section(raw, "runtime")
         self.unknown("runtime", runtime, {"device", "precision", "compile", "channels_last", "checkpoint_every_s"})
         gpu = self.num("resources.gpu", resources.get("gpu"), 0.0, low=0.0, high=8)
-        if gpu > 1 and gpu != int(gpu):
-            self.err("resources.gpu", f"a fraction of one GPU (at most 1) or a whole number of GPUs; got {gpu}")
+        if gpu > 1:  # reserving GPUs a trial never uses would only idle them
+            self.err("resources.gpu", f"a fraction of one GPU in [0, 1]: a trial trains on one GPU; got {gpu:g}")
+            gpu = 1.0
         failure = self.section(raw, "failure")
         self.unknown("failure", failure, {"max_failures"})
         report = self.section(raw, "report")

@@ -391,9 +391,10 @@ def test_bad_input_is_reported_before_ray_starts(tmp_path, data_root, capsys, no
     assert "cifar100: dataset files not found" in err and "no-cifar-here" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
-    with pytest.raises(SpecError, match=r"resources.gpu: a fraction of one GPU"):
-        parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": 1.5}))
-    parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": 2}))  # whole GPUs are fine
+    for gpu in (1.5, 2):  # a trial trains on one GPU: more would be reserved and idle
+        with pytest.raises(SpecError, match=r"resources.gpu: a fraction of one GPU in \[0, 1\]"):
+            parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": gpu}))
+    parse_spec(micro_spec(tmp_path, data_root, resources={"gpu": 1}))
 
     import torch
 
