@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a trial spends outside training epochs (start-up, evaluation)")
     pl.add_argument("--from-results", metavar="STUDY_DIR",
                     help="calibrate epoch seconds and overheads from a study's results (e.g. a short real run)")
+    pl.add_argument("--node", metavar="CPUS[:GPUS]",
+                    help="a cluster node's shape, e.g. 8:1: trials it packs, a warning when its CPUs leave GPUs "
+                         "idle, and the default slots (default: this machine)")
     return p
 
 
@@ -157,7 +160,7 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
 
     from .folder import SpecMismatch, StudyFolder
     from .lock import StudyLocked
-    from .preflight import preflight
+    from .preflight import preflight, preflight_warnings
 
     root = StudyFolder(root).root
     problems = preflight(spec, root, local=address is None)
@@ -165,6 +168,8 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
         for p in problems:
             print(f"kdstudy: {p}", file=sys.stderr)
         return 2
+    for w in preflight_warnings(spec, local=address is None):
+        print(f"kdstudy: warning: {w}", file=sys.stderr)
     from .runner import StudyLockLost, run_study
 
     try:
@@ -272,7 +277,8 @@ def cmd_plan(args) -> int:
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results)
+    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
+                     node=args.node)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "resume": cmd_resume, "report": cmd_report,
