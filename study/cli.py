@@ -8,6 +8,7 @@
   kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
   kdstudy --version                                     the installed version
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
+  kdstudy bench --first-run [--quick]                   on a GPU: PASS/FAIL of the GPU path, in a minute
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print per stage and method how trials ended, the results and the errors")
     st.add_argument("path", help=RESULTS_PATH_HELP)
     st.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
-    sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help)")
+    sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help); "
+                   "--first-run checks the GPU path on a GPU machine")
     pl = sub.add_parser("plan", help="print the experiment graph and the predicted makespan (no Ray)")
     pl.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
     pl.add_argument("--slots", type=int, action="append",
@@ -93,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and "--first-run" in argv[1:]:  # the GPU path checked for real (Ray included)
+        from .firstrun import main as first_run
+
+        return first_run([a for a in argv[1:] if a != "--first-run"])
     if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
         from trainables.bench import main as bench_main
 

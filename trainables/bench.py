@@ -454,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-workers", type=int, default=None,
                    help="peer's DataLoader workers (default: its own 8 on CUDA; 1 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--first-run", action="store_true",
+                   help="on a GPU machine: check the GPU path for real, PASS/FAIL per item (kdstudy bench "
+                        "--first-run runs study.firstrun; exit 0 pass, 1 fail, 3 no GPU)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_procs", type=int, default=1, help=argparse.SUPPRESS)
@@ -470,6 +473,8 @@ def _defaults(opts, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if opts.first_run:  # it starts Ray, which this module never imports
+        parser.error("run the first-run check as `kdstudy bench --first-run` (or python -m study.firstrun)")
     try:
         for name in (opts.teacher, opts.student) + ((opts.assistant,) if opts.assistant else ()):
             parse_arch(name)

@@ -3,7 +3,11 @@
 Every loss takes logits (not probabilities) — or, for RKD, penultimate
 embeddings — and returns a scalar mean over the batch (or a dict of named
 scalar terms), so the loop can sum terms from any method. Probability and
-relation maths run in float32 even under bf16 autocast.
+relation maths run in float32 even under bf16 autocast, and on CUDA that is
+true float32: the trial's device plan keeps TF32 off for matmuls and
+convolutions outside autocast unless `runtime.precision` is `tf32`
+(`trainables.device`; with TF32 the Gram matrices of RKD lose about 13
+mantissa bits, which moved the distance gradient by 8% on clustered features).
 
   Hinton KD ............ soft_kl, hinton_kd (reduction "batchmean", or TAKD's "mean")
   DIST (Huang 2022) .... pearson_rows, dist_terms
