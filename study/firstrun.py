@@ -182,7 +182,7 @@ def check_ray_packing(data_root: str, workdir: str) -> Check:
                               run_config=tune.RunConfig(storage_path=os.path.join(workdir, "tune"),
                                                         name=f"firstrun-{len(keys)}", verbose=0)).fit()
 
-        packed = run({"cpu": 1, "gpu": 0.25}, [f"gpu-{i}" for i in range(4)], epochs=40)
+        packed = run({"cpu": 1, "gpu": 0.25}, [f"gpu-{i}" for i in range(4)], epochs=60)
         alone = run({"cpu": 1, "gpu": 0}, ["cpu-0"], epochs=2)
     finally:
         stop_local_ray()

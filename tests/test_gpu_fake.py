@@ -290,3 +290,15 @@ def test_gpu0_trial_in_a_ray_worker_with_visible_cuda_trains_on_the_cpu(ray_loca
     assert not grid.errors, grid.errors
     rows = grid[0].metrics["rows"]
     assert rows and {r["device"] for r in rows} == {"cpu"}
+
+
+def test_first_run_on_a_cpu_machine_says_it_needs_a_gpu(capsys):
+    from study.cli import main
+    from study.firstrun import EXIT_NO_GPU
+
+    assert main(["bench", "--first-run", "--quick"]) == EXIT_NO_GPU == 3
+    err = capsys.readouterr().err
+    assert "needs a CUDA GPU" in err and "nothing was checked" in err
+    with pytest.raises(SystemExit) as e:  # the bench module itself never starts Ray: it points to the command
+        bench.main(["--first-run"])
+    assert e.value.code == 2

@@ -154,20 +154,19 @@ def evaluate(method: Method, x, y, splits, plan: DevicePlan, runtime) -> dict:
 # --------------------------------------------------------------------------- the loop
 
 
-def run_trial(config: dict, hooks: Hooks | None = None, plan: DevicePlan | None = None) -> Hooks:
+def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     """Train one trial to the end (or until it diverges); returns the hooks.
 
     A diverged trial is an outcome, not an error: its last report carries
     status "diverged" and the function returns normally.
 
     The device comes from `runtime.device` and, inside Ray, the GPUs Ray gave
-    the trial (`runtime.gpu_ids`, set by the trainable); see
-    `trainables.device`. `plan` replaces the device plan the trial would
-    compute (tests run a CUDA plan's choices on the CPU this way).
+    the trial (`runtime.gpu_ids`, set by the trainable); what runs there from
+    the device plan (`trainables.device.plan_device`).
     """
     hooks = hooks or LocalHooks()
     try:
-        return _run_trial(config, hooks, plan)
+        return _run_trial(config, hooks)
     except Exception as exc:
         if is_compile_limit_error(exc):
             raise CompileLimitHit(
@@ -177,17 +176,16 @@ def run_trial(config: dict, hooks: Hooks | None = None, plan: DevicePlan | None 
         raise
 
 
-def _run_trial(config: dict, hooks: Hooks, plan: DevicePlan | None) -> Hooks:
+def _run_trial(config: dict, hooks: Hooks) -> Hooks:
     t_start = time.perf_counter()
     runtime = config.get("runtime", {})
     train = config["train"]
-    device = plan.device if plan is not None else choose_device(runtime, runtime.get("gpu_ids"))
+    device = choose_device(runtime, runtime.get("gpu_ids"))
     seed = int(config.get("seed", 0))
 
     splits = data_mod.load_dataset(config["dataset"])
     in_shape, num_classes = splits.input_shape, splits.num_classes
-    if plan is None:
-        plan = plan_device(device, runtime, splits.kind)
+    plan = plan_device(device, runtime, splits.kind)
     device = plan.device
     plan.apply()  # before the first allocation on the device: the memory cap holds from the start
     train_xy = data_mod.to_device(splits.train, device)
