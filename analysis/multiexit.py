@@ -236,7 +236,7 @@ def section_text(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95)
         final = max(mine, key=lambda v: int(v.a.rsplit(" ", 1)[1]))
         if method == "multiexit_const":
             t = _hparam(runs[method].iloc[0], "temperature") if method in runs else None
-            how = f"at constant T = {t:g} (chosen on validation)" if t is not None else "at constant T"
+            how = f"at constant T = {t:.3g} (chosen on validation)" if t is not None else "at constant T"
         else:
             how = f"with the adaptive T (reached {reached['median']:.2f})" if reached else "with the adaptive T"
         est, (lo, hi) = final.estimate, final.ci

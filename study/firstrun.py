@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -172,6 +173,10 @@ def check_ray_packing(data_root: str, workdir: str) -> Check:
 
     from .localray import start_local_ray, stop_local_ray
 
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # Tune's tables and log lines stay off the PASS/FAIL lines
+    for name in ("ray", "ray.tune"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
     start_local_ray(num_cpus=max(5, os.cpu_count() or 1), num_gpus=1, log_dir=os.path.join(workdir, "ray"))
     try:
         def run(resources: dict, keys: list[str], epochs: int):
