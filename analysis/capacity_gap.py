@@ -36,7 +36,7 @@ from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, c
                     mean_ci, paired_family, summarize)
 
 #: methods that are not distillation from a teacher ladder
-NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_ce"}
+NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_const", "multiexit_ce"}
 #: capacity-gap statuses
 GAP, NO_GAP, LARGEST_BETTER = "capacity gap", "no capacity gap", "largest teacher better"
 #: the modern remedies for the capacity gap, with the label the comparison chart gives them

@@ -1,21 +1,35 @@
 """Multi-exit networks: test accuracy per exit against cumulative FLOPs, distillation vs exit-wise CE.
 
+Three methods: multi-exit distillation with the authors' adaptive
+temperature (`multiexit`), with a constant temperature (`multiexit_const`),
+and the exit-wise cross-entropy baseline (`multiexit_ce`).
+
 Each (trial, exit) is taken at its best-val epoch for that exit. Runs come from
 ``confirm`` when it has these methods, else from every stage holding them; per
 method the configuration with the best mean final-exit val_acc is kept, and
-its seeds give mean and 95% CI.
+its seeds give mean and 95% CI. `section_text` says, with the study's own
+numbers, which temperature the adaptive rule reached and whether (and from
+which temperature on) distillation cost the final exit.
 """
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import plotly.graph_objects as go
 
-from .select import best_config, reported_stage
+from .select import best_config, finished, reported_stage
 from .figstyle import finish, y_range_with_bars
 from .stats import summarize
 
-METHODS = ("multiexit", "multiexit_ce")
+BASELINE = "multiexit_ce"
+#: the distillation methods, one per temperature rule of the authors' code
+DISTILLATION = ("multiexit", "multiexit_const")
+METHODS = DISTILLATION + (BASELINE,)
+NAMES = {"multiexit": "distillation, adaptive T (multiexit)",
+         "multiexit_const": "distillation, constant T (multiexit_const)",
+         "multiexit_ce": "exit-wise CE (multiexit_ce)"}
 
 
 def exit_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
@@ -45,12 +59,11 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
         return None
     use_flops = data["exit_flops"].notna().all()
     xcol = "exit_flops" if use_flops else "exit"
-    names = {"multiexit": "distillation (multiexit)", "multiexit_ce": "exit-wise CE (multiexit_ce)"}
     fig = go.Figure()
     for method, grp in data.groupby("method", sort=True):
         grp = grp.sort_values("exit")
         fig.add_trace(go.Scatter(
-            x=grp[xcol], y=100 * grp["mean"], mode="lines+markers", name=names.get(method, method),
+            x=grp[xcol], y=100 * grp["mean"], mode="lines+markers", name=NAMES.get(method, method),
             error_y=dict(type="data", symmetric=False, array=100 * (grp["high"] - grp["mean"]).fillna(0),
                          arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),
             customdata=grp[["exit", "n"]],
@@ -69,7 +82,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
 
 
 def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per method (multiexit, multiexit_ce): the runs of its configuration chosen on validation.
+    """Per method (multiexit, multiexit_const, multiexit_ce): the runs of its configuration chosen on validation.
 
     Stage ``confirm`` only, finished student trials; the configuration with
     the best mean final-exit val_acc over seeds; one row per (trial, exit) at
@@ -84,21 +97,174 @@ def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {m: grp for m, grp in chosen.groupby("method", sort=True)}
 
 
-def exit_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
-    """Multi-exit distillation minus exit-wise CE at every exit, paired by seed (one Holm family over exits).
+def comparison_label(method: str, exit_: int) -> str:
+    """The label of the comparison of `method` with exit-wise CE at one exit (ends with the exit index)."""
+    rule = {"multiexit": "adaptive T", "multiexit_const": "constant T"}.get(method, "distillation")
+    return f"{method} (distillation, {rule}) at exit {exit_}"
 
-    Returns a list of PairedVerdict, one per exit present in both methods (empty without both).
+
+def exit_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
+    """Each multi-exit distillation method minus exit-wise CE at every exit, paired by seed.
+
+    One Holm family over all (method, exit) pairs. Returns a list of
+    PairedVerdict (labels from `comparison_label`; empty without CE and a
+    distillation method).
     """
     from .stats import compare
 
     runs = exit_runs(summary)
-    if set(runs) != set(METHODS):
+    if BASELINE not in runs:
         return []
-    kd, ce = runs["multiexit"], runs["multiexit_ce"]
-    exits = sorted(set(kd["exit"].dropna().astype(int)) & set(ce["exit"].dropna().astype(int)))
+    ce = runs[BASELINE]
     pairs = []
-    for x in exits:
-        a = kd[kd["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
-        b = ce[ce["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
-        pairs.append((f"multiexit (distillation) at exit {x}", f"exit-wise CE (multiexit_ce) at exit {x}", a, b))
-    return compare(pairs, family="multiexit vs exit-wise CE, per exit", delta=delta, level=level)
+    for method in DISTILLATION:
+        if method not in runs:
+            continue
+        kd = runs[method]
+        exits = sorted(set(kd["exit"].dropna().astype(int)) & set(ce["exit"].dropna().astype(int)))
+        for x in exits:
+            a = kd[kd["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+            b = ce[ce["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+            pairs.append((comparison_label(method, x), f"exit-wise CE (multiexit_ce) at exit {x}", a, b))
+    return compare(pairs, family="multi-exit distillation vs exit-wise CE, per exit", delta=delta, level=level)
+
+
+# ------------------------------------------------------------------ temperatures
+
+
+def _hparam(row, name: str):
+    """A hyperparameter of a summary row: its column where the schema has one, else hparams_json."""
+    v = row.get(name) if hasattr(row, "get") else None
+    if v is not None and v == v:
+        return float(v)
+    try:
+        hp = json.loads(row.get("hparams_json") or "{}")
+    except (TypeError, ValueError):
+        return None
+    v = hp.get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def final_exit_runs(summary: pd.DataFrame) -> pd.DataFrame:
+    """Every finished run (search and confirm) of the multi-exit methods at its final exit's best-val epoch,
+    with the temperature it trained at: `temperature` (constant T), or for the adaptive rule the T in
+    force at that epoch (`temperature_now`). Columns: stage, method, trial_id, seed, T, val_acc, test_acc."""
+    cols = ["stage", "method", "trial_id", "seed", "T", "val_acc", "test_acc"]
+    if summary.empty or "method" not in summary:
+        return pd.DataFrame(columns=cols)
+    rows = finished(summary[summary["method"].isin(METHODS) & (summary["role"] == "student")
+                            & summary["exit"].notna()])
+    if rows.empty:
+        return pd.DataFrame(columns=cols)
+    rows = rows[rows["exit"] == rows.groupby("trial_id")["exit"].transform("max")]
+    out = []
+    for _, r in rows.iterrows():
+        if r["method"] == "multiexit":
+            t = r.get("temperature_now")
+            t = float(t) if t is not None and t == t else None
+        elif r["method"] == "multiexit_const":
+            t = _hparam(r, "temperature")
+        else:
+            t = None
+        out.append({"stage": r["stage"], "method": r["method"], "trial_id": r["trial_id"], "seed": r.get("seed"),
+                    "T": t, "val_acc": r["val_acc"], "test_acc": r["test_acc"]})
+    return pd.DataFrame(out, columns=cols)
+
+
+def adaptive_temperature(summary: pd.DataFrame) -> dict | None:
+    """The temperature the adaptive rule reached: median, min, max and n over its reported runs
+    (confirm if it has any, else every run), at the final exit's best-val epoch; None without them."""
+    runs = final_exit_runs(summary)
+    runs = runs[(runs["method"] == "multiexit") & runs["T"].notna()]
+    if runs.empty:
+        return None
+    if (runs["stage"] == "confirm").any():
+        runs = runs[runs["stage"] == "confirm"]
+    t = runs["T"].astype(float)
+    return {"median": float(t.median()), "min": float(t.min()), "max": float(t.max()), "n": int(len(t)),
+            "stage": "confirm" if (runs["stage"] == "confirm").all() else "+".join(sorted(runs["stage"].unique()))}
+
+
+def temperature_effect(summary: pd.DataFrame) -> pd.DataFrame:
+    """Final-exit validation accuracy of every distillation run against exit-wise CE, by temperature.
+
+    One row per distillation run: method, stage, T, val_acc (%), and `vs_ce`:
+    its final-exit val_acc minus the mean final-exit val_acc of all CE runs
+    (points). Validation only: a descriptive view of all the study's runs,
+    single seeds in the search; the paired verdicts (`exit_comparisons`) are
+    the evidence. Sorted by T.
+    """
+    runs = final_exit_runs(summary)
+    ce = runs[runs["method"] == BASELINE]["val_acc"].dropna()
+    dist = runs[runs["method"].isin(DISTILLATION) & runs["T"].notna() & runs["val_acc"].notna()]
+    if ce.empty or dist.empty:
+        return pd.DataFrame(columns=["method", "stage", "T", "val_acc", "vs_ce"])
+    ref = 100 * float(ce.mean())
+    out = dist.assign(val_acc=100 * dist["val_acc"], vs_ce=100 * dist["val_acc"] - ref)
+    return out[["method", "stage", "T", "val_acc", "vs_ce"]].sort_values(["T", "method"]).reset_index(drop=True)
+
+
+def costly_from(effect: pd.DataFrame, delta: float) -> float | None:
+    """The lowest temperature from which every run's final exit is more than `delta` points below CE
+    (validation), or None when no such temperature exists among the runs."""
+    if effect.empty:
+        return None
+    worse = (effect["vs_ce"] < -delta).to_numpy()
+    t = effect["T"].to_numpy()
+    for i in range(len(t)):
+        if worse[i:].all():
+            return float(t[i])
+    return None
+
+
+def section_text(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list[str]:
+    """The lines above the multi-exit figure: the adaptive rule's temperature, each rule against
+    exit-wise CE at the final exit (paired, from `exit_comparisons`), and from which temperature on
+    distillation cost the final exit in this study's runs."""
+    lines = []
+    reached = adaptive_temperature(summary)
+    if reached is not None:
+        spread = "" if reached["n"] < 2 else f" (from {reached['min']:.2f} to {reached['max']:.2f})"
+        lines.append(f"The adaptive rule (multiexit) raised the temperature from 1 to {reached['median']:.2f}{spread} "
+                     f"by the final exit's best-validation epoch (median of {reached['n']} {reached['stage']} run(s)).")
+    verdicts = exit_comparisons(summary, delta, level)
+    runs = exit_runs(summary)
+    for method in DISTILLATION:
+        mine = [v for v in verdicts if v.a.startswith(method + " ")]
+        if not mine:
+            continue
+        final = max(mine, key=lambda v: int(v.a.rsplit(" ", 1)[1]))
+        if method == "multiexit_const":
+            t = _hparam(runs[method].iloc[0], "temperature") if method in runs else None
+            how = f"at constant T = {t:.3g} (chosen on validation)" if t is not None else "at constant T"
+        else:
+            how = f"with the adaptive T (reached {reached['median']:.2f})" if reached else "with the adaptive T"
+        est, (lo, hi) = final.estimate, final.ci
+        outcome = final.outcome.upper() + ((" worse" if est < 0 else " better") if final.outcome == "shown" else "")
+        lines.append(f"Final exit, distillation {how} minus exit-wise CE: {est:+.2f} points "
+                     f"[{lo:+.2f}, {hi:+.2f}], {outcome} (test, paired over {final.k} seeds, "
+                     f"Holm over the methods and exits).")
+    effect = temperature_effect(summary)
+    if not effect.empty:
+        parts = []
+        const = effect[effect["method"] == "multiexit_const"]
+        for t, grp in const.groupby("T", sort=True):
+            n = f" ({len(grp)} runs)" if len(grp) > 1 else ""
+            parts.append(f"T {t:.2f}: {grp['vs_ce'].mean():+.1f}{n}")
+        adaptive = effect[effect["method"] == "multiexit"]
+        if not adaptive.empty:
+            t0, t1 = adaptive["T"].min(), adaptive["T"].max()
+            span = f"{t0:.2f}" if t0 == t1 else f"{t0:.2f}-{t1:.2f}"
+            n = f", {len(adaptive)} runs" if len(adaptive) > 1 else ""
+            parts.append(f"adaptive (T {span}{n}): {adaptive['vs_ce'].mean():+.1f}")
+        shown = "; ".join(parts)
+        cut = costly_from(effect, delta)
+        if cut is None:
+            when = (f"no temperature among these runs cost the final exit more than {delta:g} points throughout"
+                    if (effect["vs_ce"] >= -delta).all() else
+                    f"the runs more than {delta:g} points below CE do not start at one temperature")
+        else:
+            when = f"every run at T ≥ {cut:.2f} lost more than {delta:g} points of the final exit"
+        lines.append(f"Final exit minus exit-wise CE by temperature (validation, points, mean over the study's "
+                     f"runs at that T; search runs are single seeds): {shown}. In this study {when}.")
+    return lines

@@ -88,7 +88,8 @@ def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) ->
         sections.append(Section("trikd_generations", "TriKD generations", fig, []))
     fig = multiexit.figure(summary)
     if fig is not None:
-        sections.append(Section("multiexit_flops", "Multi-exit: accuracy vs FLOPs", fig, []))
+        sections.append(Section("multiexit_flops", "Multi-exit: accuracy vs FLOPs", fig,
+                                multiexit.section_text(summary, delta, level)))
     searched = sorted(landscape.search_trials(summary)["method"].dropna().unique()) if not summary.empty else []
     for method in searched:
         fig = landscape.scatter(summary, method)

@@ -9,6 +9,7 @@
   kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
   kdstudy --version                                     the installed version
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
+  kdstudy bench --first-run [--quick]                   on a GPU: PASS/FAIL of the GPU path, in a minute
 
 Exit codes: 0 done; 1 the study could not finish (an experiment failed, another driver
 holds the study, the spec differs from the study's, the disk is full); 2 bad input,
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print per stage and method how trials ended, the results and the errors")
     st.add_argument("path", help=RESULTS_PATH_HELP)
     st.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
-    sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help)")
+    sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help); "
+                   "--first-run checks the GPU path on a GPU machine")
     pl = sub.add_parser("plan", help="print the experiment graph and the predicted makespan (no Ray)")
     pl.add_argument("spec", nargs="?", help="study spec YAML (default: studies/quickstart.yaml)")
     pl.add_argument("--slots", type=int, action="append",
@@ -96,12 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds a trial spends outside training epochs (start-up, evaluation)")
     pl.add_argument("--from-results", metavar="STUDY_DIR",
                     help="calibrate epoch seconds and overheads from a study's results (e.g. a short real run)")
+    pl.add_argument("--node", metavar="CPUS[:GPUS]",
+                    help="a cluster node's shape, e.g. 8:1: trials it packs, a warning when its CPUs leave GPUs "
+                         "idle, and the default slots (default: this machine)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"] and "--first-run" in argv[1:]:  # the GPU path checked for real (Ray included)
+        from .firstrun import main as first_run
+
+        return first_run([a for a in argv[1:] if a != "--first-run"])
     if argv[:1] == ["bench"]:  # the bench has its own options (and runs without Ray)
         from trainables.bench import main as bench_main
 
@@ -218,7 +227,7 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
 
     from .folder import SpecMismatch, StudyFolder
     from .lock import StudyLocked
-    from .preflight import preflight
+    from .preflight import preflight, preflight_warnings
 
     root = StudyFolder(root).root
     problems = preflight(spec, root, local=address is None)
@@ -226,6 +235,8 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
         for p in problems:
             print(f"kdstudy: {p}", file=sys.stderr)
         return 2
+    for w in preflight_warnings(spec, local=address is None):
+        print(f"kdstudy: warning: {w}", file=sys.stderr)
     from .runner import StudyLockLost, run_study
 
     try:
@@ -333,7 +344,8 @@ def cmd_plan(args) -> int:
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results)
+    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
+                     node=args.node)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "resume": cmd_resume,

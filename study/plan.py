@@ -8,8 +8,10 @@ runner did ("serial": one experiment after another).
 
 Model of the runner (`simulate`)
 --------------------------------
-* A **slot** holds one trial: the resources of one trial (cluster CPUs /
-  `resources.cpu`, or GPUs / `resources.gpu`).
+* A **slot** holds one trial: the resources of one trial. By default the
+  slots are what this machine packs (`packing`: min of CPUs / `resources.cpu`
+  and GPUs x floor(1 / `resources.gpu`)), or one `--node CPUS:GPUS`; the plan
+  warns when a node's CPUs leave part of its GPU share idle (`idle_gpu_warning`).
 * **graph**: every experiment whose dependencies are finished is launched at
   once, in plan order, at most `max_experiments` running. After `start_s`
   (Tuner and searcher start-up) it keeps at most `max_concurrent` trials
@@ -605,18 +607,99 @@ def _fmt_s(s: float) -> str:
     return f"{s / 86400:.1f} d"
 
 
-def default_slots(spec) -> int:
-    gpu = float(spec.resources.get("gpu") or 0)
-    if gpu > 0:
-        try:
-            import torch
+# --------------------------------------------------------------------------- nodes: how trials pack
 
-            n = torch.cuda.device_count()
-        except Exception:
-            n = 0
-        if n:
-            return max(1, int(n / gpu))
-    return max(1, int((os.cpu_count() or 1) / float(spec.resources.get("cpu") or 1)))
+
+@dataclass(frozen=True)
+class NodeShape:
+    """A Ray node's CPUs and GPUs (`--node 8:1`, or this machine)."""
+
+    cpus: float
+    gpus: int = 0
+    name: str = "a node"
+
+    def __str__(self) -> str:
+        gpus = f" and {self.gpus} GPU{'s' if self.gpus != 1 else ''}" if self.gpus else ""
+        return f"{self.name} with {self.cpus:g} CPUs{gpus}"
+
+
+def parse_node(text: str) -> NodeShape:
+    """`CPUS[:GPUS]` (8:1 is eight CPUs and one GPU) -> NodeShape; ValueError names the problem."""
+    cpus, _, gpus = str(text).partition(":")
+    try:
+        shape = NodeShape(float(cpus), int(gpus) if gpus else 0)
+    except ValueError:
+        raise ValueError(f"--node wants CPUS[:GPUS] such as 8:1; got {text!r}") from None
+    if not shape.cpus > 0 or shape.gpus < 0 or not math.isfinite(shape.cpus):
+        raise ValueError(f"--node wants a positive CPU count and a GPU count >= 0; got {text!r}")
+    return shape
+
+
+def this_machine() -> NodeShape:
+    """This machine as a local Ray sees it (its cores; its CUDA devices, without touching a GPU)."""
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    except Exception:
+        gpus = 0
+    return NodeShape(float(os.cpu_count() or 1), int(gpus), "this machine")
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Trials one node runs at once for a spec's per-trial resources, and what bounds it."""
+
+    trials: int         # min(by_cpu, by_gpu)
+    by_cpu: int         # what the node's CPUs allow
+    by_gpu: int | None  # what its GPUs allow (None: the trials ask for no GPU)
+
+    @property
+    def idle_gpu_share(self) -> float:
+        """Fraction of the node's GPU capacity (in trials) that its CPUs leave unused."""
+        if not self.by_gpu:
+            return 0.0
+        return 1.0 - self.trials / self.by_gpu
+
+
+def packing(resources: dict, node: NodeShape) -> Packing:
+    """How Ray packs trials of `resources` ({cpu, gpu}) on `node`: a fractional GPU request is
+    met within one GPU, so each GPU holds floor(1 / gpu) trials."""
+    cpu = float(resources.get("cpu") or 1)
+    gpu = float(resources.get("gpu") or 0)
+    by_cpu = int(math.floor(node.cpus / cpu + 1e-9))
+    if gpu <= 0:
+        return Packing(by_cpu, by_cpu, None)
+    by_gpu = int(node.gpus * math.floor(1.0 / gpu + 1e-9)) if gpu <= 1 else int(node.gpus // gpu)
+    return Packing(min(by_cpu, by_gpu), by_cpu, by_gpu)
+
+
+def idle_gpu_warning(resources: dict, node: NodeShape) -> str | None:
+    """One line when the spec's per-trial CPUs leave some of `node`'s GPU share idle (or when
+    its GPUs get no trial at all); None when the node is used as the spec intends."""
+    gpu = float(resources.get("gpu") or 0)
+    cpu = float(resources.get("cpu") or 1)
+    if node.gpus <= 0:
+        return None
+    if gpu <= 0:
+        return (f"{node} but resources.gpu is 0: every trial runs on the CPU and the GPUs idle "
+                "(set resources.gpu, e.g. 0.25 packs four trials on a GPU)")
+    p = packing(resources, node)
+    if p.trials >= p.by_gpu:
+        return None
+    need = p.by_gpu * cpu / node.gpus
+    return (f"{node} runs {p.trials} trials at once, not the {p.by_gpu} its GPUs hold "
+            f"(resources.cpu {cpu:g} x {p.by_gpu} > {node.cpus:g} CPUs): {100 * p.idle_gpu_share:.0f}% of its "
+            f"GPU share idles; give trials cpu: {node.cpus / p.by_gpu:g} or use nodes with {need:g} CPUs per GPU")
+
+
+def default_slots(spec, node: NodeShape | None = None) -> int:
+    """Trials at once on `node` (default: this machine), packed as Ray packs them."""
+    node = node or this_machine()
+    res = dict(spec.resources)
+    if node.gpus <= 0:
+        res["gpu"] = 0  # a local run without a GPU drops the request and runs on the CPUs (study.runner)
+    return max(1, packing(res, node).trials)
 
 
 def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> dict:
@@ -691,12 +774,13 @@ def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> di
 
 
 def main(spec, slots: list[int] | None, epoch_seconds: list[str] | None, trial_overhead: float | None,
-         from_results: str | None = None, out=print) -> int:
+         from_results: str | None = None, out=print, node: str | None = None) -> int:
     """`kdstudy plan`: returns an exit code."""
     import sys
 
     try:
         given = parse_epoch_seconds(epoch_seconds)
+        shape = parse_node(node) if node else None
     except ValueError as exc:
         print(f"kdstudy: {exc}", file=sys.stderr)
         return 2
@@ -712,5 +796,12 @@ def main(spec, slots: list[int] | None, epoch_seconds: list[str] | None, trial_o
     if slots and any(n < 1 for n in slots):
         print("kdstudy: --slots must be at least 1", file=sys.stderr)
         return 2
-    report(spec, slots or [default_slots(spec)], model, out=out)
+    if shape is not None:
+        p = packing(spec.resources, shape)
+        out(f"{shape}: {p.trials} trials at once (its CPUs allow {p.by_cpu}"
+            + (f", its GPUs {p.by_gpu})" if p.by_gpu is not None else ")"))
+    warning = idle_gpu_warning(spec.resources, shape or this_machine())
+    if warning:
+        out(f"warning: {warning}")
+    report(spec, slots or [default_slots(spec, shape)], model, out=out)
     return 0

@@ -3,8 +3,13 @@
 - the dataset can be read (CIFAR files present, or download asked; MNIST-1D generated once)
 - the study storage is writable
 - every zoo entry the study would use is readable and matches its meta.json
-- a spec that says `runtime.device: cuda` has CUDA to run on (a local run)
+- a spec that says `runtime.device: cuda` asks Ray for a GPU (`resources.gpu` > 0: a trial
+  uses a GPU exactly when Ray gives it one) and, for a local run, has CUDA to run on
 - models build (the spec already built every model on the meta device)
+
+`preflight_warnings` says what would waste a local machine without stopping the run:
+GPUs that the spec's trials never get (`resources.gpu: 0`), or a GPU share that the
+per-trial CPUs leave idle (`study.plan.idle_gpu_warning`).
 """
 
 from __future__ import annotations
@@ -36,11 +41,26 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
                 zoo.verify(meta, in_shape, classes)
         except Exception as exc:
             problems.append(f"zoo: {exc}")
-    if local and spec.runtime.get("device") == "cuda":
-        import torch
+    if spec.runtime.get("device") == "cuda":
+        if not spec.resources.get("gpu"):
+            problems.append("runtime.device: cuda, but resources.gpu is 0: Ray gives a trial a GPU only when it "
+                            "asks for one (set resources.gpu, e.g. 0.25, or device: auto)")
+        elif local:
+            import torch
 
-        if not torch.cuda.is_available():
-            problems.append("runtime.device: cuda, but this machine has no CUDA device "
-                            "(use device: auto to run on what is there)")
+            if not torch.cuda.is_available():
+                problems.append("runtime.device: cuda, but this machine has no CUDA device "
+                                "(use device: auto to run on what is there)")
     return problems
+
+
+def preflight_warnings(spec: Spec, local: bool = True) -> list[str]:
+    """Lines worth a user's attention before a local run (none for a cluster: its nodes are
+    not this machine; `kdstudy plan --node CPUS:GPUS` checks a cluster node's shape)."""
+    if not local:
+        return []
+    from .plan import idle_gpu_warning, this_machine
+
+    warning = idle_gpu_warning(spec.resources, this_machine())
+    return [warning] if warning else []
 

@@ -15,7 +15,7 @@ from trainables.loop import LocalHooks, run_trial
 from trainables.methods import Context, available_methods, get_method
 
 IN_SHAPE, NC = (1, 40), 10
-MINE = ("rkd", "dml", "trikd", "multiexit", "multiexit_ce", "takd", "eskd", "kd", "dist", "lskd", "dkd")
+MINE = ("rkd", "dml", "trikd", "multiexit", "multiexit_const", "multiexit_ce", "takd", "eskd", "kd", "dist", "lskd", "dkd")
 
 
 def make_ctx(student, teacher=None, assistant=None) -> Context:
@@ -186,6 +186,31 @@ def test_multiexit_learns_adapts_temperature_and_reports_each_exit():
     assert flops[2] == pytest.approx(models.count_flops(m.student, IN_SHAPE))
 
 
+def test_multiexit_const_is_the_authors_constant_temperature_loss():
+    """`DistillationLossConstTemp.__call__` (mary-phuong/multiexit-distillation main.py), line for line."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = get_method("multiexit_const")(make_ctx(CNN8), {"temperature": 2.5, "distill_weight": 0.3})
+    x, y = batch()
+    ours = sum(m.training_step(x, y).terms.values())
+    C, T, global_scale = 0.3, 2.5, 2.0 * 5 / 3
+    logits_list = m.student(x)
+    cum_loss = (1.0 - C) * F.cross_entropy(logits_list[-1], y)
+    prob_t = F.softmax(logits_list[-1].data / T, dim=1)
+    for logits in logits_list[:-1]:
+        logprob_s = F.log_softmax(logits / T, dim=1)
+        dist_loss = -(prob_t * logprob_s).sum(dim=1).mean()
+        cross_ent = 0.0 if C == 1.0 else F.cross_entropy(logits, y)
+        cum_loss += (1.0 - C) * cross_ent
+        cum_loss += (T ** 2) * C * dist_loss
+    assert ours.item() == pytest.approx((cum_loss * global_scale).item(), rel=1e-5)
+    h = fit(m, x, y, steps=40, lr=1e-2)
+    assert total(h[-1], "ce") < 0.7 * total(h[0], "ce")
+    assert m.current_temperature() == 2.5 and "temperature" not in m.state_dict()  # constant: no schedule
+    assert get_method("multiexit_const").hparams["temperature"].default == 4.0  # the authors' example value
+
+
 def test_multiexit_ce_baseline():
     torch.manual_seed(0)
     m = get_method("multiexit_ce")(make_ctx(CNN8), {})
@@ -353,15 +378,18 @@ def test_end_to_end_trikd_resumes_in_an_anchor_generation(data_root):
 
 
 def test_end_to_end_multiexit(data_root):
-    for method in ("multiexit", "multiexit_ce"):
+    temperatures = {}
+    for method in ("multiexit", "multiexit_const", "multiexit_ce"):
         hooks = run_trial(trial_cfg(data_root, method, CNN8))
+        temperatures[method] = hooks.rows[-1]["temperature_now"]
         last = [r for r in hooks.rows if r["epoch"] == 2]
         assert sorted(r["exit"] for r in last) == [0, 1, 2]
         flops = [r["exit_flops"] for r in sorted(last, key=lambda r: r["exit"])]
         assert flops[0] < flops[1] < flops[2]
         assert "train_loss" in [r for r in last if r["exit"] == 2][0]
         check_rows(hooks.rows)
-    assert hooks.rows[-1]["temperature_now"] is None
+    assert temperatures["multiexit_ce"] is None and temperatures["multiexit_const"] == 4.0
+    assert temperatures["multiexit"] >= 1.0
 
 
 def test_end_to_end_eskd_rows_record_the_early_teachers_accuracy(data_root, teacher_ckpt):

@@ -8,12 +8,14 @@ What is measured is the project's real training path, without Ray: the
 registered method (`trainables.methods.get_method`) with the project's models
 (`trainables.models.build_model`), its data resident on the device and
 batched by `trainables.data.DeviceBatches` (vectorised crop + flip there),
-the loop's precision (`trainables.loop.autocast`: bf16 autocast on CUDA),
-channels_last on CUDA, the loop's fused optimizer (`build_optimizer`) and
-optional `model.compile()`; the step is the loop's (sum of the method's loss
-terms, backward, step, schedule, `after_step`, metrics accumulated on the
-device and read once per epoch). Data are random CIFAR-shaped uint8 images
-(100 classes): content does not change speed.
+the loop's device plan (`trainables.device`: bf16 autocast, TF32 off,
+channels_last and the fused optimizer on CUDA, the memory cap of a shared
+GPU, optional `model.compile()`), the loop's context builder and its one
+training step (`trainables.step.TrainStep`: sum of the method's loss terms,
+backward, gradient clipping when `--grad-clip` is given, step, schedule,
+`after_step`, metrics accumulated on the device and read once per epoch).
+Data are random CIFAR-shaped uint8 images (100 classes): content does not
+change speed.
 
 Models: `resnet<depth>` and `resnet<depth>x<width>` (CIFAR ResNets, e.g.
 resnet20, resnet56, resnet8x4, resnet32x4), `wrn-<depth>-<k>` (wrn-40-2), or
@@ -53,19 +55,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import torch
 
 from . import data as data_mod
 from . import models as models_mod
-from .loop import autocast, build_optimizer, build_schedule, pick_device, place_model, use_channels_last
-from .methods import Context, available_methods, get_method
+from .device import PRECISIONS, DeviceError, DevicePlan, choose_device, plan_device
+from .methods import available_methods, get_method  # noqa: F401
+from .step import TrainStep, build_context, build_optimizer, build_schedule
 
 IN_SHAPE = (3, 32, 32)
 NUM_CLASSES = 100
 FLOP_BATCH = 8
-_IMAGE_SPLITS = SimpleNamespace(kind="image")  # what `use_channels_last` looks at
 _BENCH_TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True,
                 "schedule": "cosine", "epochs": 10**6}
 
@@ -106,25 +107,21 @@ def _parse_hp(items: list[str]) -> dict:
 # --------------------------------------------------------------------------- building
 
 
-def build_method(opts, device: torch.device, runtime: dict, channels_last: bool):
-    """The method with its models on `device`, in the generation that is measured."""
-
-    def build(cfg: dict) -> torch.nn.Module:  # as in `loop.run_trial`
-        return place_model(models_mod.build_model(cfg, IN_SHAPE, NUM_CLASSES), device, runtime, channels_last)
-
+def build_method(opts, plan: DevicePlan):
+    """The method with its models placed by `plan`, in the generation that is measured."""
     cls = get_method(opts.method)
     uses_teacher = cls.needs_teacher or cls.online_teacher
     teacher = parse_arch(opts.teacher) if uses_teacher else None
     assistant = parse_arch(opts.assistant) if opts.assistant else None
-    ctx = Context(student=parse_arch(opts.student), teacher=teacher, num_classes=NUM_CLASSES,
-                  build_model=build, load_model=build,  # random weights stand in for a checkpoint
-                  extra={"assistant": assistant, "in_shape": IN_SHAPE, "device": device})
+    # the loop's context; random weights stand in for a frozen model's checkpoint
+    ctx = build_context(parse_arch(opts.student), teacher, NUM_CLASSES, IN_SHAPE, plan, load_weights=None,
+                        assistant=assistant)
     torch.manual_seed(opts.seed)
     method = cls(ctx, _parse_hp(opts.hp))
     generation = method.generations - 1 if opts.generation is None else int(opts.generation)
     for g in range(generation + 1):
         method.start_generation(g)
-    method.to(device)
+    method.to(plan.device)
     method.train()
     return method, generation
 
@@ -136,8 +133,7 @@ def count_step_flops(opts) -> dict:
     """
     from torch.utils.flop_counter import FlopCounterMode
 
-    cpu = torch.device("cpu")
-    method, _ = build_method(opts, cpu, {"device": "cpu"}, channels_last=False)
+    method, _ = build_method(opts, plan_device(torch.device("cpu"), {"precision": "fp32"}))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(FLOP_BATCH, *IN_SHAPE, generator=g)
     y = torch.randint(0, NUM_CLASSES, (FLOP_BATCH,), generator=g)
@@ -164,29 +160,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _configure_device(device: torch.device, gpu_fraction: float | None) -> None:
-    """What `loop.run_trial` sets up on CUDA."""
-    if device.type != "cuda":
-        return
-    if gpu_fraction and 0 < gpu_fraction < 1:
-        torch.cuda.set_per_process_memory_fraction(float(gpu_fraction), device)
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-
-
 # --------------------------------------------------------------------------- measuring
 
 
 def measure(opts, barrier=None, gpu_fraction: float | None = None) -> dict:
     """Train for `opts.seconds` after a warm-up; img/s of this process."""
     runtime = {"device": opts.device, "precision": opts.precision, "compile": bool(opts.compile),
-               "channels_last": "auto"}
-    device = pick_device(runtime)
-    _configure_device(device, gpu_fraction)
-    channels_last = use_channels_last(runtime, device, _IMAGE_SPLITS)
-    method, generation = build_method(opts, device, runtime, channels_last)
-    opt = build_optimizer(method.trainable_parameters(), _BENCH_TRAIN, device)
+               "channels_last": "auto", "gpu_fraction": gpu_fraction}
+    device = choose_device(runtime)
+    plan = plan_device(device, runtime, "image")  # what `loop.run_trial` computes for this device
+    device = plan.device
+    plan.apply()
+    channels_last = plan.channels_last
+    method, generation = build_method(opts, plan)
+    params = list(method.trainable_parameters())
+    opt = build_optimizer(params, _BENCH_TRAIN, plan)
     n_images = max(opts.images, opts.batch)
     x, y = data_mod.to_device(_synthetic(n_images, opts.seed), device)
     mean = torch.tensor(data_mod.CIFAR100_MEAN).view(3, 1, 1)
@@ -195,32 +183,15 @@ def measure(opts, barrier=None, gpu_fraction: float | None = None) -> dict:
     batches = data_mod.DeviceBatches(x, y, opts.batch, shuffle=True, generator=gen, augment=True, mean=mean,
                                      std=std, drop_last=True, channels_last=channels_last)
     sched = build_schedule(opt, _BENCH_TRAIN, len(batches))
-    acc = {}
+    train_step = TrainStep(method, params, opt, sched, plan, grad_clip=opts.grad_clip)  # the loop's step
 
     def stream():
         """Batches epoch after epoch; at each epoch's end the loop's one host read."""
         while True:
-            acc["loss"] = torch.zeros((), device=device)
-            acc["correct"] = torch.zeros((), device=device, dtype=torch.long)
-            acc["terms"] = {}
+            train_step.reset()
             yield from batches
-            if not math.isfinite(float(acc["loss"])):
+            if not math.isfinite(train_step.read()[0]):
                 raise FloatingPointError("training loss became non-finite during the benchmark")
-
-    def train_step(xb, yb):  # the body of `loop.run_trial`'s batch loop
-        with autocast(device, runtime):
-            step = method.training_step(xb, yb)
-        loss = sum(step.terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        method.after_step(step)
-        n = yb.numel()
-        acc["loss"] += loss.detach().float() * n
-        acc["correct"] += (step.logits.detach().argmax(1) == yb).sum()
-        for k, v in step.terms.items():
-            acc["terms"][k] = acc["terms"].get(k, 0) + v.detach().float() * n
 
     it = stream()
     t_setup = time.perf_counter()
@@ -239,14 +210,13 @@ def measure(opts, barrier=None, gpu_fraction: float | None = None) -> dict:
             break
     _sync(device)
     elapsed = time.perf_counter() - t0
-    loss = float(acc["loss"])
-    if not math.isfinite(loss):
+    if not math.isfinite(train_step.read()[0]):
         raise FloatingPointError("training loss became non-finite during the benchmark")
     result = {"img_s": steps * opts.batch / elapsed, "steps": steps, "elapsed_s": elapsed, "warmup_s": warmup_s,
               "device": str(device), "generation": generation, "channels_last": channels_last,
-              "precision": "bf16" if autocast(device, runtime)._enabled else "fp32",
+              "precision": plan.precision, "plan": plan.describe(),
               "threads": torch.get_num_threads(), "gpu_fraction": gpu_fraction}
-    del method, opt, x, y, batches, it
+    del method, opt, x, y, batches, it, train_step
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
@@ -286,6 +256,8 @@ def _worker_argv(opts, workdir: str, index: int, procs: int) -> list[str]:
         argv += ["--generation", str(opts.generation)]
     for item in opts.hp or ():
         argv += ["--hp", item]
+    if opts.grad_clip is not None:
+        argv += ["--grad-clip", str(opts.grad_clip)]
     return argv
 
 
@@ -341,7 +313,7 @@ def _check_children(children, logs) -> None:
 def _worker_main(opts) -> int:
     workdir, index, procs = opts._worker, opts._index, opts._procs
     gpu_fraction = 1.0 / procs
-    if pick_device({"device": opts.device}).type == "cpu":
+    if choose_device({"device": opts.device}).type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // procs))
 
     def barrier():
@@ -466,8 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--procs", type=_procs_list, default=[1], help="K processes sharing the device; a list "
                    "such as 1,4 measures each (default 1)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                   help="as runtime.precision (auto: bf16 autocast on CUDA, fp32 on CPU)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="as runtime.precision (auto: bf16 autocast on CUDA, fp32 on CPU; tf32: TF32 matmuls on CUDA)")
+    p.add_argument("--grad-clip", type=float, default=None, metavar="NORM",
+                   help="clip the gradient norm, as train.grad_clip (default: off, as in the specs)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads of a single process (default torch's; --procs K workers get cores/K)")
     p.add_argument("--seed", type=int, default=0)
@@ -480,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peer-workers", type=int, default=None,
                    help="peer's DataLoader workers (default: its own 8 on CUDA; 1 on CPU)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--first-run", action="store_true",
+                   help="on a GPU machine: check the GPU path for real, PASS/FAIL per item (kdstudy bench "
+                        "--first-run runs study.firstrun; exit 0 pass, 1 fail, 3 no GPU)")
     p.add_argument("--_worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--_procs", type=int, default=1, help=argparse.SUPPRESS)
@@ -496,6 +473,8 @@ def _defaults(opts, device: torch.device) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     opts = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if opts.first_run:  # it starts Ray, which this module never imports
+        parser.error("run the first-run check as `kdstudy bench --first-run` (or python -m study.firstrun)")
     try:
         for name in (opts.teacher, opts.student) + ((opts.assistant,) if opts.assistant else ()):
             parse_arch(name)
@@ -505,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e.args[0] if e.args else e))
     if opts.batch < 1 or opts.seconds <= 0:
         parser.error("--batch must be positive and --seconds above 0")
-    device = pick_device({"device": opts.device})
+    try:
+        device = choose_device({"device": opts.device})
+    except DeviceError as e:
+        parser.error(str(e))
     _defaults(opts, device)
     if opts._worker:
         return _worker_main(opts)

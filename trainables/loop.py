@@ -18,8 +18,9 @@ Config keys (a resolved dict, see `trainables.config.resolve`):
          momentum, nesterov, schedule (onecycle | cosine | step | constant),
          milestones (fractions of training for `step`), gamma, grad_clip,
          augment (image datasets: random crop + flip of training batches; default true)
-  runtime: device (auto | cpu | cuda), precision (auto | fp32 | bf16),
-         channels_last, compile, gpu_fraction, eval_batch_size
+  runtime: device (auto | cpu | cuda), precision (auto | fp32 | tf32 | bf16),
+         channels_last, compile, gpu_fraction, gpu_ids (the GPUs Ray gave the trial; absent
+         outside Ray), eval_batch_size; see `trainables.device` for what each means
   export: {"uri": where to write the trained model's weights and meta,
            "epochs": epochs whose weights are also kept (ESKD)} or null
   code_version: string recorded in every row.
@@ -60,10 +61,9 @@ import torch.nn.functional as F
 from . import data as data_mod
 from . import models as models_mod
 from . import storage
-from .methods import Context, Method, get_method
-
-SCHEDULES = ("onecycle", "cosine", "step", "constant")
-OPTIMIZERS = ("sgd", "adamw")
+from .device import CompileLimitHit, DevicePlan, choose_device, is_compile_limit_error, plan_device
+from .methods import Method, get_method
+from .step import OPTIMIZERS, SCHEDULES, TrainStep, build_context, build_optimizer, build_schedule  # noqa: F401
 
 
 class Hooks(Protocol):
@@ -96,31 +96,6 @@ class LocalHooks:
 
 
 # --------------------------------------------------------------------------- setup
-
-
-def pick_device(runtime: dict) -> torch.device:
-    want = runtime.get("device", "auto")
-    if want == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu")  # a GPU trial placed on a CPU-only node still runs
-    return torch.device(want)
-
-
-def autocast(device: torch.device, runtime: dict):
-    precision = runtime.get("precision", "auto")
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-
-def place_model(model: torch.nn.Module, device, runtime: dict, channels_last: bool) -> torch.nn.Module:
-    """Move a model to the trial's device and layout, compiled if the runtime asks."""
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if runtime.get("compile"):
-        model.compile()
-    return model
 
 
 #: (model config, input shape, classes) -> arch, params, flops: counted once per architecture
@@ -173,40 +148,11 @@ def size_value(cfg: dict | None, num_classes) -> float | None:
     return models_mod.size_order({k: v for k, v in cfg.items() if k not in _BOOKKEEPING}, num_classes)
 
 
-def build_optimizer(params, train: dict, device: torch.device):
-    name = train.get("optimizer", "adamw")
-    lr, wd = float(train.get("lr", 1e-3)), float(train.get("weight_decay", 0.0))
-    fused = {"fused": True} if device.type == "cuda" else {}
-    params = [p for p in params if p.requires_grad]
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd, momentum=float(train.get("momentum", 0.9)),
-                               nesterov=bool(train.get("nesterov", True)), **fused)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=wd, **fused)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
-
-
-def build_schedule(opt, train: dict, steps_per_epoch: int):
-    """A per-step LR schedule over the generation's whole training."""
-    name = train.get("schedule", "onecycle")
-    total = max(1, int(train["epochs"]) * steps_per_epoch)
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if name == "step":
-        milestones = [int(f * total) for f in train.get("milestones", (0.5, 0.75))]
-        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=float(train.get("gamma", 0.1)))
-    if name == "constant":
-        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
-
-
 # --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
+def evaluate(method: Method, x, y, splits, plan: DevicePlan, runtime) -> dict:
     """{(role, exit): (loss, acc)} of every reported model on one split ({} for an empty split)."""
     if len(y) == 0:
         return {}
@@ -215,9 +161,8 @@ def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
     sums: dict = {}
     n = 0
     for xb, yb in data_mod.batches(x, y, bs, shuffle=False, generator=None, augment=False,
-                                   mean=splits.mean, std=splits.std,
-                                   channels_last=use_channels_last(runtime, device, splits)):
-        with autocast(device, runtime):
+                                   mean=splits.mean, std=splits.std, channels_last=plan.channels_last):
+        with plan.autocast():
             outs = method.eval_logits(xb)
         for key, logits in outs.items():
             logits = logits.float()
@@ -233,13 +178,6 @@ def evaluate(method: Method, x, y, splits, device, runtime) -> dict:
     return {k: (float(v[0]) / n, float(v[1]) / n) for k, v in sums.items()}
 
 
-def use_channels_last(runtime, device, splits) -> bool:
-    want = runtime.get("channels_last", "auto")
-    if want == "auto":
-        return device.type == "cuda" and splits.kind == "image"
-    return bool(want)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -248,37 +186,44 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
 
     A diverged trial is an outcome, not an error: its last report carries
     status "diverged" and the function returns normally.
+
+    The device comes from `runtime.device` and, inside Ray, the GPUs Ray gave
+    the trial (`runtime.gpu_ids`, set by the trainable); what runs there from
+    the device plan (`trainables.device.plan_device`).
     """
-    t_start = time.perf_counter()
     hooks = hooks or LocalHooks()
+    try:
+        return _run_trial(config, hooks)
+    except Exception as exc:
+        if is_compile_limit_error(exc):
+            raise CompileLimitHit(
+                "runtime.compile: torch reached its recompile limit for a model of this trial and would have "
+                "run it uncompiled from here on; set runtime.compile: false (or report the method and models)"
+            ) from exc
+        raise
+
+
+def _run_trial(config: dict, hooks: Hooks) -> Hooks:
+    t_start = time.perf_counter()
     runtime = config.get("runtime", {})
     train = config["train"]
-    device = pick_device(runtime)
-    if device.type == "cuda":
-        frac = runtime.get("gpu_fraction")
-        if frac and 0 < float(frac) < 1:
-            torch.cuda.set_per_process_memory_fraction(float(frac), device)
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = choose_device(runtime, runtime.get("gpu_ids"))
     seed = int(config.get("seed", 0))
 
     splits = data_mod.load_dataset(config["dataset"])
     in_shape, num_classes = splits.input_shape, splits.num_classes
+    plan = plan_device(device, runtime, splits.kind)
+    device = plan.device
+    plan.apply()  # before the first allocation on the device: the memory cap holds from the start
     train_xy = data_mod.to_device(splits.train, device)
     val_xy = data_mod.to_device(splits.val, device)
     test_xy = data_mod.to_device(splits.test, device)
-    channels_last = use_channels_last(runtime, device, splits)
+    channels_last = plan.channels_last
 
-    def build(cfg: dict) -> torch.nn.Module:
-        return place_model(models_mod.build_model(cfg, in_shape, num_classes), device, runtime, channels_last)
-
-    def load(cfg: dict) -> torch.nn.Module:
+    def zoo_weights(cfg: dict) -> dict:
         if not cfg.get("checkpoint"):
             raise ValueError(f"model {cfg.get('arch', cfg)} has no checkpoint to load")
-        model = models_mod.build_model(cfg, in_shape, num_classes)
-        model.load_state_dict(storage.load_state(cfg["checkpoint"])["model"])
-        return place_model(model, device, runtime, channels_last)
+        return storage.load_state(cfg["checkpoint"])["model"]
 
     student_cfg = config["student"]
     teacher_cfg = config.get("teacher")
@@ -288,9 +233,8 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         "assistant": model_facts(config.get("assistant"), in_shape, num_classes),
         "size": {"student": size_value(student_cfg, num_classes), "teacher": size_value(teacher_cfg, num_classes)},
     }
-    ctx = Context(student=student_cfg, teacher=teacher_cfg, num_classes=num_classes,
-                  build_model=build, load_model=load, num_train_samples=len(splits.train[1]),
-                  extra={"assistant": config.get("assistant"), "in_shape": in_shape, "device": device})
+    ctx = build_context(student_cfg, teacher_cfg, num_classes, in_shape, plan, zoo_weights,
+                        assistant=config.get("assistant"), num_train_samples=len(splits.train[1]))
 
     torch.manual_seed(seed)
     method = get_method(config["method"])(ctx, config.get("hp", {}))
@@ -337,8 +281,9 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         kept = state.get("kept") if state is not None and generation == gen0 else None
         method.to(device)
         params = list(method.trainable_parameters())
-        opt = build_optimizer(params, train, device)
+        opt = build_optimizer(params, train, plan)
         sched = build_schedule(opt, train, steps_per_epoch)
+        step_fn = TrainStep(method, params, opt, sched, plan, grad_clip)
         start_epoch = 0
         if state is not None and generation == gen0:
             method.load_state_dict(state["method"])
@@ -360,34 +305,15 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
         for epoch in range(start_epoch + 1, epochs + 1):
             method.start_epoch(epoch)
             t0 = time.perf_counter()
-            term_sums: dict[str, torch.Tensor] = {}
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
+            step_fn.reset()
             if setup_time is None:  # from the trial's start (its process's, for a fresh Ray actor)
                 started = config.get("started_at")
                 setup_time = time.time() - started if started else t0 - t_start
             for batch in data_mod.batches(*train_xy, bs, shuffle=True, generator=gen_gen, augment=augment,
                                           mean=splits.mean, std=splits.std, drop_last=False,
                                           channels_last=channels_last, with_index=method.needs_sample_index):
-                yb = batch[1]  # batch: (x, y), or (x, y, index in the training split) for a method that asks
-                with autocast(device, runtime):
-                    step = method.training_step(*batch)
-                loss = sum(step.terms.values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, float(grad_clip))
-                opt.step()
-                sched.step()
-                method.after_step(step)
-                n = yb.numel()
-                seen += n
-                loss_sum += loss.detach().float() * n
-                correct += (step.logits.detach().argmax(1) == yb).sum()
-                for k, v in step.terms.items():
-                    term_sums[k] = term_sums.get(k, 0) + v.detach().float() * n
-            train_loss = float(loss_sum) / seen
+                step_fn(*batch)  # (x, y), or (x, y, index in the training split) for a method that asks
+            train_loss, train_acc, terms = step_fn.read()
             epoch_time = time.perf_counter() - t0
             total_time += epoch_time
             progress = generation * epochs + epoch  # epochs trained over all generations (ASHA's clock)
@@ -400,9 +326,8 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                              rows, {"diverged": True, "generation": generation, "epoch": epoch, "progress": progress,
                                     "best_val_acc": best_val, "best_test_acc": best_test}, final=True)
                 return hooks
-            terms = {k: float(v) / seen for k, v in term_sums.items()}
             t_eval = time.perf_counter()
-            val = evaluate(method, *val_xy, splits, device, runtime) if has_val else {}
+            val = evaluate(method, *val_xy, splits, plan, runtime) if has_val else {}
             last_epoch = epoch == epochs
             exported = epoch in export_epochs
             if has_val:
@@ -415,7 +340,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                 need_test = bool(improves) or last_epoch or exported
             else:
                 need_test = True  # no validation split: every epoch could be the last one reported
-            test = evaluate(method, *test_xy, splits, device, runtime) if need_test else None
+            test = evaluate(method, *test_xy, splits, plan, runtime) if need_test else None
             if not has_val:
                 main_key = _main_key(test)
             test_main = test[main_key][1] if test else None
@@ -431,7 +356,7 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
                         "weights": {k: v.detach().clone() for k, v in keep.state_dict().items()}}
             eval_time = time.perf_counter() - t_eval
             rows = _rows(config, hooks.trial_id, facts, method, generation, epoch, val, test,
-                         {"train_loss": train_loss, "train_acc": float(correct) / seen},
+                         {"train_loss": train_loss, "train_acc": train_acc},
                          terms, epoch_time, total_time, device, selection,
                          {"setup_time_s": setup_time, "eval_time_s": eval_time})
             last_rows = rows

@@ -3,7 +3,11 @@
 Every loss takes logits (not probabilities) — or, for RKD, penultimate
 embeddings — and returns a scalar mean over the batch (or a dict of named
 scalar terms), so the loop can sum terms from any method. Probability and
-relation maths run in float32 even under bf16 autocast.
+relation maths run in float32 even under bf16 autocast, and on CUDA that is
+true float32: the trial's device plan keeps TF32 off for matmuls and
+convolutions outside autocast unless `runtime.precision` is `tf32`
+(`trainables.device`; with TF32 the Gram matrices of RKD lose about 13
+mantissa bits, which moved the distance gradient by 8% on clustered features).
 
   Hinton KD ............ soft_kl, hinton_kd (reduction "batchmean", or TAKD's "mean")
   DIST (Huang 2022) .... pearson_rows, dist_terms
@@ -128,35 +132,71 @@ def rkd_distance(student_emb: torch.Tensor, teacher_emb: torch.Tensor) -> torch.
         return F.smooth_l1_loss(s, t, reduction="mean", beta=1.0)
 
 
-def angle_potentials(e: torch.Tensor) -> torch.Tensor:
-    """ψ_A for every triplet, flattened (N³ values, float32).
+#: a vertex is computed in the authors' form when one of its pairs has a condition
+#: (‖x_a‖ + ‖x_b‖) / ‖x_a − x_b‖ (x centred on the batch mean) above this: the Gram form's
+#: rounding error in ψ[a, b, c] grows as cond_ab · cond_ac: below 5e-5 at 16 (measured; ordinary batches: < 8)
+ANGLE_GRAM_MAX_CONDITION = 16.0
 
-    The authors' code forms diff[a, b] = e_b − e_a, unit vectors
-    u[a, b] = diff[a, b] / ‖diff[a, b]‖ (a zero vector stays 0), and
-    ψ[a, b, c] = ⟨u[a, b], u[a, c]⟩ = cos∠(e_b, e_a, e_c), the cosine of the
-    angle at the vertex e_a, with N²·D memory and N³·D work. The same numbers
-    come from the Gram matrix G = E Eᵀ alone:
 
-        ⟨e_b − e_a, e_c − e_a⟩ = G_bc − G_ab − G_ac + G_aa,
-        ‖e_b − e_a‖² = G_aa + G_bb − 2 G_ab,
+def angle_potentials(e: torch.Tensor, max_condition: float = ANGLE_GRAM_MAX_CONDITION) -> torch.Tensor:
+    """ψ_A for every triplet, flattened (N³ values, float32), equal to the authors' form.
 
-    so ψ[a, b, c] = that inner product / (‖e_b − e_a‖ ‖e_c − e_a‖): N³ work,
-    whatever the embedding width (the authors' form takes 15 s per epoch of a
-    small CPU trial; this one a fraction). Degenerate triplets (b = a, c = a or
-    coincident points) give 0 for teacher and student alike, as in the
-    authors' code; values are clamped to [-1, 1] against rounding.
+    The authors' code (lenscloth/RKD `RKdAngle`, `angle_potentials_direct`
+    here) forms diff[a, b] = e_b − e_a, unit vectors u[a, b] =
+    F.normalize(diff[a, b]) (a zero vector stays 0) and ψ[a, b, c] =
+    ⟨u[a, b], u[a, c]⟩ = cos∠(e_b, e_a, e_c), the cosine of the angle at the
+    vertex e_a: N²·D memory and N³·D work. The same numbers come from the Gram
+    matrix G = X Xᵀ of the embeddings centred on the batch mean (angles do not
+    depend on the origin; the rounding below does):
+
+        ⟨x_b − x_a, x_c − x_a⟩ = G_bc − G_ab − G_ac + G_aa,
+        ‖x_b − x_a‖² = G_aa + G_bb − 2 G_ab,
+
+    so ψ[a, b, c] = that inner product / (‖x_b − x_a‖ ‖x_c − x_a‖): N²·D + N³
+    work, whatever the embedding width. That subtraction loses the digits a
+    pair (a, b) shares: its error in ψ[a, b, c] is about
+    2⁻²⁴ · cond_ab · cond_ac with cond_ab = (‖x_a‖ + ‖x_b‖) / ‖x_a − x_b‖.
+    Ordinary batches have conditions below 10 (trained and untrained 1-D CNN
+    features of MNIST-1D: at most 7.7). A vertex with a pair above
+    `max_condition` (16) -- coincident points, distinct points much closer
+    than the batch's spread (say 1e-6 apart), collinear or clustered points
+    nearly on top of each other -- has its N² potentials computed in the
+    authors' form (normalised difference vectors and a matmul, from the raw
+    embeddings), so every value equals theirs within 1e-4 (tests/test_losses.py),
+    gradients included, and degenerate triplets are 0 exactly as in their code
+    (b = a or c = a, coincident points; a difference shorter than 1e-12 is
+    scaled as `F.normalize` scales it). The cost of that fallback is N²·D per
+    such vertex, and one host synchronisation per call to decide it.
     """
     with _no_autocast(e):
         e = e.float().flatten(1)
-        g = e @ e.t()
+        n = len(e)
+        x = e - e.mean(dim=0, keepdim=True)
+        g = x @ x.t()
         g = (g + g.t()) / 2  # exactly symmetric
         sq = g.diagonal()
         dist2 = (sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * g).clamp_min(0.0)
-        zero = dist2 <= 1e-12 * sq.max().clamp_min(1e-12)  # b = a, or coincident points
-        inv = torch.where(zero, torch.zeros_like(dist2), dist2.clamp_min(1e-24).rsqrt())
+        off = ~torch.eye(n, dtype=torch.bool, device=e.device)
+        with torch.no_grad():
+            norm = sq.clamp_min(0.0).sqrt()
+            scale = norm.unsqueeze(0) + norm.unsqueeze(1)
+            unresolved = off & (dist2 * (max_condition * max_condition) <= scale * scale)
+            fallback = unresolved.any(dim=1)  # vertices the Gram form cannot resolve
+        keep = off & ~unresolved
+        inv = torch.where(keep, dist2.clamp_min(1e-30).rsqrt(), torch.zeros_like(dist2))
         dot = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + sq.view(-1, 1, 1)
-        cos = dot * inv.unsqueeze(2) * inv.unsqueeze(1)
-        return cos.clamp(-1.0, 1.0).reshape(-1)
+        cos = (dot * inv.unsqueeze(2) * inv.unsqueeze(1)).clamp(-1.0, 1.0)
+        if bool(fallback.any()):
+            idx = fallback.nonzero().squeeze(1)
+            cos = cos.index_copy(0, idx, _angles_at(e, idx))
+        return cos.reshape(-1)
+
+
+def _angles_at(e: torch.Tensor, vertices: torch.Tensor) -> torch.Tensor:
+    """The authors' potentials ψ[a, :, :] of the vertices a in `vertices` (k × N × N)."""
+    diff = e.unsqueeze(0) - e[vertices].unsqueeze(1)  # diff[i, b] = e_b − e_{a_i}
+    unit = F.normalize(diff, p=2, dim=2)
+    return torch.bmm(unit, unit.transpose(1, 2))
 
 
 def angle_potentials_direct(e: torch.Tensor) -> torch.Tensor:

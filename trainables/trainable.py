@@ -11,7 +11,9 @@ Checkpoints are kdstudy's, not Tune's: a weights-only `torch.save` of the
 loop's state at `<study>/checkpoints/<trial key>.pt`, written when the last
 one is older than `runtime.checkpoint_every_s` (default 30 s) and at the end
 of every generation. A retried trial, or one continued by `kdstudy resume`,
-starts from there. Nothing Tune pickles is ever read back. When a trial
+starts from there. Nothing Tune pickles is ever read back. The trial's device
+is the GPU Ray gave it (`ray.get_gpu_ids()` in the trial's process), else the
+CPU (see `trainables.device`). When a trial
 raises, the last line of the error goes to `<study>/errors/<trial key>.txt`
 (plain text) for the driver to show, and the error propagates to Tune.
 """
@@ -24,6 +26,7 @@ import os
 import time
 import traceback
 
+import ray
 from ray import tune
 
 from . import storage
@@ -116,6 +119,9 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
         trial_config = resolve(base, sampled)
         trial_config["config_id"] = config_id(sampled)
         trial_config["started_at"] = started
+        # the trial uses a GPU exactly when Ray gave it one: a `num_gpus=0` worker keeps the
+        # CUDA_VISIBLE_DEVICES it inherited (Ray >= 2.4x), so visibility says nothing (trainables.device)
+        trial_config.setdefault("runtime", {})["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
         every = float(trial_config.get("runtime", {}).get("checkpoint_every_s", 30.0))
         from .loop import run_trial  # torch is imported by the trial's process only
         run_trial(trial_config, TuneHooks(key, root, every, stage=trial_config.get("stage", "")))
