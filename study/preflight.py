@@ -2,7 +2,9 @@
 
 - the dataset can be read (CIFAR files present, or download asked; MNIST-1D generated once)
 - the study storage is writable
-- every zoo entry the study would use is readable and matches its meta.json
+- every zoo entry the study would use is readable, is the entry its key names, and matches its meta.json
+- the results of every finished teacher are what was verified (a teacher is never trained again:
+  see `study.runner.StudyRunner.check_results`)
 - a spec that says `runtime.device: cuda` has CUDA to run on (a local run)
 - models build (the spec already built every model on the meta device)
 """
@@ -33,9 +35,10 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
         try:
             meta = zoo.get(job["key"])
             if meta is not None:
-                zoo.verify(meta, in_shape, classes)
+                zoo.verify(meta, in_shape, classes, job=job)
         except Exception as exc:
             problems.append(f"zoo: {exc}")
+    problems += _damaged_teachers(spec, root)
     if local and spec.runtime.get("device") == "cuda":
         import torch
 
@@ -44,3 +47,21 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
                             "(use device: auto to run on what is there)")
     return problems
 
+
+
+def _damaged_teachers(spec: Spec, root: str) -> list[str]:
+    """A line per finished teacher experiment whose results file is no longer what was verified."""
+    from .folder import StudyFolder
+    from .graph import plan
+    from .results import check_recorded, damaged_teacher_text, teacher_lost
+
+    folder, results = StudyFolder(root), storage.join(root, "results")
+    out = []
+    for e in plan(spec):
+        marker = folder.marker(e.name) if e.stage == "teachers" else None
+        for t in (marker or {}).get("trials", []):
+            why = None if t.get("lost") else check_recorded(results, e.stage, t)
+            if why is not None and teacher_lost(t, why):
+                out.append(damaged_teacher_text(e.stage, t["trial_key"], why))
+                break
+    return out
