@@ -111,7 +111,7 @@ def check_recorded(results_uri: str, stage: str, trial: dict) -> str | None:
     try:
         rows = pq.read_table(io.BytesIO(data)).to_pylist()
     except Exception as exc:  # pyarrow raises several types for a torn file
-        return f"it cannot be read ({_first_line(exc)})"
+        return f"it cannot be read ({first_line(exc)})"
     if not rows or rows[-1].get("status") not in TERMINAL_OK:
         return "its rows no longer show the trial ended"
     return None
@@ -131,7 +131,7 @@ def damaged_teacher_text(stage: str, trial_key: str, why: str) -> str:
             f"study (`kdstudy status --skip-bad` and `kdstudy report --skip-bad` read the other files)")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
     return re.sub(r"^Could not open Parquet input source '[^']*': ", "", first)[:300]

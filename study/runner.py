@@ -53,8 +53,8 @@ from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
 from .plan import admits, demand_of  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
-from .results import (check_recorded, damaged_teacher_text, read_trial, read_trial_file,  # noqa: E402
-                      results_file, teacher_lost)
+from .results import (check_recorded, damaged_teacher_text, first_line, read_trial,  # noqa: E402
+                      read_trial_file, results_file, teacher_lost)
 from .spec import Spec  # noqa: E402
 from .zoo import Zoo, teacher_jobs, teacher_table  # noqa: E402
 
@@ -246,6 +246,8 @@ class StudyRunner:
         for (e, t), why in zip(todo, whys):
             if why is not None:
                 found.setdefault(e.name, []).append((t, why))
+        verified = {t.get("trial_key") for m in markers.values() if m for t in m.get("trials", [])}
+        self._set_aside_unreadable(verified)
         lost: dict[str, list[dict]] = {}
         for e in self.exps:
             marker = markers.get(e.name)
@@ -282,6 +284,27 @@ class StudyRunner:
                                     for t in flagged if not self._ended(e, t["trial_key"])]
         return lost
 
+    def _set_aside_unreadable(self, verified: set) -> None:
+        """An unfinished trial's results file that cannot be read (damaged outside kdstudy: its own writes
+        are atomic) is set aside like a verified one, and the trial starts again from its beginning."""
+        import pyarrow.fs as pafs
+
+        fs, path = storage.resolve(self.results_uri)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            rel = info.path[len(path):].strip("/").split("/")
+            if info.type != pafs.FileType.File or len(rel) != 2 or not rel[1].endswith(".parquet"):
+                continue
+            stage, key = rel[0], rel[1][:-len(".parquet")]
+            owner = next((e for e in self.exps if e.stage == stage and key.startswith(e.name + "-")), None)
+            if key in verified or owner is None:
+                continue
+            try:
+                read_trial(self.results_uri, stage, key)
+            except Exception as exc:  # pyarrow raises several types for a torn file
+                self._set_aside(owner, key, f"it cannot be read ({first_line(exc)})", verified=False)
+
     def _ended(self, e: graph.Experiment, key: str) -> bool:
         try:
             rows = read_trial(self.results_uri, e.stage, key)
@@ -289,7 +312,7 @@ class StudyRunner:
             return False
         return bool(rows) and rows[-1].get("status") in TERMINAL_OK
 
-    def _set_aside(self, e: graph.Experiment, key: str, why: str) -> None:
+    def _set_aside(self, e: graph.Experiment, key: str, why: str, verified: bool = True) -> None:
         """Move a damaged results file out of the results (kept for a look), drop its trial's checkpoint."""
         from trainables.trainable import checkpoint_uri
 
@@ -307,8 +330,12 @@ class StudyRunner:
         if storage.exists(ckpt):
             fs, path = storage.resolve(ckpt)
             fs.delete_file(path)
-        self.progress.say(f"{graph_label(e)}: results file {rel} is not what was verified: {why}{kept}; "
-                          f"its trial is trained again")
+        if verified:
+            self.progress.say(f"{graph_label(e)}: results file {rel} is not what was verified: {why}{kept}; "
+                              f"its trial is trained again")
+        else:
+            self.progress.say(f"{graph_label(e)}: results file {rel} of an unfinished trial: {why}{kept}; "
+                              f"that trial starts again from its first epoch")
 
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):

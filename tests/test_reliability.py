@@ -639,12 +639,17 @@ def test_damaged_results_of_finished_experiments_are_trained_again(finished_stud
         entry = next(t for t in marker["trials"] if t["trial_key"] == victim.stem)
         assert entry["file"]["size"] == victim.stat().st_size and "lost" not in entry
 
-    # the same through `run` (in this process), for a baseline file that went missing
+    # the same through `run` (in this process), for a baseline file that went missing, and a torn file
+    # of an experiment not finished (its marker gone): set aside too, that trial starts again
     missing = sorted((study / "results" / "baseline").glob("*.parquet"))[0]
     missing.unlink()
+    next((study / "stages").glob("confirm-*.json")).unlink()
+    torn = sorted((study / "results" / "confirm").glob("*.parquet"))[-1]
+    torn.write_bytes(torn.read_bytes()[:300])
     assert main(["run", str(spec_path), "--no-report"]) == 0
     out = capsys.readouterr().out
     assert "it is missing" in out and missing.exists(), out
+    assert "of an unfinished trial: it cannot be read" in out and load(torn)["epoch"].tolist() == [1, 2], out
 
     # a teacher is never trained again (finished experiments distilled from its zoo entry): named before Ray
     teacher = sorted((study / "results" / "teachers").glob("*.parquet"))[0]
