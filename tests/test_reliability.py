@@ -565,6 +565,10 @@ def test_a_configuration_id_covers_the_whole_configuration(finished_study):
     assert by["confirm"].groupby("config_id")["seed"].nunique().eq(2).all()
     assert set(by["confirm"]["config_id"]) <= set(by["search"]["config_id"])
     assert by["teachers"]["config_id"].nunique() == 2  # two sizes, two configurations
+    from analysis.status import status_frame  # the status table groups a configuration's seeds, and only them
+
+    frame = status_frame(load(finished_study[0])).set_index(["stage", "method"])
+    assert frame.loc[("baseline", "scratch"), "result of"] == "mean of 2 seeds"
     # two baseline recipes (the edited-spec.json case) never share one; a seed, a path or a place do not count
     base = {"study": "s", "stage": "baseline", "method": "scratch", "seed": 0, "student": {"family": "mlp", "size": 16},
             "dataset": {"name": "mnist1d", "root": "/a"}, "train": {"epochs": 2, "lr": 0.005}, "runtime": {}, "hp": {}}
