@@ -350,7 +350,7 @@ def test_remedies_share_one_capacity_gap_chart(tmp_path):
 DATA = pathlib.Path(__file__).parent / "data"  # results files written by the v1 and v2 writers (git 67922c7^, b944f7b)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def plugin_method():
     """A method as a plug-in would write it, with a hyperparameter no schema column is named after
     (registered for the test only)."""
@@ -378,14 +378,19 @@ def plugin_method():
     _REGISTRY.pop("margin_ce_test", None)
 
 
-def _plugin_study(tmp_path, data_root, margins=(0.1, 0.4, 0.8, 1.6)) -> pathlib.Path:
-    """A search stage of the plug-in method: real trials (the shared loop), written as the sink writes them."""
+MARGINS = (0.1, 0.4, 0.8, 1.6)
+
+
+@pytest.fixture(scope="module")
+def plugin_study(tmp_path_factory, data_root, plugin_method) -> pathlib.Path:
+    """A search stage of the plug-in method: four real trials (the shared loop), written as the sink writes
+    them; tests that add files work on a copy (`_copy_of`)."""
     from study.results import to_schema_row
     from trainables.loop import run_trial
 
-    study = tmp_path / "plugin"
+    study = tmp_path_factory.mktemp("plugin") / "plugin"
     (study / "results" / "search").mkdir(parents=True)
-    for i, margin in enumerate(margins):
+    for i, margin in enumerate(MARGINS):
         cfg = {"study": "plugin", "stage": "search", "method": "margin_ce_test", "seed": 0,
                "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
                "student": {"family": "mlp", "size": 8}, "train": {"epochs": 2, "batch_size": 128, "lr": 0.01},
@@ -395,12 +400,18 @@ def _plugin_study(tmp_path, data_root, margins=(0.1, 0.4, 0.8, 1.6)) -> pathlib.
     return study
 
 
-def test_v3_records_and_shows_a_plugin_hyperparameter(tmp_path, data_root, plugin_method):
+def _copy_of(study: pathlib.Path, tmp_path) -> pathlib.Path:
+    import shutil
+
+    return pathlib.Path(shutil.copytree(study, tmp_path / "plugin"))
+
+
+def test_v3_records_and_shows_a_plugin_hyperparameter(plugin_study):
     from analysis import landscape
     from analysis.load import hparam_columns
     from analysis.select import hparams_text
 
-    study = _plugin_study(tmp_path, data_root)
+    study = plugin_study
     raw = pq.read_table(study / "results" / "search" / "plugin-s1.parquet")
     assert raw.schema.names == SCHEMA.names and raw.schema.metadata == SCHEMA.metadata and SCHEMA_VERSION == 3
     assert dict(raw.column("hparams")[0].as_py())["my_margin"] == 0.4  # in the fixed schema's map
@@ -429,10 +440,10 @@ def test_a_hyperparameter_named_like_a_fixed_column_is_refused_at_registration()
     assert _REGISTRY.pop("fine_test")
 
 
-def test_v1_and_v2_files_still_load_beside_v3(tmp_path, data_root, plugin_method):
+def test_v1_and_v2_files_still_load_beside_v3(plugin_study, tmp_path):
     from analysis.load import hparam_columns
 
-    study = _plugin_study(tmp_path, data_root, margins=(0.5,))
+    study = _copy_of(plugin_study, tmp_path)
     for v in (1, 2):
         (study / "results" / f"old{v}").mkdir()
         (study / "results" / f"old{v}" / f"v{v}.parquet").write_bytes((DATA / f"results_v{v}.parquet").read_bytes())
@@ -451,25 +462,24 @@ def test_v1_and_v2_files_still_load_beside_v3(tmp_path, data_root, plugin_method
         t = t.set_column(t.schema.get_field_index("trial_id"), "trial_id", pa.array(ids))
         pq.write_table(t, study / "results" / f"old{v}" / f"v{v}.parquet")
     df = load(study)
-    assert sorted(df["schema_version"].unique()) == [1, 2, 3] and len(df) == 10
-    assert df["temperature"].notna().sum() == 8 and df["my_margin"].notna().sum() == 2
+    assert sorted(df["schema_version"].unique()) == [1, 2, 3] and len(df) == 8 + 2 * len(MARGINS)
+    assert df["temperature"].notna().sum() == 8 and df["my_margin"].notna().sum() == 2 * len(MARGINS)
 
 
-def test_duckdb_queries_on_v2_columns_and_their_v3_form(tmp_path, data_root, plugin_method):
+def test_duckdb_queries_on_v2_columns_and_their_v3_form(plugin_study, tmp_path):
     """The README's DuckDB queries are run on v3 files in test_cli_docs; here the schema notes' forms:
     a v2 query on a named column runs unchanged on v3, `hparams['name']` works for any hyperparameter,
     and a folder of v2 and v3 files reads with union_by_name."""
     duckdb = pytest.importorskip("duckdb")
-    study = _plugin_study(tmp_path, data_root, margins=(0.5, 1.5))
-    results = study / "results" / "search"
+    results = _copy_of(plugin_study, tmp_path) / "results" / "search"
     con = duckdb.connect()
     q = f"SELECT count(DISTINCT trial_id) FROM '{results}/*.parquet' WHERE lr > 0.005"
-    assert con.execute(q).fetchall()[0][0] == 2
+    assert con.execute(q).fetchall()[0][0] == len(MARGINS)
     q = f"SELECT trial_id, hparams['my_margin'] AS m, hparams['lr'] AS lr FROM '{results}/*.parquet' WHERE epoch = 1"
     one = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (older DuckDB: a one-element list)
     got = sorted((t, one(m), one(lr)) for t, m, lr in con.execute(q).fetchall())
-    assert got == [("plugin-s0", 0.5, 0.01), ("plugin-s1", 1.5, 0.01)]
+    assert got == [(f"plugin-s{i}", m, 0.01) for i, m in enumerate(MARGINS)]
     (results / "a-v2.parquet").write_bytes((DATA / "results_v2.parquet").read_bytes())
     q = (f"SELECT count(*) FROM read_parquet('{results}/*.parquet', union_by_name = true) "
          f"WHERE hparams['my_margin'] > 1 OR temperature > 4")
-    assert con.execute(q).fetchall()[0][0] == 2 + 2  # the plug-in's second trial, the v2 file's T = 8 trial
+    assert con.execute(q).fetchall()[0][0] == 2 + 2  # the margin-1.6 trial and the v2 file's T = 8 trial, 2 epochs each
