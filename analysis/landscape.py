@@ -1,7 +1,9 @@
 """The hyperparameter landscape of the search stage.
 
-* `scatter`: every sampled (temperature, alpha) point of the search, coloured
-  by the trial's best val_acc, one panel per teacher size; trials stopped
+* `scatter`: every sampled point of the search in its two searched
+  hyperparameters (temperature × alpha for KD; a plug-in method's own
+  parameters, whatever their names), coloured by the trial's best val_acc,
+  one panel per teacher size; trials stopped
   early by the scheduler are open circles, failed trials grey crosses (a
   heatmap of a few cells hides how little was sampled).
 * `importances`: Optuna's own parameter-importance evaluator (fANOVA when
@@ -25,7 +27,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .schema import HPARAM_COLUMNS
+from .load import hparam_columns
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +83,30 @@ _MARKS = {  # outcome -> (legend text, marker)
 }
 
 
+def scatter_axes(trials: pd.DataFrame) -> tuple[str, str | None] | None:
+    """The two searched hyperparameters a landscape plots (x, y) for one method's search trials:
+    temperature × alpha where the trials have both and one varies, else the first two numeric
+    hyperparameters that vary (`hparam_columns` order: a plug-in's own ones included); (x, None)
+    when only one varies (plotted against the best val accuracy); None when none does."""
+    numeric = [c for c in hparam_columns(trials) if c in trials and trials[c].notna().all()
+               and pd.api.types.is_numeric_dtype(trials[c])]
+    varied = [c for c in numeric if trials[c].nunique() >= 2]
+    if {"temperature", "alpha"} <= set(numeric) and ({"temperature", "alpha"} & set(varied)):
+        return "temperature", "alpha"
+    if len(varied) >= 2:
+        return varied[0], varied[1]
+    return (varied[0], None) if varied else None
+
+
+def _log_axis(values: pd.Series, ratio: float = 4.0) -> bool:
+    """A log axis for a positive parameter spanning a factor of `ratio` or more (a temperature, a weight)."""
+    v = values.astype(float)
+    return bool((v > 0).all() and v.max() / v.min() >= ratio)
+
+
 def scatter(summary: pd.DataFrame, method: str) -> go.Figure | None:
-    """Every sampled (temperature, alpha) of `method`'s search, coloured by best val accuracy; None if not searched.
+    """Every sampled point of `method`'s search in its two searched hyperparameters (`scatter_axes`:
+    temperature × alpha for KD), coloured by best val accuracy; None if nothing varied.
 
     One panel per teacher size. Stopped, unfinished and diverged trials keep
     their colour but get their own marker; failed trials (no accuracy) are grey
@@ -93,10 +117,16 @@ def scatter(summary: pd.DataFrame, method: str) -> go.Figure | None:
     trials = search_trials(summary, method)
     if trials.empty:
         return None
-    trials = trials.dropna(subset=["temperature", "alpha"])
-    if trials.empty or (trials["temperature"].nunique() < 2 and trials["alpha"].nunique() < 2):
+    axes = scatter_axes(trials)
+    if axes is None:
         return None
-    trials = trials.assign(size=trials["teacher_size"].fillna(-1.0))
+    xname, yname = axes
+    trials = trials.dropna(subset=[c for c in axes if c])
+    if trials.empty:
+        return None
+    trials = trials.assign(size=trials["teacher_size"].fillna(-1.0), _x=trials[xname].astype(float),
+                           _y=(trials[yname].astype(float) if yname else 100 * trials["val_acc"]))
+    ylabel = yname or "best val %"
     sizes = sorted(trials["size"].unique())
     titles = [("no teacher size" if z < 0 else f"teacher size {z:g}") for z in sizes]
     fig = make_subplots(rows=1, cols=len(sizes), subplot_titles=titles, shared_yaxes=True,
@@ -117,36 +147,41 @@ def scatter(summary: pd.DataFrame, method: str) -> go.Figure | None:
             else:
                 mk = {**marker, **colour}
             fig.add_trace(go.Scatter(
-                x=pts["temperature"], y=pts["alpha"], mode="markers", marker=mk, name=label,
+                x=pts["_x"], y=pts["_y"], mode="markers", marker=mk, name=label,
                 legendgroup=outcome, showlegend=outcome not in shown,
                 customdata=pts[["trial_id", "n_epochs"]].assign(v=100 * pts["val_acc"]),
-                hovertemplate="%{customdata[0]}<br>T %{x:.3g}, alpha %{y:.3g}<br>best val %{customdata[2]:.2f}%"
+                hovertemplate=f"%{{customdata[0]}}<br>{xname} %{{x:.3g}}, {ylabel} %{{y:.3g}}"
+                              "<br>best val %{customdata[2]:.2f}%"
                               f"<br>%{{customdata[1]}} epochs ({outcome})<extra></extra>"), row=1, col=i)
             shown.add(outcome)
         bad = panel[(panel["outcome"] == "failed") | panel["val_acc"].isna()]
         if not bad.empty:
             fig.add_trace(go.Scatter(
-                x=bad["temperature"], y=bad["alpha"], mode="markers", name="failed (no accuracy)",
-                marker=dict(symbol="x", size=10, color="#999"), legendgroup="failed",
+                x=bad["_x"], y=bad["_y"] if yname else [zmin] * len(bad), mode="markers",
+                name="failed (no accuracy)", marker=dict(symbol="x", size=10, color="#999"), legendgroup="failed",
                 showlegend="failed" not in shown, customdata=bad[["trial_id"]],
                 hovertemplate="%{customdata[0]}: failed<extra></extra>"), row=1, col=i)
             shown.add("failed")
-    temps = trials["temperature"].astype(float)
-    log_t = np.log10(temps[temps > 0]) if (temps > 0).all() else None
+    xs = trials["_x"]
+    log_x = np.log10(xs) if _log_axis(xs) else None
     for i in range(1, len(sizes) + 1):
-        if log_t is not None:
-            lo, hi = float(log_t.min()), float(log_t.max())
+        if log_x is not None:
+            lo, hi = float(log_x.min()), float(log_x.max())
             pad = max(0.08, 0.08 * (hi - lo))
-            ticks = sorted(temps.unique()) if temps.nunique() <= 6 else [
-                v for v in (0.5, 1, 2, 4, 8, 16, 32, 64) if 10 ** (lo - pad) <= v <= 10 ** (hi + pad)]
-            fig.update_xaxes(title_text="temperature (log)", type="log", range=[lo - pad, hi + pad],
+            ticks = sorted(xs.unique()) if xs.nunique() <= 6 else [
+                v for v in (0.01, 0.03, 0.1, 0.3, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+                if 10 ** (lo - pad) <= v <= 10 ** (hi + pad)]
+            fig.update_xaxes(title_text=f"{xname} (log)", type="log", range=[lo - pad, hi + pad],
                              tickmode="array", tickvals=ticks, ticktext=[f"{v:g}" for v in ticks], row=1, col=i)
         else:
-            fig.update_xaxes(title_text="temperature", row=1, col=i)
-    a = trials["alpha"].astype(float)
-    span = max(0.1, float(a.max() - a.min()))
-    fig.update_yaxes(range=[float(a.min()) - 0.1 * span, float(a.max()) + 0.1 * span])
-    fig.update_yaxes(title_text="alpha", row=1, col=1)
+            fig.update_xaxes(title_text=xname, row=1, col=i)
+    ys = trials["_y"].astype(float)
+    if yname and _log_axis(ys, 20.0):  # a mixing weight such as alpha (0.1 .. 0.95) stays linear
+        fig.update_yaxes(type="log")
+    else:
+        span = max(0.1, float(ys.max() - ys.min()))
+        fig.update_yaxes(range=[float(ys.min()) - 0.1 * span, float(ys.max()) + 0.1 * span])
+    fig.update_yaxes(title_text=ylabel, row=1, col=1)
     counts = trials["outcome"].value_counts()
     parts = [f"{counts.get(k, 0)} {name}" for k, name in
              (("ok", "trained fully"), ("stopped", "stopped early (open circles)"),
@@ -154,7 +189,8 @@ def scatter(summary: pd.DataFrame, method: str) -> go.Figure | None:
              if counts.get(k, 0) or k in ("ok", "stopped", "failed")]
     fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=zmax,
                                      colorbar=dict(title=dict(text="best val %"), thickness=14)))
-    return finish(fig, f"Search landscape — {method}: sampled temperature × alpha, coloured by best val accuracy",
+    what = f"{xname} × {yname}" if yname else f"{xname} (against best val accuracy)"
+    return finish(fig, f"Search landscape — {method}: sampled {what}, coloured by best val accuracy",
                   f"{len(trials)} search trials: " + ", ".join(parts), height=460)
 
 
@@ -205,7 +241,7 @@ def importances(summary: pd.DataFrame, method: str, seed: int = 0,
         return {}, (f"{where}: parameter importance skipped: {len(trials)} fully trained search trials "
                     f"(need {MIN_TRIALS})")
     extra = ["teacher_size"] if teacher_size is None and teacher_size_searched(summary, method) else []
-    cols = [c for c in HPARAM_COLUMNS + extra
+    cols = [c for c in hparam_columns(trials) + extra
             if c in trials and trials[c].notna().all() and trials[c].nunique() >= 2]
     if not cols:
         return {}, f"{where}: parameter importance skipped: no hyperparameter took 2 distinct values."

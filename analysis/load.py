@@ -9,6 +9,7 @@ storage root) is refused with their names, never silently merged.
 
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import re
@@ -19,7 +20,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
-from .schema import READABLE_VERSIONS, ROW_KEY, SCHEMA, SCHEMA_VERSION
+from .schema import (FIXED_COLUMNS, FIXED_HPARAMS, HPARAM_COLUMNS, NOT_HPARAMS, READABLE_VERSIONS, ROW_KEY,
+                     SCHEMA, SCHEMA_VERSION)
 
 _META_KEY = b"kdstudy_schema_version"
 #: the keys that identify one trial's selectable result
@@ -152,7 +154,8 @@ def _read_fragment(fragment, version: int) -> pa.Table:
 
 
 def load(path, skip_bad: bool = False, study: str | None = None) -> pd.DataFrame:
-    """Load every results row of a study as a DataFrame with the columns of SCHEMA.
+    """Load every results row of a study as a DataFrame with the columns of SCHEMA, the `hparams`
+    map expanded into one column per hyperparameter (`expand_hparams`; `hparam_columns` lists them).
 
     Every file's schema version (file metadata and ``schema_version`` column)
     must be one of READABLE_VERSIONS (older files are read with the columns
@@ -206,8 +209,78 @@ def load(path, skip_bad: bool = False, study: str | None = None) -> pd.DataFrame
     df = df.drop_duplicates(subset=ROW_KEY, keep="last")
     df = df.sort_values(["stage", "trial_id", "generation", "role", "exit", "epoch"], kind="stable")
     df = df.drop(columns="_order").reset_index(drop=True)
+    df = expand_hparams(df)
+    missing = df["teacher_size_name"].isna() & df["teacher_size"].notna()  # files older than v3
+    if missing.any():
+        df.loc[missing, "teacher_size_name"] = df.loc[missing, "teacher_size"].map(lambda v: f"{v:g}")
     df.attrs["skipped_files"] = skipped
     return df
+
+
+def _parsed(texts: pd.Series) -> dict[str, dict]:
+    """{hparams_json text: its hyperparameters}, each distinct text parsed once (a trial's rows share one)."""
+    out = {}
+    for text in texts.dropna().unique():
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError):
+            value = None
+        out[text] = value if isinstance(value, dict) else {}
+    return out
+
+
+def expand_hparams(df: pd.DataFrame) -> pd.DataFrame:
+    """One column per hyperparameter (from `hparams_json`, which every schema version has), in place
+    of the `hparams` map: the v2 named columns are completed where they are null, and a hyperparameter
+    no column is named after (a plug-in method's) gets a column of its own, float where every value is
+    a number. A key named like a fixed column (`seed`, `teacher_size`) is left to that column."""
+    df = df.drop(columns=["hparams"], errors="ignore")
+    if "hparams_json" not in df or df.empty:
+        return df
+    parsed = _parsed(df["hparams_json"])
+    names: list[str] = []
+    for params in parsed.values():
+        names += [k for k in params if k not in names]
+    fixed = set(FIXED_COLUMNS)
+    if not names:
+        return df
+    table = pd.DataFrame.from_records([{k: parsed[t].get(k) for k in names} for t in parsed],
+                                      index=list(parsed), columns=names)
+    rows = df["hparams_json"]
+    new = {}
+    for name in names:
+        if name in fixed:
+            continue
+        values = table[name].reindex(rows.values)
+        values.index = df.index
+        numeric = values.dropna().map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)).all()
+        if name in df.columns:  # a v2 named column: fill what it lacks (numbers only, it is float)
+            if numeric:
+                df[name] = df[name].where(df[name].notna(), pd.to_numeric(values, errors="coerce"))
+            continue
+        new[name] = pd.to_numeric(values, errors="coerce").astype(float) if numeric else values.astype(object)
+    if new:
+        df = pd.concat([df, pd.DataFrame(new, index=df.index)], axis=1)
+    return df
+
+
+def hparam_columns(df: pd.DataFrame) -> list[str]:
+    """The hyperparameters recorded in `df`'s rows (their `hparams_json`) that are columns of `df`:
+    the v2 named ones in their order, then the others by name (`hparam_names`)."""
+    if "hparams_json" not in df or df.empty:
+        return [c for c in HPARAM_COLUMNS if c in df]
+    keys = set()
+    for params in _parsed(df["hparams_json"]).values():
+        keys.update(params)
+    return [k for k in hparam_names(keys) if k in df]
+
+
+def hparam_names(keys) -> list[str]:
+    """The hyperparameters among `hparams_json` keys, in display order: the v2 named ones first,
+    then the others by name. Not the search's bookkeeping (budget_mode) nor fixed columns (seed,
+    teacher_size), except those some method searches (ESKD's teacher_epoch)."""
+    keys = set(keys) - set(NOT_HPARAMS) - (set(FIXED_COLUMNS) - set(FIXED_HPARAMS))
+    return [c for c in HPARAM_COLUMNS if c in keys] + sorted(k for k in keys if k not in HPARAM_COLUMNS)
 
 
 def trial_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from . import capacity_gap, curves, generations, landscape, multiexit
 from .figstyle import HEIGHT, PNG_WIDTH
 from .load import final_models, load, locate, trial_outcomes, trial_summary
-from .schema import HPARAM_COLUMNS, SCHEMA
+from .schema import HPARAM_COLUMNS, SCHEMA, numeric_hparams
 from .select import best_config
 from .stats import mean_ci
 from .status import failures, status_frame
@@ -620,7 +620,17 @@ def students_frame(df: pd.DataFrame) -> pd.DataFrame:
     models = models[models["stage"] != "teachers"]
     outcomes = trial_outcomes(df)[["stage", "trial_id", "outcome"]]
     models = models.merge(outcomes, on=["stage", "trial_id"], how="left")
+    models = models.assign(hparams=models["hparams_json"].map(_hparams_map))  # `load` expanded the map
     return models[list(SCHEMA.names) + STUDENT_EXTRA].reset_index(drop=True)
+
+
+def _hparams_map(text) -> dict | None:
+    """The schema's `hparams` map of a row, from its hparams_json."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+    return numeric_hparams(value) if isinstance(value, dict) else None
 
 
 def write_students(df: pd.DataFrame, path) -> None:

@@ -134,16 +134,30 @@ def _num(v):
 
 
 def hparams_text(row, columns=None) -> str:
-    """The hyperparameters of a chosen configuration as 'name=value, ...' (non-null columns only)."""
-    from .schema import HPARAM_COLUMNS as _H
+    """The hyperparameters of a chosen configuration as 'name=value, ...' (non-null ones only): those
+    its `hparams_json` records, whatever their names (a plug-in's too), the v2 named ones first."""
+    from .load import hparam_names
 
-    cols = columns or [c for c in _H if c not in ("batch_size",)]
+    recorded = _recorded_hparams(row)
+    if columns is None:
+        columns = hparam_names(recorded) if recorded else [c for c in HPARAM_COLUMNS if c != "batch_size"]
+        columns = [c for c in columns if c != "batch_size"]
+    cols = columns
     parts = []
     for c in cols:
-        v = row.get(c)
+        v = recorded.get(c, row.get(c))
         if v is not None and not (isinstance(v, float) and np.isnan(v)):
-            parts.append(f"{c}={v:g}" if isinstance(v, (int, float)) else f"{c}={v}")
+            parts.append(f"{c}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{c}={v}")
     return ", ".join(parts)
+
+
+def _recorded_hparams(row) -> dict:
+    text = row.get("hparams_json")
+    try:
+        value = json.loads(text) if isinstance(text, str) else {}
+    except ValueError:
+        value = {}
+    return value if isinstance(value, dict) else {}
 
 
 def config_key(df: pd.DataFrame) -> pd.Series:

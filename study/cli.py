@@ -183,7 +183,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .folder import StudyFolder
+    from .folder import SpecMismatch, StudyFolder
     from .spec import SpecError
 
     folder = StudyFolder(args.path)
@@ -193,6 +193,9 @@ def cmd_resume(args) -> int:
     except SpecError as exc:
         print(f"kdstudy: cannot resume: {exc}", file=sys.stderr)
         return 2
+    except SpecMismatch as exc:  # an edited spec file: refused as an edited spec is (exit 1)
+        print(f"kdstudy: {exc}", file=sys.stderr)
+        return 1
     if spec is None:
         print(f"kdstudy: {args.path} is not a kdstudy study folder (no spec.json)", file=sys.stderr)
         return 2
@@ -256,11 +259,17 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
         print(f"kdstudy: {_os_error(exc)}; rows already written are intact, and `kdstudy resume {root}` "
               f"continues once this is fixed", file=sys.stderr)
         return 1
+    report_failed = False
     if report:
         try:
             _report(root, None, spec.report_png)
+        except _results_errors() as exc:  # a results file that cannot be read: named in one line
+            print(f"kdstudy: the report could not be written: {exc}; `kdstudy report {root} --skip-bad` "
+                  f"reports on the other files", file=sys.stderr)
+            report_failed = True
         except OSError as exc:
             print(f"kdstudy: the report could not be written: {_os_error(exc)}", file=sys.stderr)
+            report_failed = True
     print(f"results: {root}/results (Parquet)")
     if outcome.failed or outcome.blocked:
         for name, reason in outcome.failed.items():
@@ -269,7 +278,7 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
             print(f"kdstudy: experiment {name} not run: it needs {dep}", file=sys.stderr)
         print(f"kdstudy: fix the cause and run `kdstudy resume {root}` to retry what failed", file=sys.stderr)
         return 1
-    return 0
+    return 1 if report_failed else 0
 
 
 def _os_error(exc: OSError) -> str:

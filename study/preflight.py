@@ -2,7 +2,9 @@
 
 - the dataset can be read (CIFAR files present, or download asked; MNIST-1D generated once)
 - the study storage is writable
-- every zoo entry the study would use is readable and matches its meta.json
+- every zoo entry the study would use is readable, is the entry its key names, and matches its meta.json
+- the results of every finished teacher are what was verified (a teacher is never trained again:
+  see `study.runner.StudyRunner.check_results`)
 - a spec that says `runtime.device: cuda` asks Ray for a GPU (`resources.gpu` > 0: a trial
   uses a GPU exactly when Ray gives it one) and, for a local run, has CUDA to run on
 - models build (the spec already built every model on the meta device)
@@ -38,9 +40,10 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
         try:
             meta = zoo.get(job["key"])
             if meta is not None:
-                zoo.verify(meta, in_shape, classes)
+                zoo.verify(meta, in_shape, classes, job=job)
         except Exception as exc:
             problems.append(f"zoo: {exc}")
+    problems += _damaged_teachers(spec, root)
     if spec.runtime.get("device") == "cuda":
         if not spec.resources.get("gpu"):
             problems.append("runtime.device: cuda, but resources.gpu is 0: Ray gives a trial a GPU only when it "
@@ -64,3 +67,20 @@ def preflight_warnings(spec: Spec, local: bool = True) -> list[str]:
     warning = idle_gpu_warning(spec.resources, this_machine())
     return [warning] if warning else []
 
+
+def _damaged_teachers(spec: Spec, root: str) -> list[str]:
+    """A line per finished teacher experiment whose results file is no longer what was verified."""
+    from .folder import StudyFolder
+    from .graph import plan
+    from .results import check_recorded, damaged_teacher_text, teacher_lost
+
+    folder, results = StudyFolder(root), storage.join(root, "results")
+    out = []
+    for e in plan(spec):
+        marker = folder.marker(e.name) if e.stage == "teachers" else None
+        for t in (marker or {}).get("trials", []):
+            why = None if t.get("lost") else check_recorded(results, e.stage, t)
+            if why is not None and teacher_lost(t, why):
+                out.append(damaged_teacher_text(e.stage, t["trial_key"], why))
+                break
+    return out

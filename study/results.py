@@ -18,14 +18,16 @@ The schema is `analysis.schema.SCHEMA`, documented there.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import re
 
 import pyarrow.parquet as pq
 from ray.tune import Callback
 
-from analysis.schema import HPARAM_COLUMNS, ROW_KEY, TERMINAL_OK, rows_to_table
+from analysis.schema import HPARAM_COLUMNS, ROW_KEY, TERMINAL_OK, numeric_hparams, rows_to_table
 from trainables import storage
 from trainables.trainable import error_uri
 
@@ -33,15 +35,30 @@ log = logging.getLogger(__name__)
 
 
 def to_schema_row(row: dict) -> dict:
-    """Map a row from the training loop onto the schema's columns."""
+    """Map a row from the training loop onto the schema's columns: every numeric hyperparameter in
+    the `hparams` map (and the v2 named columns), all of them in `hparams_json`."""
     row = dict(row)
     hp = row.pop("hparams", {}) or {}
     if isinstance(hp, str):
         hp = json.loads(hp)
+    numeric = numeric_hparams(hp)
     for name in HPARAM_COLUMNS:
-        value = hp.get(name)
-        row[name] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        row[name] = numeric.get(name)
+    row["hparams"] = numeric
     row["hparams_json"] = json.dumps(hp, sort_keys=True, default=str)
+    return row
+
+
+def _upgraded(row: dict) -> dict:
+    """A row read back from a file of an older schema version, with the columns added since filled
+    where its own data holds them (a trial continued across an upgrade keeps one layout)."""
+    if row.get("hparams") is None and row.get("hparams_json"):
+        try:
+            row["hparams"] = numeric_hparams(json.loads(row["hparams_json"]))
+        except (ValueError, AttributeError):
+            pass
+    if row.get("teacher_size_name") is None and row.get("teacher_size") is not None:
+        row["teacher_size_name"] = f"{row['teacher_size']:g}"
     return row
 
 
@@ -54,10 +71,70 @@ def results_file(results_uri: str, stage: str, trial_key: str) -> str:
 
 
 def read_trial(results_uri: str, stage: str, trial_key: str) -> list[dict]:
+    return read_trial_file(results_uri, stage, trial_key)[0]
+
+
+def read_trial_file(results_uri: str, stage: str, trial_key: str) -> tuple[list[dict], dict | None]:
+    """A trial's rows and what a marker records of its file ({path, size, sha256}; None: no file)."""
     uri = results_file(results_uri, stage, trial_key)
     if not storage.exists(uri):
-        return []
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+        return [], None
+    data = storage.read_bytes(uri)
+    return pq.read_table(io.BytesIO(data)).to_pylist(), file_record(stage, trial_key, data)
+
+
+def file_record(stage: str, trial_key: str, data: bytes) -> dict:
+    """A results file as a marker records it: its path in the study folder, size and sha256."""
+    return {"path": f"results/{stage}/{trial_key}.parquet", "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def check_recorded(results_uri: str, stage: str, trial: dict) -> str | None:
+    """Why the results file of a verified trial (a marker's entry) is no longer what was verified,
+    or None when it is. The marker records the file's size and sha256 (a read of the file; ~1 ms for
+    a trial's file); a marker written before it did only lets the file be read and its outcome checked."""
+    key = trial.get("trial_key")
+    uri = results_file(results_uri, stage, key)
+    want = trial.get("file")
+    if "file" in trial and want is None:  # verified without rows (a teacher of a zoo copied in)
+        return None
+    try:
+        data = storage.read_bytes(uri)
+    except FileNotFoundError:
+        return "it is missing"
+    if want is not None:
+        if len(data) != want.get("size"):
+            return f"it holds {len(data)} bytes, {want.get('size')} were verified"
+        if hashlib.sha256(data).hexdigest() != want.get("sha256"):
+            return "its sha256 is not the one verified (the file was changed)"
+        return None
+    try:
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+    except Exception as exc:  # pyarrow raises several types for a torn file
+        return f"it cannot be read ({first_line(exc)})"
+    if not rows or rows[-1].get("status") not in TERMINAL_OK:
+        return "its rows no longer show the trial ended"
+    return None
+
+
+def teacher_lost(trial: dict, why: str) -> bool:
+    """Whether a finished teacher trial lost verified rows (`why` from `check_recorded`): a teacher
+    verified from its zoo entry alone, by a marker that did not record its file, may have none."""
+    return bool(trial.get("file")) or why != "it is missing"
+
+
+def damaged_teacher_text(stage: str, trial_key: str, why: str) -> str:
+    """Why a teacher whose verified results file is damaged is not trained again (one line)."""
+    return (f"results file results/{stage}/{trial_key}.parquet of a finished teacher is not what was verified: "
+            f"{why}; the teacher is not trained again (its zoo entry, checked by sha256, is what finished "
+            f"experiments distilled from, and a retrained one would differ): restore the file from a copy of the "
+            f"study (`kdstudy status --skip-bad` and `kdstudy report --skip-bad` read the other files)")
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return re.sub(r"^Could not open Parquet input source '[^']*': ", "", first)[:300]
 
 
 def trial_outcome(results_uri: str, stage: str, trial_key: str) -> str | None:
@@ -105,7 +182,7 @@ class ParquetSink(Callback):
 
     def _trial_rows(self, key: str) -> dict[tuple, dict]:
         if key not in self._rows:
-            self._rows[key] = {_key(r): r for r in read_trial(self.results_uri, self.stage, key)}
+            self._rows[key] = {_key(r): _upgraded(r) for r in read_trial(self.results_uri, self.stage, key)}
         return self._rows[key]
 
     def write(self, key: str, rows: list[dict], status: str | None = None, error: str | None = None) -> None:

@@ -13,10 +13,13 @@
 4. when a task ends, the driver verifies the experiment from study storage:
    every trial it owes has rows whose outcome is ok, stopped (by the
    scheduler) or diverged — a search also in its Optuna journal. Only then is
-   the marker `stages/<name>.json` written. An experiment with failed trials
-   is reported failed (with the errors), its dependents are not started, and
-   the next run retries it. An interrupt (Ctrl-C) cancels the running tasks and
-   writes no marker for them.
+   the marker `stages/<name>.json` written (each trial with its results file's
+   size and sha256). An experiment with failed trials is reported failed (with
+   the errors), its dependents are not started, and the next run retries it.
+   An interrupt (Ctrl-C) cancels the running tasks and writes no marker for them;
+5. on a later run, a finished experiment counts as finished only while its
+   results are what was verified: a trial whose file is missing or changed is
+   trained again, and only it (`StudyRunner.check_results`).
 
 Identity never depends on where the study lives (see `study.graph`), zoo
 references are relative to the study folder, and nothing read back from
@@ -50,9 +53,10 @@ from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
 from .plan import admits, demand_of  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
-from .results import read_trial  # noqa: E402
+from .results import (check_recorded, damaged_teacher_text, first_line, read_trial,  # noqa: E402
+                      read_trial_file, results_file, teacher_lost)
 from .spec import Spec  # noqa: E402
-from .zoo import Zoo, teacher_table  # noqa: E402
+from .zoo import Zoo, teacher_jobs, teacher_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +119,17 @@ class StudyRunner:
         self.exps = graph.plan(spec)
         self.by_name = {e.name: e for e in self.exps}
         self.board = None
+        self.zoo_content = {j["key"]: j["content"] for j in teacher_jobs(spec)}
+        self.repairs: dict[str, list[dict]] = {}  # search experiment -> its lost trials to train again
+        self.preset_failures: dict[str, str] = {}  # experiment -> why it cannot run (found before it started)
+        self.config_ids = self.folder.config_ids()  # "sampled" in a study begun by an older kdstudy
 
     # ---------------------------------------------------------------- the graph
     def run(self) -> Outcome:
         outcome = Outcome()
         state = self.finished_earlier()
+        for name, reason in self.preset_failures.items():
+            self._fail(self.by_name[name], state, outcome, reason)
         skipped = sum(1 for v in state.values() if v == "done")
         if skipped:
             self.progress.say(f"{skipped} of {len(self.exps)} experiments finished earlier (verified), skipped")
@@ -185,15 +195,21 @@ class StudyRunner:
                                 f"leaving its running experiments unfinished")
 
     def finished_earlier(self) -> dict[str, str]:
-        """"done" for each experiment whose marker covers every trial it owes now and whose
-        dependencies are done too; "todo" otherwise. A study extended with more seeds or search
-        trials (`run --extend`) keeps its markers, but they no longer cover it: the experiment is
-        run again for its new trials only, and a confirm whose search grew is run again after it
-        (its top-k may have changed)."""
+        """"done" for each experiment whose marker covers every trial it owes now, whose results are
+        still what was verified, and whose dependencies are done too; "todo" otherwise. A study
+        extended with more seeds or search trials (`run --extend`) keeps its markers, but they no
+        longer cover it: the experiment is run again for its new trials only, and a confirm whose
+        search grew is run again after it (its top-k may have changed). A finished trial whose results
+        file is damaged or missing is trained again (`check_results`)."""
         state = {e.name: "todo" for e in self.exps}
+        markers = {e.name: self.folder.marker(e.name) for e in self.exps}
+        lost = self.check_results(markers)
         for e in self.exps:  # plan order: dependencies first
-            marker = self.folder.marker(e.name)
-            if marker is None or any(state[d] != "done" for d in e.deps):
+            marker = markers[e.name]
+            if e.name in self.preset_failures:
+                state[e.name] = "failed"
+                continue
+            if marker is None or e.name in lost or any(state[d] != "done" for d in e.deps):
                 continue
             have = {t.get("trial_key") for t in marker.get("trials", [])}
             try:
@@ -204,6 +220,122 @@ class StudyRunner:
             if covered:
                 state[e.name] = "done"
         return state
+
+    def check_results(self, markers: dict) -> dict[str, list[dict]]:
+        """The trials of finished experiments whose results are no longer what was verified, by
+        experiment; each is trained again, and nothing else is.
+
+        A marker records each trial's results file with its size and sha256. A file that is missing,
+        or whose size or checksum changed (a truncated copy, a damaged disk), is moved to
+        `results/<stage>/_damaged/` (never read, never overwritten), its trial's checkpoint is removed
+        (it would only restore the last epoch's rows) and the trial is flagged in the marker; a later
+        run reruns flagged trials, continuing from their own new checkpoints. A trial is rerun under its
+        own key, configuration and seed (a search trial outside Optuna, with its recorded parameters, so
+        the search's recorded values and the top-k its confirm was built on stand; one the scheduler
+        stopped is stopped again where it was). A teacher is never trained again: its zoo entry
+        (sha256-verified) is what finished experiments distilled from, and a retrained one would
+        differ. Its experiment fails with a line naming the file (`kdstudy run` names it before Ray
+        starts, see `study.preflight`)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        todo = [(e, t) for e in self.exps if markers.get(e.name) for t in markers[e.name].get("trials", [])
+                if not t.get("lost")]
+        with ThreadPoolExecutor(max_workers=16) as pool:  # remote storage: one read per file, in parallel
+            whys = list(pool.map(lambda et: check_recorded(self.results_uri, et[0].stage, et[1]), todo))
+        found: dict[str, list[tuple[dict, str]]] = {}
+        for (e, t), why in zip(todo, whys):
+            if why is not None:
+                found.setdefault(e.name, []).append((t, why))
+        verified = {t.get("trial_key") for m in markers.values() if m for t in m.get("trials", [])}
+        self._set_aside_unreadable(verified)
+        lost: dict[str, list[dict]] = {}
+        for e in self.exps:
+            marker = markers.get(e.name)
+            if not marker:
+                continue
+            damaged = found.get(e.name, [])
+            if e.stage == "teachers":
+                damaged = [(t, why) for t, why in damaged if teacher_lost(t, why)]
+                if damaged:
+                    t, why = damaged[0]
+                    self.preset_failures[e.name] = damaged_teacher_text(e.stage, t["trial_key"], why)
+                continue
+            for t, why in damaged:
+                self._set_aside(e, t["trial_key"], why)
+                t["lost"] = why
+            if damaged:
+                self.folder.write_marker(e.name, marker)  # the flags survive an interrupted rerun
+            flagged = [t for t in marker.get("trials", []) if t.get("lost")]
+            if not flagged:
+                continue
+            lost[e.name] = flagged
+            if e.kind != "search" or len(marker.get("trials", [])) < e.trials:
+                continue  # a grid reruns its trials without rows; a search that grew (--extend) samples anew
+            unknown = [t for t in flagged if t.get("status") == "stopped" and not t.get("progress")]
+            if unknown:  # a marker of an older kdstudy: where the scheduler stopped it is not recorded
+                self.preset_failures[e.name] = (
+                    f"results file results/{e.stage}/{unknown[0]['trial_key']}.parquet of a trial the scheduler "
+                    f"stopped is not what was verified ({unknown[0]['lost']}), and its marker does not record "
+                    f"where it stopped: restore the file from a copy of the study")
+                continue
+            # those not trained again yet (a rerun cut by an interrupt continues from its checkpoint)
+            self.repairs[e.name] = [{**t["config"], "_trial_key": t["trial_key"],
+                                     **({"_stop_after": t["progress"]} if t.get("progress") else {})}
+                                    for t in flagged if not self._ended(e, t["trial_key"])]
+        return lost
+
+    def _set_aside_unreadable(self, verified: set) -> None:
+        """An unfinished trial's results file that cannot be read (damaged outside kdstudy: its own writes
+        are atomic) is set aside like a verified one, and the trial starts again from its beginning."""
+        import pyarrow.fs as pafs
+
+        fs, path = storage.resolve(self.results_uri)
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return
+        for info in fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+            rel = info.path[len(path):].strip("/").split("/")
+            if info.type != pafs.FileType.File or len(rel) != 2 or not rel[1].endswith(".parquet"):
+                continue
+            stage, key = rel[0], rel[1][:-len(".parquet")]
+            owner = next((e for e in self.exps if e.stage == stage and key.startswith(e.name + "-")), None)
+            if key in verified or owner is None:
+                continue
+            try:
+                read_trial(self.results_uri, stage, key)
+            except Exception as exc:  # pyarrow raises several types for a torn file
+                self._set_aside(owner, key, f"it cannot be read ({first_line(exc)})", verified=False)
+
+    def _ended(self, e: graph.Experiment, key: str) -> bool:
+        try:
+            rows = read_trial(self.results_uri, e.stage, key)
+        except Exception:
+            return False
+        return bool(rows) and rows[-1].get("status") in TERMINAL_OK
+
+    def _set_aside(self, e: graph.Experiment, key: str, why: str, verified: bool = True) -> None:
+        """Move a damaged results file out of the results (kept for a look), drop its trial's checkpoint."""
+        from trainables.trainable import checkpoint_uri
+
+        uri = results_file(self.results_uri, e.stage, key)
+        rel = f"results/{e.stage}/{key}.parquet"
+        kept = ""
+        if storage.exists(uri):
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            dest = storage.join(self.results_uri, e.stage, "_damaged", f"{key}.{stamp}.parquet")
+            fs, path = storage.resolve(uri)
+            fs.create_dir(storage.resolve(dest)[1].rsplit("/", 1)[0], recursive=True)
+            fs.move(path, storage.resolve(dest)[1])
+            kept = f" (kept as results/{e.stage}/_damaged/{key}.{stamp}.parquet)"
+        ckpt = checkpoint_uri(self.root, key)
+        if storage.exists(ckpt):
+            fs, path = storage.resolve(ckpt)
+            fs.delete_file(path)
+        if verified:
+            self.progress.say(f"{graph_label(e)}: results file {rel} is not what was verified: {why}{kept}; "
+                              f"its trial is trained again")
+        else:
+            self.progress.say(f"{graph_label(e)}: results file {rel} of an unfinished trial: {why}{kept}; "
+                              f"that trial starts again from its first epoch")
 
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):
@@ -294,6 +426,8 @@ class StudyRunner:
         base["paths"] = {"root": self.root}
         base["code_version"] = self.version
         base["experiment"] = e.name
+        if self.config_ids != "content":
+            base["config_ids"] = self.config_ids
         if e.teacher_sizes:
             in_shape, classes = self.spec.shape
             base["teachers"] = teacher_table(self.spec, self.zoo, sizes=e.teacher_sizes, in_shape=in_shape,
@@ -309,6 +443,8 @@ class StudyRunner:
 
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
+        if e.kind == "search" and self.repairs.get(e.name):  # lost trials only, outside Optuna
+            return self.launch(e, base, kind="grid", jobs=self.repairs.pop(e.name), owed=e.trials)
         if e.kind == "search":
             return self.launch(e, base, kind="search", space=e.space, constants=e.constants, trials=e.trials,
                                owed=e.trials)
@@ -323,7 +459,9 @@ class StudyRunner:
             for j in e.jobs:
                 job = {k: v for k, v in j.items() if k != "_zoo_key"}
                 job["export"] = {"uri": self.zoo.uri(j["_zoo_key"]),
-                                 "epochs": self.spec.teachers["export_epochs"]}
+                                 "epochs": self.spec.teachers["export_epochs"],
+                                 # meta.json records what its key hashes (the entry proves which it is)
+                                 "meta": {"key_content": self.zoo_content[j["_zoo_key"]]}}
                 job["_trial_key"] = graph.trial_key(e.name, {k: v for k, v in j.items() if k != "export"})
                 job["_zoo_key"] = j["_zoo_key"]
                 jobs.append(job)
@@ -374,9 +512,10 @@ class StudyRunner:
         for job in self.grid_jobs(e):
             key = job["_trial_key"]
             if e.stage == "teachers" and self.zoo.get(job["_zoo_key"]) is not None:
-                trials.append({"trial_key": key, "config": _public(job), "status": "ok"})
+                trials.append({"trial_key": key, "config": _public(job), "status": "ok",
+                               "file": _file_of(self.results_uri, e.stage, key)})
                 continue
-            rows = read_trial(self.results_uri, e.stage, key)
+            rows, info = read_trial_file(self.results_uri, e.stage, key)
             status = rows[-1].get("status") if rows else None
             if status not in TERMINAL_OK:
                 problems.append((key, status, (rows[-1].get("error") if rows else None)))
@@ -387,7 +526,7 @@ class StudyRunner:
                                  else "trained, but its zoo entry is incomplete"))
                 continue
             trials.append({"trial_key": key, "config": _public(job), "status": status,
-                           METRIC: _best_val(rows)})
+                           METRIC: _best_val(rows), "file": info})
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
         return trials
@@ -404,14 +543,17 @@ class StudyRunner:
             journal.close(write_back=False)  # read only; a remote journal's local copy is removed
         trials, problems = [], []
         for key, t in sorted(latest.items(), key=lambda kv: kv[1].number):
-            rows = read_trial(self.results_uri, e.stage, key)
+            rows, info = read_trial_file(self.results_uri, e.stage, key)
             status = rows[-1].get("status") if rows else None
             if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or status not in TERMINAL_OK:
                 problems.append((key, "failed" if t.state == TrialState.FAIL or status == "failed" else status,
                                  rows[-1].get("error") if rows else None))
                 continue
-            trials.append({"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
-                           METRIC: t.value if t.state == TrialState.COMPLETE else None})
+            entry = {"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
+                     METRIC: t.value if t.state == TrialState.COMPLETE else None, "file": info}
+            if status == "stopped":  # where the scheduler stopped it: a rerun stops there too
+                entry["progress"] = _progress(rows)
+            trials.append(entry)
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
         if len(trials) < e.trials:
@@ -449,6 +591,28 @@ def _best_val(rows: list[dict]) -> float | None:
     last_exit = max((r["exit"] for r in mine if r.get("exit") is not None), default=None)
     mine = [r for r in mine if r.get("exit") == last_exit]
     return max(r["val_acc"] for r in mine)
+
+
+def _progress(rows: list[dict]) -> int | None:
+    """Epochs a trial trained over all its generations (the loop's `progress`), from its rows."""
+    best = None
+    for r in rows:
+        if r.get("epoch") is None:
+            continue
+        per_gen = r.get("epochs") or 0
+        p = int(r.get("generation") or 0) * int(per_gen) + int(r["epoch"])
+        best = p if best is None else max(best, p)
+    return best
+
+
+def _file_of(results_uri: str, stage: str, key: str) -> dict | None:
+    """What a marker records of a trial's results file, without parsing it (None: no file)."""
+    from .results import file_record
+
+    uri = results_file(results_uri, stage, key)
+    if not storage.exists(uri):
+        return None
+    return file_record(stage, key, storage.read_bytes(uri))
 
 
 def _problem_text(problems, total) -> str:

@@ -9,6 +9,15 @@ to the entry (the study can be copied or moved) and records each file's
 sha256 and the architecture; `Zoo.verify` checks both before any trial
 distils from the entry, naming the file on a mismatch. Weights load with
 weights_only=True.
+
+The folder's name is the hash of the entry's content, and meta.json records
+that content (`key_content`), so an entry proves which teacher it is: a
+folder renamed or swapped with another (weights and meta together, each
+self-consistent) no longer hashes to its name and is refused. Any kind of
+entry works so (an imported teacher keyed by the hash of its weights file
+records what it hashed). Entries written before `key_content` existed are
+compared with what the spec expects of their key instead: family, size,
+options, seed and epochs.
 """
 
 from __future__ import annotations
@@ -26,13 +35,23 @@ class ZooIntegrityError(storage.CorruptCheckpointError):
     """A zoo entry's weights do not match its meta.json (checksum or architecture)."""
 
 
-def teacher_key(dataset: dict, model_cfg: dict, train: dict, seed: int, export_epochs=()) -> str:
+def key_of(content: dict) -> str:
+    """A zoo key: the hash of an entry's content (JSON data)."""
+    blob = json.dumps(content, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def teacher_content(dataset: dict, model_cfg: dict, train: dict, seed: int, export_epochs=()) -> dict:
+    """What decides a trained teacher's weights (its key hashes this), as JSON data."""
     payload = {
         "dataset": identity_config(dataset),
         "model": model_cfg, "train": train, "seed": int(seed), "export_epochs": sorted(export_epochs),
     }
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return json.loads(json.dumps(payload, sort_keys=True, default=str))
+
+
+def teacher_key(dataset: dict, model_cfg: dict, train: dict, seed: int, export_epochs=()) -> str:
+    return key_of(teacher_content(dataset, model_cfg, train, seed, export_epochs))
 
 
 def _name(ref: str | None, default: str) -> str:
@@ -71,9 +90,12 @@ class Zoo:
         meta["key"] = key
         return meta
 
-    def verify(self, meta: dict, in_shape=None, num_classes=None) -> None:
-        """Check an entry before use: every weights file's sha256, and that the weights fit the
-        architecture meta.json names. Raises ZooIntegrityError / CorruptCheckpointError naming the file."""
+    def verify(self, meta: dict, in_shape=None, num_classes=None, job: dict | None = None) -> None:
+        """Check an entry before use: that it is the entry its key names (its recorded content hashes
+        to the folder's name; for older entries, `job`'s model, seed and epochs match its meta), every
+        weights file's sha256, and that the weights fit the architecture meta.json names. Raises
+        ZooIntegrityError / CorruptCheckpointError naming the file."""
+        self.check_identity(meta, job)
         files = [(meta["checkpoint"], meta.get("sha256"))]
         files += [(i["checkpoint"], i.get("sha256")) for i in (meta.get("epoch_checkpoints") or {}).values()]
         for uri, want in files:
@@ -99,8 +121,50 @@ class Zoo:
                                     f"{meta.get('arch')} named in its meta.json (e.g. {(bad or sorted(set(got) - set(expected)))[0]})")
 
 
+    def check_identity(self, meta: dict, job: dict | None = None) -> None:
+        """Raise ZooIntegrityError if the entry's meta.json is not the one of its key (folder name)."""
+        key, where = meta["key"], storage.join(self.uri(meta["key"]), "meta.json")
+        content = meta.get("key_content")
+        if content is not None:
+            if key_of(content) != key:
+                raise ZooIntegrityError(
+                    f"zoo entry {self.uri(key)}: its meta.json ({where}) describes another entry "
+                    f"({_describe(meta)}, key {key_of(content)}): a zoo folder is named by the hash of its "
+                    f"content, so this folder was renamed or swapped with another; put it back under "
+                    f"zoo/{key_of(content)}/ or remove it")
+            return
+        if job is None:
+            return
+        model, seed, epochs = job["model"], job["seed"], job.get("epochs")
+        have = {**(meta.get("options") or {}), "family": meta.get("family"), "size": meta.get("size")}
+        wrong = [k for k, v in model.items() if k in have and have[k] is not None
+                 and (size_key(have[k]) != size_key(v) if k == "size" else have[k] != v)]
+        if meta.get("seed") is not None and int(meta["seed"]) != int(seed):
+            wrong.append("seed")
+        if epochs is not None and meta.get("epochs") is not None and int(meta["epochs"]) != int(epochs):
+            wrong.append("epochs")
+        if wrong:
+            expected = f"{model.get('family')} size {model.get('size')}, seed {seed}" + (
+                f", {epochs} epochs" if epochs is not None else "")
+            raise ZooIntegrityError(
+                f"zoo entry {self.uri(key)}: its meta.json ({where}) describes {_describe(meta)}, but the key "
+                f"{key} is the teacher {expected} (differs in {', '.join(wrong)}): the folder was renamed or "
+                f"swapped with another; put it back or remove it")
+
+
+def _describe(meta: dict) -> str:
+    """A zoo entry in a few words, from its meta.json."""
+    parts = [str(meta.get("arch") or f"{meta.get('family')} size {meta.get('size')}")]
+    if meta.get("seed") is not None:
+        parts.append(f"seed {meta['seed']}")
+    if meta.get("epochs") is not None:
+        parts.append(f"{meta['epochs']} epochs")
+    return ", ".join(parts)
+
+
 def teacher_jobs(spec) -> list[dict]:
-    """One job per teacher size x seed: {size, seed, model, key}."""
+    """One job per teacher size x seed: {size, seed, model, epochs, content, key} (`content` is what
+    `key` hashes, recorded in the entry's meta.json)."""
     t = spec.teachers
     if not t:
         return []
@@ -109,8 +173,9 @@ def teacher_jobs(spec) -> list[dict]:
     for size in t["sizes"]:
         for seed in range(t["seeds"]):
             model = spec.teacher_model(size)
-            jobs.append({"size": size, "seed": seed, "model": model,
-                         "key": teacher_key(spec.dataset, model, recipe, seed, t["export_epochs"])})
+            content = teacher_content(spec.dataset, model, recipe, seed, t["export_epochs"])
+            jobs.append({"size": size, "seed": seed, "model": model, "epochs": t["epochs"], "content": content,
+                         "key": key_of(content)})
     return jobs
 
 
@@ -125,7 +190,7 @@ def teacher_table(spec, zoo: Zoo, sizes=None, verify: bool = True, in_shape=None
         if meta is None:
             raise FileNotFoundError(f"teacher {job['model']} seed {job['seed']} is not in the zoo ({zoo.uri(job['key'])})")
         if verify:
-            zoo.verify(meta, in_shape, num_classes)
+            zoo.verify(meta, in_shape, num_classes, job=job)
         entry = {**job["model"], "checkpoint": meta["checkpoint"], "arch": meta["arch"], "params": meta["params"],
                  "flops": meta["flops"], "acc": meta["acc"], "epoch_checkpoints": meta.get("epoch_checkpoints", {})}
         table.setdefault(size_key(job["size"]), []).append(entry)

@@ -111,7 +111,9 @@ def test_trial_summary_selects_on_val_not_test(tmp_path):
 def test_load_accepts_study_dir_results_dir_and_uri(tmp_path):
     study = write_study(tmp_path, student_means=GAP, seeds=2)
     a = load(study)
-    assert list(a.columns) == SCHEMA.names and (a["schema_version"] == SCHEMA_VERSION).all()
+    fixed = [n for n in SCHEMA.names if n != "hparams"]  # the map is expanded into a column per hyperparameter
+    assert list(a.columns)[:len(fixed)] == fixed and (a["schema_version"] == SCHEMA_VERSION).all()
+    assert set(a.columns[len(fixed):]) <= {"budget_mode"}  # every other key of hparams_json has its column
     assert len(load(study / "results")) == len(a) == len(load(study.as_uri()))
     assert set(a["stage"]) == {"teachers", "baseline", "search", "confirm"}
 
@@ -341,3 +343,143 @@ def test_remedies_share_one_capacity_gap_chart(tmp_path):
     with mock.patch.object(report_mod, "trial_summary", return_value=both):
         sections, _ = report_mod.build_sections(load(study))
     assert sections[0].name == "capacity_gap_methods"
+
+
+# --------------------------------------------------------------------------- results schema v3: open hyperparameters
+
+DATA = pathlib.Path(__file__).parent / "data"  # results files written by the v1 and v2 writers (git 67922c7^, b944f7b)
+
+
+@pytest.fixture(scope="module")
+def plugin_method():
+    """A method as a plug-in would write it, with a hyperparameter no schema column is named after
+    (registered for the test only)."""
+    import torch.nn.functional as F
+
+    from trainables.methods import HParam, Method, Step, register
+    from trainables.methods.base import _REGISTRY
+
+    class MarginCE(Method):
+        """Cross-entropy with a margin subtracted from the target logit (a toy plug-in)."""
+
+        hparams = {"my_margin": HParam(0.5, "float", 0.0, 2.0)}
+
+        def __init__(self, ctx, hp):
+            super().__init__(ctx, hp)
+            self.student = ctx.build_model(ctx.student)
+
+        def training_step(self, x, y):
+            logits = self.student(x)
+            shifted = logits - self.hp["my_margin"] * F.one_hot(y, logits.shape[1])
+            return Step(terms={"ce": F.cross_entropy(shifted, y)}, logits=logits)
+
+    register("margin_ce_test")(MarginCE)
+    yield MarginCE
+    _REGISTRY.pop("margin_ce_test", None)
+
+
+MARGINS = (0.1, 0.4, 0.8, 1.6)
+
+
+@pytest.fixture(scope="module")
+def plugin_study(tmp_path_factory, data_root, plugin_method) -> pathlib.Path:
+    """A search stage of the plug-in method: four real trials (the shared loop), written as the sink writes
+    them; tests that add files work on a copy (`_copy_of`)."""
+    from study.results import to_schema_row
+    from trainables.loop import run_trial
+
+    study = tmp_path_factory.mktemp("plugin") / "plugin"
+    (study / "results" / "search").mkdir(parents=True)
+    for i, margin in enumerate(MARGINS):
+        cfg = {"study": "plugin", "stage": "search", "method": "margin_ce_test", "seed": 0,
+               "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
+               "student": {"family": "mlp", "size": 8}, "train": {"epochs": 2, "batch_size": 128, "lr": 0.01},
+               "runtime": {"device": "cpu"}, "hp": {"my_margin": margin}, "config_id": f"c{i}"}
+        rows = [{**to_schema_row(r), "trial_id": f"plugin-s{i}"} for r in run_trial(cfg).rows]
+        pq.write_table(rows_to_table(rows), study / "results" / "search" / f"plugin-s{i}.parquet")
+    return study
+
+
+def _copy_of(study: pathlib.Path, tmp_path) -> pathlib.Path:
+    import shutil
+
+    return pathlib.Path(shutil.copytree(study, tmp_path / "plugin"))
+
+
+def test_v3_records_and_shows_a_plugin_hyperparameter(plugin_study):
+    from analysis import landscape
+    from analysis.load import hparam_columns
+    from analysis.select import hparams_text
+
+    study = plugin_study
+    raw = pq.read_table(study / "results" / "search" / "plugin-s1.parquet")
+    assert raw.schema.names == SCHEMA.names and raw.schema.metadata == SCHEMA.metadata and SCHEMA_VERSION == 3
+    assert dict(raw.column("hparams")[0].as_py())["my_margin"] == 0.4  # in the fixed schema's map
+    df = load(study)
+    assert "hparams" not in df and df["my_margin"].dtype == float  # expanded, as every hyperparameter
+    assert sorted(df.drop_duplicates("trial_id")["my_margin"]) == [0.1, 0.4, 0.8, 1.6]
+    assert "my_margin" in hparam_columns(df) and "lr" in hparam_columns(df) and "seed" not in hparam_columns(df)
+    summary = trial_summary(df)
+    assert "my_margin=0.4" in hparams_text(summary[summary["trial_id"] == "plugin-s1"].iloc[0])
+    imp, note = landscape.importances(summary, "margin_ce_test")
+    assert note is None and list(imp) == ["my_margin"]
+    fig = landscape.scatter(summary, "margin_ce_test")
+    assert fig is not None and "my_margin" in fig.layout.title.text
+
+
+def test_a_hyperparameter_named_like_a_fixed_column_is_refused_at_registration():
+    from trainables.methods import HParam, Method, register
+    from trainables.methods.base import _REGISTRY
+
+    for name in ("seed", "val_acc", "teacher_size", "hparams", "_private"):
+        with pytest.raises(ValueError, match=rf"'{name}'"):
+            register(f"clash_{name.strip('_')}_test")(type("Clash", (Method,), {"hparams": {name: HParam(1.0)}}))
+    assert not [n for n in _REGISTRY if n.startswith("clash_")]  # refused: never registered
+    # any other name is fine (and the v2 named hyperparameters are hyperparameters)
+    register("fine_test")(type("Fine", (Method,), {"hparams": {"my_margin": HParam(1.0), "temperature": HParam(4.0)}}))
+    assert _REGISTRY.pop("fine_test")
+
+
+def test_v1_and_v2_files_still_load_beside_v3(plugin_study, tmp_path):
+    from analysis.load import hparam_columns
+
+    study = _copy_of(plugin_study, tmp_path)
+    for v in (1, 2):
+        (study / "results" / f"old{v}").mkdir()
+        (study / "results" / f"old{v}" / f"v{v}.parquet").write_bytes((DATA / f"results_v{v}.parquet").read_bytes())
+    for v in (1, 2):
+        old = load(DATA / f"results_v{v}.parquet")
+        assert len(old) == 4 and old["schema_version"].eq(v).all()
+        assert old.drop_duplicates("trial_id")["temperature"].tolist() == [2.0, 8.0]
+        assert old["teacher_size_name"].eq("16").all()  # filled from teacher_size
+        assert {"temperature", "alpha", "kd_reduction"} <= set(hparam_columns(old))
+        assert old["config_id"].isna().all() if v == 1 else old["config_id"].notna().all()
+    # the three versions in one folder (a study resumed across upgrades)
+    for v in (1, 2):
+        t = pq.read_table(study / "results" / f"old{v}" / f"v{v}.parquet")
+        t = t.set_column(t.schema.get_field_index("study"), "study", pa.array(["plugin"] * len(t)))
+        ids = [f"{x}-v{v}" for x in t.column("trial_id").to_pylist()]
+        t = t.set_column(t.schema.get_field_index("trial_id"), "trial_id", pa.array(ids))
+        pq.write_table(t, study / "results" / f"old{v}" / f"v{v}.parquet")
+    df = load(study)
+    assert sorted(df["schema_version"].unique()) == [1, 2, 3] and len(df) == 8 + 2 * len(MARGINS)
+    assert df["temperature"].notna().sum() == 8 and df["my_margin"].notna().sum() == 2 * len(MARGINS)
+
+
+def test_duckdb_queries_on_v2_columns_and_their_v3_form(plugin_study, tmp_path):
+    """The README's DuckDB queries are run on v3 files in test_cli_docs; here the schema notes' forms:
+    a v2 query on a named column runs unchanged on v3, `hparams['name']` works for any hyperparameter,
+    and a folder of v2 and v3 files reads with union_by_name."""
+    duckdb = pytest.importorskip("duckdb")
+    results = _copy_of(plugin_study, tmp_path) / "results" / "search"
+    con = duckdb.connect()
+    q = f"SELECT count(DISTINCT trial_id) FROM '{results}/*.parquet' WHERE lr > 0.005"
+    assert con.execute(q).fetchall()[0][0] == len(MARGINS)
+    q = f"SELECT trial_id, hparams['my_margin'] AS m, hparams['lr'] AS lr FROM '{results}/*.parquet' WHERE epoch = 1"
+    one = lambda v: v[0] if isinstance(v, list) else v  # noqa: E731  (older DuckDB: a one-element list)
+    got = sorted((t, one(m), one(lr)) for t, m, lr in con.execute(q).fetchall())
+    assert got == [(f"plugin-s{i}", m, 0.01) for i, m in enumerate(MARGINS)]
+    (results / "a-v2.parquet").write_bytes((DATA / "results_v2.parquet").read_bytes())
+    q = (f"SELECT count(*) FROM read_parquet('{results}/*.parquet', union_by_name = true) "
+         f"WHERE hparams['my_margin'] > 1 OR temperature > 4")
+    assert con.execute(q).fetchall()[0][0] == 2 + 2  # the margin-1.6 trial and the v2 file's T = 8 trial, 2 epochs each

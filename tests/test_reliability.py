@@ -340,7 +340,7 @@ def _zoo_entry(spec, job) -> Path:
     root = Path(spec.study_uri) / "zoo" / job["key"]
     cfg = {"study": spec.name, "stage": "teachers", "method": "scratch", "seed": job["seed"], "role": "teacher",
            "dataset": spec.dataset, "student": job["model"], "train": {**spec.train, "epochs": 1},
-           "runtime": {}, "hp": {}, "export": {"uri": str(root), "epochs": []}}
+           "runtime": {}, "hp": {}, "export": {"uri": str(root), "epochs": [], "meta": {"key_content": job["content"]}}}
     run_trial(cfg, LocalHooks())
     return root
 
@@ -490,3 +490,201 @@ def test_file_uri_storage_end_to_end(tmp_path, data_root, ray_local, capsys):
     capsys.readouterr()
     run_study(spec)  # a second run finds every experiment finished, through the URI
     assert "finished earlier (verified), skipped" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- records that were changed
+#
+# One small study, finished once for the module; each test below damages a copy of it.
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory, data_root, ray_local):
+    """A finished micro study (two teachers, a joint KD search, confirm on two seeds): (folder, spec dict)."""
+    base = tmp_path_factory.mktemp("finished")
+    raw = micro_spec(base, data_root, teachers={"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 2},
+                     train={"epochs": 2, "batch_size": 128, "lr": 0.005}, methods={"kd": {"trials": 2}},
+                     confirm={"seeds": 2, "top_k": 1})
+    t0 = time.time()
+    root, outcome = run_study(parse_spec(raw))
+    assert not outcome.failed and not outcome.blocked, outcome
+    print(f"finished_study built in {time.time() - t0:.1f} s")
+    return Path(root), raw
+
+
+def _copy(finished_study, tmp_path) -> tuple[Path, dict, Path]:
+    """A copy of the finished study under tmp_path (storage moved there), its spec and a spec file for it."""
+    study, raw = finished_study
+    raw = {**raw, "storage": str(tmp_path / "results")}
+    copy = tmp_path / "results" / raw["name"]
+    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("lock.json"))
+    return copy, raw, write_spec(tmp_path / "spec.yaml", raw)
+
+
+def _optuna_trials(study: Path) -> dict:
+    out = {}
+    for j in (study / "optuna").glob("*.journal"):
+        st = optuna.load_study(study_name=j.stem, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(j))))
+        out[j.stem] = [(t.number, t.state.name, t.params, t.value) for t in st.trials]
+    return out
+
+
+def _bytes_of(study: Path) -> dict:
+    return {p.relative_to(study): p.read_bytes() for p in (study / "results").rglob("*.parquet")}
+
+
+def test_edited_spec_json_is_refused_with_the_difference(finished_study, tmp_path, capsys, no_ray):
+    study, raw, spec_path = _copy(finished_study, tmp_path)
+    saved = (study / "spec.json").read_text()
+    assert json.loads(saved)["kdstudy"]["content_sha256"] and (study / "record" / "spec.json").read_text() == saved
+    (study / "spec.json").write_text(saved.replace('"lr": 0.005', '"lr": 0.01'))
+    for argv in (["resume", str(study), "--no-report"], ["run", str(spec_path), "--no-report"]):
+        assert main(argv) == 1, argv  # as for an edited spec YAML
+        err = capsys.readouterr().err
+        assert "spec.json was edited after the study started" in err and "Traceback" not in err, err
+        assert re.search(r'^-\s+"lr": 0.005', err, re.M) and re.search(r'^\+\s+"lr": 0.01', err, re.M), err
+    # a study begun by an older kdstudy (no checksum, no record): its markers speak for what ran
+    old = json.loads(saved)
+    old["kdstudy"] = {"saved": old["kdstudy"]["saved"], "code_version": "0.1.0"}
+    shutil.rmtree(study / "record")
+    (study / "spec.json").write_text(json.dumps(old, indent=1).replace('"lr": 0.005', '"lr": 0.01'))
+    assert main(["resume", str(study), "--no-report"]) == 1
+    err = capsys.readouterr().err
+    assert "does not describe what this study ran" in err and "baseline-scratch-" in err, err
+    # put back, it resumes (and is recorded now: a later edit is refused with its difference)
+    (study / "spec.json").write_text(json.dumps(old, indent=1))
+    assert StudyFolder(str(study)).saved_spec() is not None
+    StudyFolder(str(study)).adopt(parse_spec(raw))
+    assert (study / "record" / "spec.json").exists()
+
+
+def test_a_configuration_id_covers_the_whole_configuration(finished_study):
+    from analysis import load
+    from trainables.config import resolve
+    from trainables.trainable import config_id
+
+    df = load(finished_study[0]).drop_duplicates(["stage", "trial_id"])
+    by = {stage: part for stage, part in df.groupby("stage")}
+    # the seeds of one configuration share it, the confirm reruns share their search trial's
+    assert by["baseline"]["config_id"].nunique() == 1 and by["baseline"]["seed"].nunique() == 2
+    assert by["confirm"].groupby("config_id")["seed"].nunique().eq(2).all()
+    assert set(by["confirm"]["config_id"]) <= set(by["search"]["config_id"])
+    assert by["teachers"]["config_id"].nunique() == 2  # two sizes, two configurations
+    from analysis.status import status_frame  # the status table groups a configuration's seeds, and only them
+
+    frame = status_frame(load(finished_study[0])).set_index(["stage", "method"])
+    assert frame.loc[("baseline", "scratch"), "result of"] == "mean of 2 seeds"
+    # two baseline recipes (the edited-spec.json case) never share one; a seed, a path or a place do not count
+    base = {"study": "s", "stage": "baseline", "method": "scratch", "seed": 0, "student": {"family": "mlp", "size": 16},
+            "dataset": {"name": "mnist1d", "root": "/a"}, "train": {"epochs": 2, "lr": 0.005}, "runtime": {}, "hp": {}}
+    one = config_id(resolve(base, {"seed": 10000, "_trial_key": "x"}))
+    assert one != config_id(resolve({**base, "train": {"epochs": 2, "lr": 0.01}}, {"seed": 10000}))
+    assert one == config_id(resolve({**base, "stage": "search", "dataset": {"name": "mnist1d", "root": "/b"},
+                                     "experiment": "e", "paths": {"root": "/x"}}, {"seed": 10001}))
+    # a study begun before: its scheme (the sampled values only) is kept, so its rows keep grouping
+    assert config_id({"lr": 0.01, "seed": 3}, "sampled") == config_id({"lr": 0.01, "seed": 4}, "sampled")
+
+
+def test_swapped_zoo_folders_are_named_before_any_trial(finished_study, tmp_path, capsys, no_ray):
+    study, raw, spec_path = _copy(finished_study, tmp_path)
+    a, b = sorted((study / "zoo").iterdir())
+    assert json.loads((a / "meta.json").read_text())["key_content"]["model"]["size"] in (8, 32)
+    tmp = study / "zoo" / "swap"
+    a.rename(tmp), b.rename(a), tmp.rename(b)  # weights and meta together: each folder is self-consistent
+    assert main(["resume", str(study), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert f"zoo entry {a}" in err and "renamed or swapped" in err and "Traceback" not in err, err
+    # entries written before meta.json recorded its key's content: compared with what the key expects
+    for entry in (a, b):
+        meta = json.loads((entry / "meta.json").read_text())
+        del meta["key_content"]
+        (entry / "meta.json").write_text(json.dumps(meta))
+    assert main(["run", str(spec_path), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert "renamed or swapped" in err and "differs in size" in err and "Traceback" not in err, err
+
+
+def test_damaged_results_of_finished_experiments_are_trained_again(finished_study, tmp_path, capsys):
+    """A truncated search and a truncated confirm file: `status` and `report` name the file in one line;
+    `resume` trains those two trials again (nothing else), keeping the damaged files aside; a truncated
+    baseline file, then `run`; a truncated teacher file stops before Ray with the file named."""
+    from analysis import load
+
+    study, raw, spec_path = _copy(finished_study, tmp_path)
+    before = _bytes_of(study)
+    journals = _optuna_trials(study)
+    rows_before = load(study)
+    victims = [sorted((study / "results" / stage).glob("*.parquet"))[0] for stage in ("search", "confirm")]
+    for f in victims:
+        with open(f, "r+b") as fh:
+            fh.truncate(f.stat().st_size // 2)
+    for argv in (["status", str(study)], ["report", str(study), "--no-png"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert any(str(v) in err for v in victims) and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert main(["report", str(study), "--no-png", "--skip-bad"]) == 0
+    assert main(["status", str(study), "--skip-bad"]) == 0
+    capsys.readouterr()
+
+    t0 = time.time()
+    log = tmp_path / "resume.log"
+    code, out = wait(cli("resume", str(study), log=log), log, 300)
+    print(f"resume (2 trials again) took {time.time() - t0:.1f} s")
+    assert code == 0 and "Traceback" not in out, out
+    assert out.count("is not what was verified") == 2 and "its trial is trained again" in out, out
+    after = _bytes_of(study)
+    changed = {p for p in after if after[p] != before.get(p)}
+    assert {p.parent.name for p in changed if "_damaged" not in p.parts} == {"search", "confirm"}
+    assert len([p for p in changed if "_damaged" not in p.parts]) == 2  # those two, nothing else
+    assert len([p for p in after if "_damaged" in p.parts]) == 2  # the damaged files, kept aside
+    assert _optuna_trials(study) == journals  # the search's record (and so the confirm's top-k) stands
+    rows = load(study)
+    assert len(rows) == len(rows_before) and set(rows["trial_id"]) == set(rows_before["trial_id"])
+    assert (rows.drop_duplicates("trial_id")["status"] == "ok").all()
+    assert (study / "report" / "report.html").exists()
+    for victim in victims:  # the markers record the new files, size and checksum
+        marker = json.loads(next((study / "stages").glob(f"{victim.parent.name}-*.json")).read_text())
+        entry = next(t for t in marker["trials"] if t["trial_key"] == victim.stem)
+        assert entry["file"]["size"] == victim.stat().st_size and "lost" not in entry
+
+    # the same through `run` (in this process), for a baseline file that went missing, and a torn file
+    # of an experiment not finished (its marker gone): set aside too, that trial starts again
+    missing = sorted((study / "results" / "baseline").glob("*.parquet"))[0]
+    missing.unlink()
+    next((study / "stages").glob("confirm-*.json")).unlink()
+    torn = sorted((study / "results" / "confirm").glob("*.parquet"))[-1]
+    torn.write_bytes(torn.read_bytes()[:300])
+    assert main(["run", str(spec_path), "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert "it is missing" in out and missing.exists(), out
+    assert "of an unfinished trial: it cannot be read" in out and load(torn)["epoch"].tolist() == [1, 2], out
+
+    # a teacher is never trained again (finished experiments distilled from its zoo entry): named before Ray
+    teacher = sorted((study / "results" / "teachers").glob("*.parquet"))[0]
+    teacher.write_bytes(teacher.read_bytes()[:100])
+    refuse = pytest.MonkeyPatch()
+    refuse.setattr(runner_mod, "init_ray", lambda *a, **k: pytest.fail("Ray was started"))
+    try:
+        assert main(["resume", str(study), "--no-report"]) == 2
+    finally:
+        refuse.undo()
+    err = capsys.readouterr().err
+    assert f"results/teachers/{teacher.name}" in err and "restore the file" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_lost_trial_the_scheduler_stopped_stops_again_where_it_stopped(tmp_path, data_root, ray_local):
+    """A rerun of a stopped search trial (`_stop_after`) ends after the same epochs, as `stopped`."""
+    from study.experiment import Launch, run_launch
+    from study.results import read_trial
+
+    spec = parse_spec(micro_spec(tmp_path, data_root, teachers=None, methods={"scratch": {"trials": 1}},
+                                 train={"epochs": 3, "batch_size": 128, "lr": 0.01}))
+    exp = next(e for e in plan(spec) if e.stage == "search")
+    root = str(tmp_path / "study")
+    base = {**exp.base, "runtime": {}, "paths": {"root": root}, "experiment": exp.name, "dataset": spec.dataset}
+    run_launch(Launch(name=exp.name, stage="search", method="scratch", kind="grid", base=base, root=root,
+                      jobs=[{"lr": 0.01, "_trial_key": "lost-s0", "_stop_after": 1}], owed=1, max_t=3))
+    rows = read_trial(f"{root}/results", "search", "lost-s0")
+    assert [r["epoch"] for r in rows] == [1] and rows[-1]["status"] == "stopped"

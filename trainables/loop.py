@@ -22,7 +22,8 @@ Config keys (a resolved dict, see `trainables.config.resolve`):
          channels_last, compile, gpu_fraction, gpu_ids (the GPUs Ray gave the trial; absent
          outside Ray), eval_batch_size; see `trainables.device` for what each means
   export: {"uri": where to write the trained model's weights and meta,
-           "epochs": epochs whose weights are also kept (ESKD)} or null
+           "epochs": epochs whose weights are also kept (ESKD),
+           "meta": fields meta.json records as given (the zoo key's content)} or null
   code_version: string recorded in every row.
 
 Selection is honest: the "best" checkpoint of a trial is the epoch of best
@@ -460,6 +461,7 @@ def _model_cols(prefix: str, facts: dict, size: float | None = None) -> dict:
             f"{prefix}_params": facts.get("params"), f"{prefix}_flops": facts.get("flops")}
     if prefix == "teacher":
         cols["teacher_size"] = size
+        cols["teacher_size_name"] = str(facts["size"]) if facts.get("size") is not None else None
     return cols
 
 
@@ -553,6 +555,7 @@ def _export_final(config, best, facts) -> None:
         "options": {k: v for k, v in s.items() if k not in ("arch", "params", "flops", "checkpoint")},
         "file": "model.pt", "sha256": sha("model.pt"),
         "epoch_checkpoints": epoch_checkpoints,
+        **(export.get("meta") or {}),  # what the study records of the entry (its key's content)
     }
     storage.write_bytes(storage.join(export["uri"], "meta.json"), json.dumps(meta, indent=1).encode())
 

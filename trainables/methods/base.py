@@ -108,7 +108,8 @@ class Method(nn.Module):
     """Base class of a distillation method (see the module docstring)."""
 
     name: ClassVar[str] = ""
-    #: hyperparameters of the method (names must be results-schema columns)
+    #: hyperparameters of the method, by any name but a fixed results column's (`seed`, `val_acc`, ...):
+    #: every one is searched, recorded in the results (`hparams`) and shown by the report
     hparams: ClassVar[dict[str, HParam]] = {}
     #: True if the method distils from a frozen pretrained teacher (from the zoo)
     needs_teacher: ClassVar[bool] = False
@@ -266,6 +267,20 @@ class FrozenTeacherMethod(Method):
 
 
 _REGISTRY: dict[str, type[Method]] = {}
+#: keys a trial's configuration routes elsewhere (`trainables.config.resolve`): never a hyperparameter
+ROUTED_KEYS = ("seed", "student", "teacher", "assistant", "export", "role", "teacher_size", "assistant_size",
+               "teacher_epoch")
+
+
+def hparam_name_problem(name: str) -> str | None:
+    """Why a method may not declare a hyperparameter called `name` (None: it may): it would be
+    routed elsewhere by the trial's configuration, or has the name of a fixed results column."""
+    from analysis.schema import hparam_name_problem as column_problem  # the schema knows its columns
+
+    if isinstance(name, str) and (name.startswith("_") or name in ROUTED_KEYS):
+        return (f"hyperparameter {name!r} is a name the trial's configuration uses for something else "
+                f"(names starting with '_', {', '.join(ROUTED_KEYS)}); call it otherwise")
+    return column_problem(name)
 
 
 def register(name: str):
@@ -274,6 +289,9 @@ def register(name: str):
     def deco(cls: type[Method]) -> type[Method]:
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r} is registered twice")
+        bad = [why for why in map(hparam_name_problem, cls.hparams) if why]
+        if bad:
+            raise ValueError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}): {bad[0]}")
         cls.name = name
         _REGISTRY[name] = cls
         return cls
