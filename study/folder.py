@@ -27,7 +27,7 @@ from trainables import storage
 from .spec import Spec, SpecError, parse_spec
 
 #: spec fields that do not change what a study trains
-NOT_CONTENT = ("name", "storage", "description", "resources", "runtime", "failure", "report")
+NOT_CONTENT = ("name", "storage", "description", "resources", "runtime", "failure", "report", "tracking")
 
 
 class SpecMismatch(RuntimeError):

@@ -36,6 +36,8 @@ fields are:
     runtime: {device, precision, compile, channels_last, checkpoint_every_s}
     failure: {max_failures}
     report: {png}
+    tracking: {mlflow: {uri, experiment}, wandb: {project, entity, mode, group}, tensorboard: {dir} | true}
+                                   experiment trackers (off by default; not study content, see study.tracking)
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class Spec:
     top_k: int = 2
     delta: float = 0.5
     level: float = 0.95
+    tracking: dict = field(default_factory=dict)  # {} when off; see study.tracking
     raw: dict = field(repr=False, default_factory=dict)
 
     @property
@@ -283,7 +286,7 @@ class _Validator:
             return None
         self.unknown("", raw, {"name", "storage", "dataset", "student", "teachers", "train", "baseline",
                                "search", "methods", "confirm", "resources", "runtime", "failure", "report",
-                               "description", "verdict"})
+                               "description", "verdict", "tracking"})
         name = self.text("name", raw.get("name"), required=True)
         if name and not re.fullmatch(r"[A-Za-z0-9_-]+", name):
             self.err("name", f"may contain only letters, digits, '-' and '_'; got {name!r}")
@@ -363,8 +366,43 @@ class _Validator:
                                                     30.0, low=0.0, high=86400)},
             max_failures=self.num("failure.max_failures", failure.get("max_failures"), 2, kind=int, low=0, high=100),
             report_png=self.boolean("report.png", report.get("png"), True),
+            tracking=self.tracking(raw.get("tracking")),
             raw=raw,
         )
+
+    def tracking(self, raw) -> dict:
+        """`tracking:` -> {tracker: its settings}; {} when off (interim parsing until the typed spec)."""
+        if raw is None or raw is False:
+            return {}
+        if not isinstance(raw, dict):
+            self.err("tracking", f"must be a mapping of trackers (mlflow, wandb, tensorboard), got {raw!r}")
+            return {}
+        self.unknown("tracking", raw, {"mlflow", "wandb", "tensorboard"})
+        out: dict = {}
+        fields = {"mlflow": {"uri", "experiment"}, "wandb": {"project", "entity", "mode", "group"},
+                  "tensorboard": {"dir"}}
+        for name, allowed in fields.items():
+            val = raw.get(name)
+            if val is None or val is False:
+                continue
+            if val is True and name == "tensorboard":
+                val = {}
+            if not isinstance(val, dict):
+                self.err(f"tracking.{name}", f"must be a mapping of {', '.join(sorted(allowed))}, got {val!r}")
+                continue
+            self.unknown(f"tracking.{name}", val, allowed)
+            if name == "mlflow":
+                out[name] = {"uri": self.text("tracking.mlflow.uri", val.get("uri"), required=True),
+                             "experiment": self.text("tracking.mlflow.experiment", val.get("experiment"))}
+            elif name == "wandb":
+                out[name] = {"project": self.text("tracking.wandb.project", val.get("project"), required=True),
+                             "entity": self.text("tracking.wandb.entity", val.get("entity")),
+                             "mode": self.choice("tracking.wandb.mode", val.get("mode"), "online",
+                                                 ("online", "offline")),
+                             "group": self.text("tracking.wandb.group", val.get("group"))}
+            else:
+                out[name] = {"dir": self.text("tracking.tensorboard.dir", val.get("dir"))}
+        return out
 
     def dataset(self, d: dict) -> dict:
         self.unknown("dataset", d, {"name", "root", "download", "num_samples", "val_fraction", "split_seed",
