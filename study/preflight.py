@@ -5,6 +5,7 @@
 - every zoo entry the study would use is readable and matches its meta.json
 - a spec that says `runtime.device: cuda` has CUDA to run on (a local run)
 - models build (the spec already built every model on the meta device)
+- every configured experiment tracker is installed and can work (study.tracking.problems)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from trainables import storage
 from trainables.data import check_dataset
 
 from .spec import Spec
+from .tracking import problems as tracking_problems
 from .zoo import Zoo, teacher_jobs
 
 
@@ -42,5 +44,6 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
         if not torch.cuda.is_available():
             problems.append("runtime.device: cuda, but this machine has no CUDA device "
                             "(use device: auto to run on what is there)")
+    problems += tracking_problems(getattr(spec, "tracking", None) or {}, root)
     return problems
 

@@ -44,7 +44,7 @@ from analysis.schema import TERMINAL_OK  # noqa: E402
 from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
-from . import graph  # noqa: E402
+from . import graph, tracking  # noqa: E402
 from .experiment import METRIC, Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
@@ -115,6 +115,7 @@ class StudyRunner:
         self.exps = graph.plan(spec)
         self.by_name = {e.name: e for e in self.exps}
         self.board = None
+        self.tracking = tracking.resolve(getattr(spec, "tracking", None) or {}, self.root, spec.name)
 
     # ---------------------------------------------------------------- the graph
     def run(self) -> Outcome:
@@ -305,7 +306,7 @@ class StudyRunner:
         return Launch(name=e.name, stage=e.stage, method=e.method, base=base, root=self.root,
                       resources=self.resources(), max_concurrent=s.max_concurrent, max_failures=s.max_failures,
                       max_t=e.max_t, scheduler=e.scheduler, grace_period=s.grace_period, search_seed=s.search_seed,
-                      board=self.board, **kw)
+                      board=self.board, tracking=self.tracking, **kw)
 
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
