@@ -32,8 +32,9 @@ per W&B run, as W&B wants), fed kdstudy's rows instead of Tune's raw result
 (which carries every row of the epoch and Tune's own bookkeeping). TensorBoard
 is written here with tensorboardX (the writer Ray Tune uses): Tune's TBX
 callback writes into the trial's Tune folder, which kdstudy keeps private and
-removes. A tracker that fails (a server down) logs a warning and is skipped
-for that trial; the study's results are its Parquet rows, never the trackers.
+removes. A tracker that fails (a server down) logs a warning in the
+experiment's log and is off for the rest of that experiment; the study's
+results are its Parquet rows, never the trackers.
 
 A resumed trial continues its run: the MLflow run carrying its trial key, the
 W&B run of the same id; TensorBoard adds an event file to the trial's folder.
@@ -228,8 +229,10 @@ class _Trials:
     The run begins at the first result because the trial's hyperparameters in
     force (defaults included) and its facts come with its rows. Subclasses
     implement `_begin(trial, key, params, tags)`, `_log(trial, step, metrics)`
-    and `_finish(trial, outcome, error)`; each call is guarded, so a tracker
-    that fails logs a warning and the study goes on.
+    and `_finish(trial, outcome, error)`. Each call is guarded: a tracker that
+    fails logs a warning (in the experiment's log) and is not called again in
+    this experiment, so a server that is down costs its timeouts once, not at
+    every epoch; the study goes on.
     """
 
     tracker = "tracker"
@@ -239,16 +242,18 @@ class _Trials:
         self.sink = sink  # the results sink: its trial keys and error lines are the study's
         self._begun: set = set()
         self._steps: dict = {}
-        self._warned = False
+        self._broken = False
 
     def _guard(self, what, *args) -> None:
+        if self._broken:
+            return
         try:
             what(*args)
-        except Exception as exc:  # a tracker never fails the study
-            if not self._warned:
-                log.warning("%s tracking failed (the study goes on; its results are unaffected): %s",
-                            self.tracker, exc, exc_info=True)
-                self._warned = True
+        except Exception as exc:  # a tracker never fails (nor stalls) the study
+            self._broken = True
+            log.warning("%s tracking failed and is off for the rest of experiment %s (the study goes on; its "
+                        "results are unaffected): %s", self.tracker, self.context.get("experiment"), exc,
+                        exc_info=True)
 
     def _ensure(self, trial, rows) -> None:
         if trial.trial_id not in self._begun:
@@ -309,11 +314,14 @@ def _mlflow_callback(settings: dict, context: dict, sink):
 
         def _begin(self, trial, key, params, tags):
             client = self.mlflow_util._get_client()
-            found = client.search_runs([self.mlflow_util.experiment_id], filter_string=f"tags.trial = '{key}'",
-                                       max_results=1)
-            if found:  # a resumed trial continues its run
+            found = client.search_runs([self.mlflow_util.experiment_id], max_results=1,
+                                       filter_string=f"tags.trial = '{key}' and tags.study = '{tags.get('study')}'")
+            if found:  # a resumed trial continues its run; its outcome is not known again yet
                 run_id = found[0].info.run_id
                 client.update_run(run_id, status="RUNNING")
+                for tag in ("outcome", "error"):
+                    if tag in found[0].data.tags:
+                        client.delete_tag(run_id, tag)
             else:
                 run_id = self.mlflow_util.start_run(run_name=key, tags={k: _text(v) for k, v in tags.items()}
                                                     ).info.run_id
@@ -339,10 +347,10 @@ def _mlflow_callback(settings: dict, context: dict, sink):
     return MLflowTrials()
 
 
-def wandb_run_id(study_root: str, key: str) -> str:
-    """A W&B run id for a trial: stable across resumes, distinct across studies (a trial key
-    names the experiment's content, which two studies of one spec share)."""
-    return hashlib.sha256(f"{study_root}\n{key}".encode()).hexdigest()[:20]
+def wandb_run_id(study: str, key: str) -> str:
+    """A W&B run id for a trial: the same across resumes (wherever the study folder moved), distinct
+    across studies (a trial key names its experiment's content, which two studies of one spec share)."""
+    return hashlib.sha256(f"{study}\n{key}".encode()).hexdigest()[:20]
 
 
 def _wandb_callback(settings: dict, context: dict, sink):
@@ -370,7 +378,7 @@ def _wandb_callback(settings: dict, context: dict, sink):
             os.makedirs(settings["dir"], exist_ok=True)
             trial.init_local_path()  # the logging actor starts in the trial's (Tune-private) folder
             config = {**params, **{f"kdstudy/{k}": v for k, v in tags.items()}}
-            kwargs = {**self.kwargs, "id": wandb_run_id(context["root"], key), "name": key, "resume": "allow",
+            kwargs = {**self.kwargs, "id": wandb_run_id(context["study"], key), "name": key, "resume": "allow",
                       "reinit": True, "allow_val_change": True, "group": self.group, "project": self.project,
                       "config": config, "job_type": tags.get("stage"),
                       "tags": [str(tags[k]) for k in ("stage", "method") if k in tags]}

@@ -204,8 +204,9 @@ def slurm():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _sbatch(env: dict, folder: Path, nodes: int, *args: str, timeout: float = 300) -> tuple[str, str]:
-    """Submit deploy/slurm.sbatch, wait for the job to end; (its output, the job id)."""
+def _sbatch(env: dict, folder: Path, nodes: int, *args: str, timeout: float = 300, during=None) -> tuple[str, str]:
+    """Submit deploy/slurm.sbatch, wait for the job to end; (its output, the job id).
+    `during(job, output so far)` is called while the job runs; True once it has acted."""
     job_env = {k: v for k, v in env.items() if not k.startswith(("RAY_", "SLURM_")) or k == "SLURM_CONF"}
     job_env.update({"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}", "PYTHONPATH": str(ROOT),
                     "KDSTUDY": f"{sys.executable} -m study.cli", "PYTHON": sys.executable,
@@ -216,11 +217,14 @@ def _sbatch(env: dict, folder: Path, nodes: int, *args: str, timeout: float = 30
     assert out.returncode == 0, out.stderr
     job = out.stdout.strip().split(";")[0]
     deadline = time.monotonic() + timeout
+    log = folder / f"job-{job}.out"
     while time.monotonic() < deadline:
         queued = subprocess.run(["squeue", "--noheader", f"--jobs={job}"], env=env, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
         if not queued:
             break
+        if during is not None and log.exists() and during(job, log.read_text()):
+            during = None
         time.sleep(1)
     else:
         subprocess.run(["scancel", job], env=env, timeout=10)
@@ -279,3 +283,28 @@ def test_sbatch_stops_ray_when_the_study_fails(slurm, tmp_path, data_root):
     assert "Ray cluster up: 1 node(s)" in out, out
     assert "kdstudy: storage: cannot write" in out and "the study driver exited with status 2" in out, out
     assert "Ray stopped" in out and _ray_processes_of(folder, job) == []
+
+
+@pytest.mark.slurm
+def test_sbatch_interrupts_the_study_before_the_time_limit(slurm, tmp_path, data_root):
+    """The time limit's warning (--signal=B:USR1@300, sent here at once) interrupts the study
+    cleanly: the driver says how to resume, and Ray is stopped."""
+    env, folder = slurm
+    spec = {"name": "limited", "storage": str(tmp_path / "shared"),
+            "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
+            "student": {"family": "mlp", "size": 16}, "train": {"epochs": 400, "batch_size": 32},
+            "methods": {}, "confirm": {"seeds": 1}, "report": {"png": False}}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+
+    def warn_once_training(job, text):
+        if "baseline scratch: started" not in text:
+            return False
+        subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, timeout=10, check=True)
+        return True
+
+    out, job = _sbatch(env, folder, 1, str(path), "--no-report", during=warn_once_training)
+    assert "time limit near: interrupting the study" in out, out
+    assert "continue with `kdstudy resume" in out and "the study driver exited with status 130" in out, out
+    assert "Ray stopped" in out and _ray_processes_of(folder, job) == []
+    assert not list((tmp_path / "shared" / "limited" / "stages").glob("baseline-*.json"))  # not called finished

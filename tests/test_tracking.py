@@ -133,6 +133,8 @@ def test_wandb_offline_runs_written(tracked):
     seen = set()
     for f in files:
         records = _wandb_records(f)
+        kinds = [r.WhichOneof("record_type") for r in records]
+        assert "run" in kinds, f"{f} ({os.path.getsize(f)} bytes) holds no run record: {kinds}"
         run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
         key = run.display_name
         seen.add(key)
@@ -279,3 +281,29 @@ def test_each_outcome_reaches_the_trackers(tmp_path, ray_local):
         start = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
         info = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info
         assert info.hparams["outcome"].string_value == m and info.hparams["temperature"].number_value == 4.0
+
+
+def test_a_failing_tracker_never_fails_the_study(tmp_path, caplog):
+    """A tracker that cannot write warns once and is off for the experiment; the results sink is untouched."""
+    from types import SimpleNamespace
+
+    from study.experiment import Launch
+    from study.results import ParquetSink
+    from study.tracking import callbacks, resolve
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where MLflow wants its folder")
+    settings = resolve({"mlflow": {"uri": str(blocked / "mlruns")}}, str(tmp_path), "broken")
+    launch = Launch(name="search-kd-x", stage="search", method="kd", kind="grid", base={}, root=str(tmp_path),
+                    tracking=settings)
+    sink = ParquetSink(str(tmp_path / "results"), "search", root=str(tmp_path))
+    (tracker,) = callbacks(launch, sink)
+    trial = SimpleNamespace(trial_id="t1", config={"_trial_key": "search-kd-x-s0"}, last_result={"progress": 1})
+    row = {"role": "student", "exit": None, "epoch": 1, "val_acc": 0.5, "hparams": {"lr": 0.1}}
+    with caplog.at_level("WARNING", logger="study.tracking"):
+        tracker.setup()
+        for _ in range(3):
+            tracker.on_trial_result(0, [], trial, {"progress": 1, "rows": [row]})
+        tracker.on_trial_complete(0, [], trial)
+    warnings = [r for r in caplog.records if "mlflow tracking failed" in r.getMessage()]
+    assert len(warnings) == 1 and "off for the rest of experiment search-kd-x" in warnings[0].getMessage()
