@@ -270,19 +270,13 @@ def test_sbatch_runs_a_study_on_two_nodes_and_stops_ray(slurm, tmp_path, data_ro
 
 
 @pytest.mark.slurm
-def test_sbatch_stops_ray_when_the_study_fails(slurm, tmp_path, data_root):
-    """The driver fails after Ray started (its storage cannot be written): Ray is stopped all the same."""
+def test_sbatch_refuses_a_bad_spec_before_starting_ray(slurm, tmp_path):
     env, folder = slurm
-    spec = {"name": "failing", "storage": "/proc/kdstudy-cannot-write",
-            "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
-            "student": {"family": "mlp", "size": 16}, "methods": {}, "confirm": {"seeds": 1},
-            "report": {"png": False}}
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
+    path.write_text("name: bad\nmethods: {kd: {trials: -1}}\n")
     out, job = _sbatch(env, folder, 1, str(path))
-    assert "Ray cluster up: 1 node(s)" in out, out
-    assert "kdstudy: storage: cannot write" in out and "the study driver exited with status 2" in out, out
-    assert "Ray stopped" in out and _ray_processes_of(folder, job) == []
+    assert "methods.kd.trials: must be at least 0" in out and "dataset: is required" in out, out
+    assert "Ray cluster" not in out and not (folder / f"kdray-{job}").exists()
 
 
 @pytest.mark.slurm
