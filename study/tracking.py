@@ -381,7 +381,9 @@ def _wandb_callback(settings: dict, context: dict, sink):
             kwargs = {**self.kwargs, "id": wandb_run_id(context["study"], key), "name": key, "resume": "allow",
                       "reinit": True, "allow_val_change": True, "group": self.group, "project": self.project,
                       "config": config, "job_type": tags.get("stage"),
-                      "tags": [str(tags[k]) for k in ("stage", "method") if k in tags]}
+                      "tags": [str(tags[k]) for k in ("stage", "method") if k in tags],
+                      # W&B's 90 s to start its service can pass on a node busy with trials starting
+                      "settings": {"init_timeout": 600}}
             excludes = [*self._exclude_results, *self.excludes, "config"]
             self._start_logging_actor(trial, excludes, **kwargs)
 

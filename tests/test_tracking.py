@@ -35,13 +35,13 @@ def _spec(tmp_path, data_root, **over):
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, data_root, ray_local):
-    """One micro study (a teacher, two KD search trials) with all three trackers on."""
+    """One micro study (a teacher, a KD search trial) with all three trackers on."""
     from study.runner import run_study
 
     tmp = tmp_path_factory.mktemp("tracked")
     os.environ.setdefault("WANDB_SILENT", "true")
     os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # this process reads MLflow's file store back
-    spec = parse_spec(_spec(tmp, data_root, tracking={
+    spec = parse_spec(_spec(tmp, data_root, methods={"kd": {"trials": 1}}, tracking={
         "mlflow": {"uri": str(tmp / "mlruns")},
         "wandb": {"project": "kdstudy-test", "mode": "offline"},
         "tensorboard": True}))
@@ -244,6 +244,35 @@ def _fit_outcomes(root, settings, modes):
     tuner.fit()
 
 
+class _Trial:
+    """What the callbacks read of a Tune trial (for a driver's later attempt, without a Tuner)."""
+
+    def __init__(self, key: str):
+        self.trial_id, self.config, self.last_result = f"again-{key}", {"_trial_key": key}, {}
+
+    def init_local_path(self):
+        pass
+
+
+def _second_attempt(root, settings, key):
+    """A later driver runs the trial again: it reports its epoch once more and completes."""
+    from study.experiment import Launch
+    from study.results import ParquetSink
+    from study.tracking import callbacks
+
+    launch = Launch(name="search-kd-x", stage="search", method="kd", kind="grid", base={"study": "out"},
+                    root=str(root), tracking={k: v for k, v in settings.items() if k != "tensorboard"})
+    (mlflow_cb,) = callbacks(launch, ParquetSink(str(root / "results"), "search", root=str(root)))
+    trial = _Trial(key)
+    row = {"study": "out", "stage": "search", "method": "kd", "role": "student", "exit": None, "epoch": 1,
+           "seed": 3, "teacher_size": 32.0, "hparams": {"lr": 0.1, "temperature": 4.0}, "val_acc": 0.5}
+    trial.last_result = {"progress": 1, "progress_total": 1, "status": "ok", "rows": [row]}
+    mlflow_cb.setup()
+    mlflow_cb.on_trial_result(0, [], trial, trial.last_result)
+    mlflow_cb.on_trial_complete(0, [], trial)
+    assert not mlflow_cb._broken
+
+
 def test_each_outcome_reaches_the_trackers(tmp_path, ray_local):
     """ok, stopped (by the scheduler), diverged and failed (with its error line) as kdstudy records
     them; a trial run again continues its MLflow run instead of starting a second one."""
@@ -258,7 +287,7 @@ def test_each_outcome_reaches_the_trackers(tmp_path, ray_local):
                         "tensorboard": {"dir": str(tmp_path / "tb")}}, str(tmp_path), "out")
     modes = ["ok", "stopped", "diverged", "failed"]
     _fit_outcomes(tmp_path, settings, modes)
-    _fit_outcomes(tmp_path, settings, ["ok"])  # a later attempt of the same trial
+    _second_attempt(tmp_path, settings, "search-kd-x-ok")
     client = MlflowClient(str(tmp_path / "mlruns"))
     runs = client.search_runs([client.get_experiment_by_name("outcomes").experiment_id])
     by_key = {r.info.run_name: r for r in runs}
