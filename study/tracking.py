@@ -354,7 +354,18 @@ def wandb_run_id(study: str, key: str) -> str:
 
 
 def _wandb_callback(settings: dict, context: dict, sink):
-    from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem
+    from ray.air.integrations.wandb import WandbLoggerCallback, _QueueItem, _WandbLoggingActor
+
+    class FlushingActor(_WandbLoggingActor):
+        """Tune's logging actor, which then shuts W&B's service down before it returns: Tune kills
+        the actor as soon as it returns, and `finish()` alone can return before W&B's service has
+        written the run's file (an offline run of a few bytes, seen on a busy machine)."""
+
+        def run(self):
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
 
     class WandbTrials(_Trials, WandbLoggerCallback):
         """Tune's W&B callback (one logging actor per run, its queue, the uploads at the end)
@@ -363,6 +374,7 @@ def _wandb_callback(settings: dict, context: dict, sink):
         tracker = "wandb"
         # result keys the logging actor puts in the run's config instead of its history
         AUTO_CONFIG_KEYS = [*WandbLoggerCallback.AUTO_CONFIG_KEYS, "outcome", "error"]
+        _logger_actor_cls = FlushingActor
 
         def __init__(self):
             WandbLoggerCallback.__init__(self, project=settings["project"], group=settings["group"],
