@@ -336,3 +336,26 @@ def test_a_failing_tracker_never_fails_the_study(tmp_path, caplog):
         tracker.on_trial_complete(0, [], trial)
     warnings = [r for r in caplog.records if "mlflow tracking failed" in r.getMessage()]
     assert len(warnings) == 1 and "off for the rest of experiment search-kd-x" in warnings[0].getMessage()
+
+
+def test_preflight_names_what_a_tracker_lacks(tmp_path, monkeypatch):
+    from study.tracking import problems
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_BASE_URL", raising=False)
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine example.org login me password secret\n")
+    monkeypatch.setenv("NETRC", str(netrc))
+    online = {"wandb": {"project": "p", "mode": "online"}}
+    assert problems(online, str(tmp_path)) == [
+        "tracking.wandb: mode online needs a W&B login (WANDB_API_KEY or `wandb login`); mode: offline writes "
+        "the runs locally (`wandb sync` uploads them later)"]
+    netrc.write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    netrc.chmod(0o600)
+    assert problems(online, str(tmp_path)) == []  # `wandb login` wrote this
+    assert problems({"wandb": {"project": "p", "mode": "offline"}}, str(tmp_path)) == []
+    assert problems({"tensorboard": {"dir": None}}, "s3://bucket/kd/study") == [
+        "tracking.tensorboard.dir: the study is on s3://bucket/kd/study, which TensorBoard cannot write to; "
+        "give a local or shared folder"]
+    assert problems({"tensorboard": {"dir": str(tmp_path)}}, "s3://bucket/kd/study") == []
+    assert problems({}, "s3://bucket/kd/study") == []
