@@ -7,6 +7,7 @@
   kdstudy plan [SPEC] [--slots N] [--epoch-seconds S]   experiment graph and predicted makespan
   kdstudy report PATH [--out DIR] [--no-png] [--skip-bad]  write report.html, PNGs and students.parquet
   kdstudy status PATH [--skip-bad]                      table of stages, trial outcomes, results, errors
+  kdstudy dashboard PATH [--port N] [--host H]          optuna-dashboard on all of a study's searches (read-only)
   kdstudy --version                                     the installed version
   kdstudy bench [...]                                   training speed on synthetic data (no Ray)
   kdstudy bench --first-run [--quick]                   on a GPU: PASS/FAIL of the GPU path, in a minute
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="print per stage and method how trials ended, the results and the errors")
     st.add_argument("path", help=RESULTS_PATH_HELP)
     st.add_argument("--skip-bad", action="store_true", help=SKIP_BAD_HELP)
+    db = sub.add_parser("dashboard", help="open optuna-dashboard on all of a study's searches at once (read-only)")
+    db.add_argument("path", help="the study folder (<storage>/<name>), local or a URI")
+    db.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0: any free port)")
+    db.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default 127.0.0.1: this machine only; the dashboard has no login)")
+    db.add_argument("--refresh", type=float, default=5.0, metavar="SECONDS",
+                    help="read the journals again at most this often while the page is open (0: never; default 5)")
     sub.add_parser("bench", help="training throughput on synthetic data, without Ray (kdstudy bench --help); "
                    "--first-run checks the GPU path on a GPU machine")
     pl = sub.add_parser("plan", help="print the experiment graph and the predicted makespan (no Ray)")
@@ -357,8 +365,14 @@ def cmd_plan(args) -> int:
                      node=args.node)
 
 
+def cmd_dashboard(args) -> int:
+    from .dashboard import main as dashboard_main
+
+    return dashboard_main(args.path, host=args.host, port=args.port, refresh=args.refresh)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "schema": cmd_schema, "resume": cmd_resume,
-            "report": cmd_report, "status": cmd_status, "plan": cmd_plan}
+            "report": cmd_report, "status": cmd_status, "plan": cmd_plan, "dashboard": cmd_dashboard}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -57,6 +57,7 @@ class Launch:
     max_concurrent: int = 2
     max_failures: int = 2
     board: object = None            # the driver's progress board (a Ray actor handle)
+    tracking: dict = field(default_factory=dict)  # resolved tracker settings ({}: off; study.tracking)
 
     @property
     def results_uri(self) -> str:
@@ -283,6 +284,11 @@ def run_launch(launch: Launch) -> dict:
                                  "experiment": launch.name, "dataset": launch.base.get("dataset", {}).get("name")})
     trainable = tune.with_resources(tune.with_parameters(_named_trainable(launch.name), base=launch.base),
                                     launch.resources)
+    callbacks = [sink]
+    if launch.tracking:  # trackers read the epoch's rows, which the sink takes out: they come first
+        from .tracking import callbacks as tracker_callbacks
+
+        callbacks = [*tracker_callbacks(launch, sink), sink]
     journal = None
     if launch.kind == "grid":
         if not launch.jobs:
@@ -316,7 +322,7 @@ def run_launch(launch: Launch) -> dict:
     try:
         tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                            run_config=tune.RunConfig(
-                               name=launch.name, storage_path=private, verbose=0, callbacks=[sink],
+                               name=launch.name, storage_path=private, verbose=0, callbacks=callbacks,
                                failure_config=tune.FailureConfig(max_failures=launch.max_failures),
                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         tuner.fit()

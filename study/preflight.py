@@ -8,6 +8,7 @@
 - a spec that says `runtime.device: cuda` asks Ray for a GPU (`resources.gpu` > 0: a trial
   uses a GPU exactly when Ray gives it one) and, for a local run, has CUDA to run on
 - models build (the spec already built every model on the meta device)
+- every configured experiment tracker is installed and can work (study.tracking.problems)
 
 `preflight_warnings` says what would waste a local machine without stopping the run:
 GPUs that the spec's trials never get (`resources.gpu: 0`), or a GPU share that the
@@ -22,6 +23,7 @@ from trainables import storage
 from trainables.data import check_dataset
 
 from .spec import Spec
+from .tracking import problems as tracking_problems
 from .zoo import Zoo, teacher_jobs
 
 
@@ -54,6 +56,7 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
             if not torch.cuda.is_available():
                 problems.append("runtime.device: cuda, but this machine has no CUDA device "
                                 "(use device: auto to run on what is there)")
+    problems += tracking_problems(getattr(spec, "tracking", None) or {}, root)
     return problems
 
 

@@ -47,7 +47,7 @@ from analysis.schema import TERMINAL_OK  # noqa: E402
 from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
-from . import graph  # noqa: E402
+from . import graph, tracking  # noqa: E402
 from .experiment import METRIC, Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
@@ -123,6 +123,7 @@ class StudyRunner:
         self.repairs: dict[str, list[dict]] = {}  # search experiment -> its lost trials to train again
         self.preset_failures: dict[str, str] = {}  # experiment -> why it cannot run (found before it started)
         self.config_ids = self.folder.config_ids()  # "sampled" in a study begun by an older kdstudy
+        self.tracking = tracking.resolve(getattr(spec, "tracking", None) or {}, self.root, spec.name)
 
     # ---------------------------------------------------------------- the graph
     def run(self) -> Outcome:
@@ -439,7 +440,7 @@ class StudyRunner:
         return Launch(name=e.name, stage=e.stage, method=e.method, base=base, root=self.root,
                       resources=self.resources(), max_concurrent=s.max_concurrent, max_failures=s.max_failures,
                       max_t=e.max_t, scheduler=e.scheduler, grace_period=s.grace_period, search_seed=s.search_seed,
-                      board=self.board, **kw)
+                      board=self.board, tracking=self.tracking, **kw)
 
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
