@@ -253,7 +253,7 @@ def test_sbatch_runs_a_study_on_two_nodes_and_stops_ray(slurm, tmp_path, data_ro
             "dataset": {"name": "mnist1d", "num_samples": 1000, "root": data_root},
             "student": {"family": "mlp", "size": 16},
             "teachers": {"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 2},
-            "train": {"epochs": 2, "batch_size": 128, "lr": 0.01}, "methods": {}, "confirm": {"seeds": 0},
+            "train": {"epochs": 2, "batch_size": 128, "lr": 0.01}, "methods": {}, "confirm": {"seeds": 1},
             "report": {"png": False}}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -262,8 +262,11 @@ def test_sbatch_runs_a_study_on_two_nodes_and_stops_ray(slurm, tmp_path, data_ro
     assert "the study driver exited with status 0" in out and "Ray stopped" in out, out
     study = tmp_path / "shared" / "slurmed"
     assert len(list((study / "stages").glob("teachers-*.json"))) == 2  # both experiments verified finished
+    assert len(list((study / "stages").glob("baseline-*.json"))) == 1  # and the no-KD student on its seed
     rows = pads.dataset(str(study / "results"), format="parquet").to_table().to_pandas()
-    assert set(rows.status) == {"ok"} and rows.trial_id.nunique() == 2
+    assert set(rows.status) == {"ok"}
+    rows = rows[rows.stage == "teachers"]
+    assert rows.trial_id.nunique() == 2
     # the two teachers trained at once, one on each Ray node (one CPU each): the worker joined and worked
     assert rows.groupby("trial_id").node.first().nunique() == 2, rows.node.unique()
     assert _ray_processes_of(folder, job) == []
