@@ -22,7 +22,9 @@ fields are:
     baseline: {}                   the no-KD student: runs on the confirm seeds (paired), searched
                                    like the methods when they search the recipe (see study.graph)
     search: {budget: stratified | joint, scheduler: auto | asha | none, grace_period,
-             max_concurrent, seed}
+             max_concurrent, seed, sampler: auto | tpe | qmc | gp | random,
+             replicates (independent searches per method x teacher size, default 1),
+             seeds_per_trial (seeds each search trial trains; its value is their mean, default 1)}
     methods: {<name>: {trials (0: no search, the fixed configuration is confirmed), space: {<param>: value | {low, high, log} | {choices: [..]}},
                        assistant_sizes: [..], teacher_sizes: [..], confirm_seeds}}
              confirm_seeds: the first n of the shared confirm seeds (an expensive method can
@@ -65,6 +67,7 @@ COMMON_HPARAMS = {
 MAX_PARAMS = 10**10
 BUDGETS = ("stratified", "joint")
 SCHEDULERS = ("auto", "asha", "none")
+SAMPLERS = ("auto", "tpe", "qmc", "gp", "random")
 #: search seeds stay below this; confirm (and baseline) seeds start there (disjoint, see study.graph)
 MAX_SEARCH_SEED = 9_999
 DEVICES = ("auto", "cpu", "cuda")
@@ -129,6 +132,9 @@ class Spec:
     max_failures: int
     report_png: bool
     top_k: int = 2
+    sampler: str = "auto"        # auto | tpe | qmc | gp | random (study.samplers)
+    replicates: int = 1          # independent searches per method x teacher size (study.graph)
+    seeds_per_trial: int = 1     # seeds each search trial trains; its value is their mean
     delta: float = 0.5
     level: float = 0.95
     raw: dict = field(repr=False, default_factory=dict)
@@ -302,7 +308,8 @@ class _Validator:
                      "method; remove this field")
         self.unknown("baseline", {k: v for k, v in baseline.items() if k != "seeds"}, set())
         search = self.section(raw, "search")
-        self.unknown("search", search, {"budget", "scheduler", "grace_period", "max_concurrent", "seed"})
+        self.unknown("search", search, {"budget", "scheduler", "grace_period", "max_concurrent", "seed", "sampler",
+                                        "replicates", "seeds_per_trial"})
         confirm = self.section(raw, "confirm")
         self.unknown("confirm", confirm, {"seeds", "top_k"})
         verdict = self.section(raw, "verdict")
@@ -338,13 +345,22 @@ class _Validator:
             if budget == "joint" and len(m.teacher_sizes) > 1 and m.trials < len(m.teacher_sizes):
                 self.err(f"methods.{m.name}.trials", f"with budget 'joint' needs at least one trial per "
                          f"teacher size ({len(m.teacher_sizes)}); got {m.trials}")
+        search_seed = self.num("search.seed", search.get("seed"), 0, kind=int, low=0, high=MAX_SEARCH_SEED)
+        replicates = self.num("search.replicates", search.get("replicates"), 1, kind=int, low=1, high=100)
+        seeds_per_trial = self.num("search.seeds_per_trial", search.get("seeds_per_trial"), 1, kind=int, low=1,
+                                   high=100)
+        if search_seed + replicates * seeds_per_trial - 1 > MAX_SEARCH_SEED:
+            self.err("search", f"seed + replicates x seeds_per_trial must stay below {MAX_SEARCH_SEED + 1} (search "
+                     f"seeds are disjoint from the confirm seeds); got {search_seed} + {replicates} x {seeds_per_trial}")
         return Spec(
             name=name or "", storage=storage, dataset=dataset, student=student, teachers=teachers, train=train,
             budget=budget,
+            sampler=self.choice("search.sampler", search.get("sampler"), "auto", SAMPLERS),
+            replicates=replicates, seeds_per_trial=seeds_per_trial,
             scheduler=self.choice("search.scheduler", search.get("scheduler"), "auto", SCHEDULERS),
             grace_period=self.num("search.grace_period", search.get("grace_period"), 2, kind=int, low=1),
             max_concurrent=self.num("search.max_concurrent", search.get("max_concurrent"), 2, kind=int, low=1),
-            search_seed=self.num("search.seed", search.get("seed"), 0, kind=int, low=0, high=MAX_SEARCH_SEED),
+            search_seed=search_seed,
             methods=methods,
             confirm_seeds=self.num("confirm.seeds", confirm.get("seeds"), 5, kind=int, low=0, high=1000),
             top_k=self.num("confirm.top_k", confirm.get("top_k"), 2, kind=int, low=1, high=100),
