@@ -51,6 +51,7 @@ from .lock import StudyLock  # noqa: E402
 from .plan import admits, demand_of  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
 from .results import read_trial  # noqa: E402
+from .samplers import sampler_seed  # noqa: E402
 from .spec import Spec  # noqa: E402
 from .zoo import Zoo, teacher_table  # noqa: E402
 
@@ -230,7 +231,8 @@ class StudyRunner:
         total = 0.0
         for name, launch in running.values():
             st = self._snapshot.get(name)
-            n = st.owed if st is not None and st.owed else (len(launch.jobs) if launch.kind == "grid" else launch.trials)
+            n = st.owed if st is not None and st.owed else (len(launch.jobs) if launch.kind == "grid"
+                                                               else launch.trials * launch.seeds_per_trial)
             ended = (st.done + st.stopped + st.diverged + st.failed) if st is not None else 0
             running_now = len(st.running) if st is not None else 0
             total += demand_of(n, ended, running_now, self.spec.max_concurrent)
@@ -305,7 +307,8 @@ class StudyRunner:
         return Launch(name=e.name, stage=e.stage, method=e.method, base=base, root=self.root,
                       resources=self.resources(), max_concurrent=s.max_concurrent, max_failures=s.max_failures,
                       max_t=e.max_t, scheduler=e.scheduler, grace_period=s.grace_period, search_seed=s.search_seed,
-                      board=self.board, **kw)
+                      sampler=s.sampler, sampler_seed=sampler_seed(s.search_seed, e.label),
+                      search_seeds=e.search_seeds, board=self.board, **kw)
 
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
@@ -395,7 +398,7 @@ class StudyRunner:
     def _verify_search(self, e: graph.Experiment) -> list[dict]:
         from optuna.trial import TrialState
 
-        from .experiment import Journal, latest_trials, load_study
+        from .experiment import Journal, latest_trials, load_study, sub_keys
 
         journal = Journal(self.root, e.name)
         try:
@@ -404,12 +407,17 @@ class StudyRunner:
             journal.close(write_back=False)  # read only; a remote journal's local copy is removed
         trials, problems = [], []
         for key, t in sorted(latest.items(), key=lambda kv: kv[1].number):
-            rows = read_trial(self.results_uri, e.stage, key)
-            status = rows[-1].get("status") if rows else None
-            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or status not in TERMINAL_OK:
+            # a search trial of k seeds is k runs, each with its rows under its own key
+            runs = [read_trial(self.results_uri, e.stage, sub) for sub in sub_keys(key, e.seeds_per_trial)]
+            statuses = [rows[-1].get("status") if rows else None for rows in runs]
+            bad = next((i for i, st in enumerate(statuses) if st not in TERMINAL_OK), None)
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or bad is not None:
+                status = statuses[bad] if bad is not None else statuses[0]
+                rows = runs[bad if bad is not None else 0]
                 problems.append((key, "failed" if t.state == TrialState.FAIL or status == "failed" else status,
                                  rows[-1].get("error") if rows else None))
                 continue
+            status = "stopped" if "stopped" in statuses else ("diverged" if "diverged" in statuses else "ok")
             trials.append({"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
                            METRIC: t.value if t.state == TrialState.COMPLETE else None})
         if problems:
