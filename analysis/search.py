@@ -192,15 +192,18 @@ def agree(statuses: list[str]) -> str | None:
 # --------------------------------------------------------------------------- resolution
 
 def split_size(values, max_n: int = MAX_SPLIT) -> int | None:
-    """The size n of the split accuracies were measured on: each accuracy is a count over n, so n is
-    the least common multiple of their reduced denominators (None when that is not an integer
-    split: accuracies averaged over something else, or too few values to tell)."""
+    """The size n of the split accuracies were measured on: each accuracy is a count over n (exact in
+    floating point), so n is the least common multiple of their reduced denominators. None when some
+    value is not such a count. With few values whose counts share a factor with n it is a divisor of
+    n (an SE from it errs large); `resolutions` therefore reads it from every accuracy of the study."""
     n = 1
     for v in values:
         if v is None or not np.isfinite(v):
             continue
-        d = Fraction(float(v)).limit_denominator(max_n).denominator
-        n = n * d // math.gcd(n, d)
+        frac = Fraction(float(v)).limit_denominator(max_n)
+        if float(frac) != float(v):  # correct / n is exact in floating point; anything else is not a count
+            return None
+        n = n * frac.denominator // math.gcd(n, frac.denominator)
         if n > max_n:
             return None
     return n if n > 1 else None
@@ -290,12 +293,18 @@ def _count(x: float) -> str:
 def resolutions(summary: pd.DataFrame, method: str | None = None, val_size: int | None = None) -> list[Resolution]:
     """The resolution of every search of the study (of `method`), in experiment order."""
     rows = reported_rows(summary)
-    rows = finished(rows[(rows["stage"] == "search") & rows["experiment"].notna()])
+    rows = finished(rows[rows["stage"] == "search"])
     rows = rows[rows["status"] == "ok"]  # stopped trials were not measured at the full budget
     if method is not None:
         rows = rows[rows["method"] == method]
+    if val_size is None and not rows.empty:  # every trial of a study is measured on the same split
+        val_size = split_size(summary["val_acc"].to_numpy(dtype=float))
+    # one search per experiment and teacher size (a joint search confirms its best per size; rows
+    # written without an experiment: per method and teacher size)
+    fallback = "search-" + rows["method"].astype(str) + "-t" + rows["teacher_size"].astype(str)
+    rows = rows.assign(experiment=rows["experiment"].where(rows["experiment"].notna(), fallback))
     out = []
-    for _, grp in rows.groupby("experiment", sort=True):
+    for _, grp in rows.groupby(["experiment", rows["teacher_size"].fillna(-1.0)], sort=True):
         r = resolution(grp, val_size)
         if r is not None:
             out.append(r)
@@ -306,11 +315,18 @@ def resolution_note(res: list[Resolution]) -> str:
     """One sentence for a verdict: which of its searches did not resolve their winner, and what would."""
     if not res:
         return ""
-    bad = [r for r in res if not r.resolved]
-    if not bad:
-        return f"Search: all {len(res)} searches resolved their winner (lead >= {RESOLVED_Z:g} SE)."
-    return (f"Search: {len(bad)} of {len(res)} searches did NOT resolve their winner, so which of their best "
-            f"configurations was confirmed is a coin flip: " + " ".join(r.text for r in bad))
+    unknown = [r for r in res if r.configs >= 2 and not np.isfinite(r.se)]
+    bad = [r for r in res if not r.resolved and r not in unknown]
+    parts = []
+    if bad:
+        parts.append(f"Search: {len(bad)} of {len(res)} searches did NOT resolve their winner, so which of their "
+                     f"best configurations was confirmed is close to a coin flip: " + " ".join(r.text for r in bad))
+    elif not unknown:
+        parts.append(f"Search: all {len(res)} searches resolved their winner (lead >= {RESOLVED_Z:g} SE).")
+    if unknown:
+        parts.append(f"Search: whether {len(unknown)} search(es) resolved their winner is not known (the "
+                     f"validation split's size cannot be read from these results).")
+    return " ".join(parts)
 
 
 def luck_sd(series_by_replicate: list[pd.Series]) -> tuple[float, int]:
