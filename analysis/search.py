@@ -316,12 +316,16 @@ def resolution_note(res: list[Resolution]) -> str:
     if not res:
         return ""
     unknown = [r for r in res if r.configs >= 2 and not np.isfinite(r.se)]
-    bad = [r for r in res if not r.resolved and r not in unknown]
+    alone = [r for r in res if r.configs < 2]
+    bad = [r for r in res if not r.resolved and r not in unknown and r not in alone]
     parts = []
+    if alone:
+        parts.append(f"Search: {len(alone)} of {len(res)} searches compared nothing (one finished configuration "
+                     f"per teacher size; give them at least 2 trials each).")
     if bad:
         parts.append(f"Search: {len(bad)} of {len(res)} searches did NOT resolve their winner, so which of their "
                      f"best configurations was confirmed is close to a coin flip: " + " ".join(r.text for r in bad))
-    elif not unknown:
+    elif not unknown and not alone:
         parts.append(f"Search: all {len(res)} searches resolved their winner (lead >= {RESOLVED_Z:g} SE).")
     if unknown:
         parts.append(f"Search: whether {len(unknown)} search(es) resolved their winner is not known (the "
