@@ -210,22 +210,31 @@ def decide_replicates(val: np.ndarray, test: np.ndarray, base_test: np.ndarray |
 
     Every replicate is decided on its own (`decide`), then combined as `combine` does: a status only
     where every replicate reaches it (else inconclusive, or cannot tell), each comparison by
-    `analysis.search.across_arrays`. Returns {"replicates": decide's output with the R axis,
-    "status": (...,), "gap": (..., S-1) combined outcome codes, "base": (..., S) or None}.
+    `analysis.search.across_arrays`, and no claim at all where the study's estimated search luck
+    (`analysis.search.pooled_luck` of the chosen configurations' confirm accuracies) is more than R
+    replicates absorb. Returns {"replicates": decide's output with the R axis, "status": (...,),
+    "gap": (..., S-1) combined outcome codes, "base": (..., S) or None, "luck": (...,), "luck_ok"}.
     """
     d = decide(val, test, base_test, delta, level)
+    R = val.shape[-4]
     st = d["status"]
+    # the study's own estimate of its search luck (the chosen configurations' spread over replicates)
+    chosen = take(test, d["config"], axis=-2)  # (..., R, S, k)
+    luck = search_mod.pooled_luck(chosen) if R > 1 else np.full(st.shape[:-1], np.nan)
+    ok = ~(luck > search_mod.calibrated_luck(R)) if R > 1 else np.ones(st.shape[:-1], dtype=bool)
     same = (st == st[..., :1]).all(axis=-1)
     any_cannot = (st == CANNOT_TELL).any(axis=-1)
     status = np.where(same, st[..., 0], np.where(any_cannot, CANNOT_TELL, INCONCLUSIVE)).astype(object)
-    out = {"replicates": d, "status": status, "gap": None, "base": None}
+    status = np.where(~ok & np.isin(status, [GAP, NO_GAP, LARGEST_BETTER]), INCONCLUSIVE, status).astype(object)
+    out = {"replicates": d, "status": status, "gap": None, "base": None, "luck": luck, "luck_ok": ok}
     if d["gap"] is not None:
         g = d["gap"]
-        out["gap"] = search_mod.across_arrays(g["outcome"], g["estimate"], g["eq_low"], g["eq_high"], delta, axis=-2)
+        out["gap"] = search_mod.across_arrays(g["outcome"], g["estimate"], g["eq_low"], g["eq_high"], delta, axis=-2,
+                                              luck_ok=ok[..., None])
     if d["base"] is not None:
         b = d["base"]
         out["base"] = search_mod.across_arrays(b["outcome"], b["estimate"], b["eq_low"], b["eq_high"], delta,
-                                               axis=-2)
+                                               axis=-2, luck_ok=ok[..., None])
     return out
 
 
@@ -578,10 +587,15 @@ def combine(data: CapacityData, members: list[Verdict], delta: float = 0.5, leve
     datas = [data] + list(data.replicas)
     ids = [d.replicate for d in datas][:len(members)]
     method, n = data.method, len(members)
+    luck, per_size = _luck(datas)
+    limit = search_mod.calibrated_luck(n)
+    too_lucky = np.isfinite(luck) and luck > limit
     statuses = [m.status for m in members]
     status = search_mod.agree(statuses) or (CANNOT_TELL if CANNOT_TELL in statuses else INCONCLUSIVE)
-    family = _aligned([m.sizes for m in members], ids)
-    base_family = _aligned([m.vs_baseline_sizes for m in members], ids)
+    if too_lucky and status in (GAP, NO_GAP, LARGEST_BETTER):
+        status = INCONCLUSIVE
+    family = _aligned([m.sizes for m in members], ids, luck)
+    base_family = _aligned([m.vs_baseline_sizes for m in members], ids, luck)
     peaks = [m.peak_teacher for m in members]
     peak = max(dict.fromkeys(peaks), key=peaks.count)  # the most common, ties to replicate 0's
     vs_base = next((v for v in base_family if peak and v.a.endswith(peak)), None) if base_family else None
@@ -591,12 +605,14 @@ def combine(data: CapacityData, members: list[Verdict], delta: float = 0.5, leve
         want = max(dict.fromkeys(heads), key=heads.count)
         head = next((f for f in family if f.comparison == want), None)
     prefix = f"{method} (from {data.source}, {n} search replicates): "
-    if search_mod.agree(statuses):
+    if too_lucky and search_mod.agree(statuses) not in (None, INCONCLUSIVE, CANNOT_TELL):
+        lead = _LEADS[status] + f" (every replicate reaches {statuses[0]}, but search luck is too large to claim it)"
+    elif search_mod.agree(statuses):
         lead = _LEADS[status] + ("" if status in (INCONCLUSIVE, CANNOT_TELL) else " (in every replicate)")
     else:
         lead = _LEADS[status] + " (replicates disagree: " + ", ".join(
             f"replicate {i} {s}" for s, i in zip(statuses, ids)) + ")"
-    notes = _notes(data, datas) + _luck_note(datas)
+    notes = _notes(data, datas) + _luck_note(datas, luck, per_size)
     budget = _budget_text(data) + f" Each of the {n} search replicates has this budget."
     if head is None:
         text = f"{prefix}{lead}. {_baseline_text(method, base_family, vs_base)}{notes} {budget}"
@@ -608,20 +624,20 @@ def combine(data: CapacityData, members: list[Verdict], delta: float = 0.5, leve
                    level, replicates=tuple(members))
 
 
-def _aligned(families: list, ids: list) -> list[PairedVerdict]:
+def _aligned(families: list, ids: list, luck: float | None = None) -> list[PairedVerdict]:
     """Comparisons present in every replicate's family (replicate 0's order), combined."""
     common = [f.comparison for f in families[0] if all(any(g.comparison == f.comparison for g in fam)
                                                       for fam in families[1:])]
     out = []
     for c in common:
         members = [next(g for g in fam if g.comparison == c) for fam in families]
-        out.append(search_mod.across(members, ids))
+        out.append(search_mod.across(members, ids, luck))
     return out
 
 
-def _luck_note(datas: list[CapacityData]) -> str:
-    """How far apart the replicates' chosen configurations landed (paired on the confirm seeds), and
-    whether that is within the luck the number of replicates was calibrated for."""
+def _luck(datas: list[CapacityData]) -> tuple[float, list]:
+    """The method's search luck estimated from its replicates (`analysis.search.pooled_luck`, per size
+    on the confirm seeds every replicate has): (pooled SD, [(SD, size, seeds)])."""
     found = []
     for size in datas[0].sizes:
         series = []
@@ -630,22 +646,28 @@ def _luck_note(datas: list[CapacityData]) -> str:
                 continue
             t = take(d.test, choose(d.val, axis=-2), axis=-2)[d.sizes.index(size)]
             series.append(pd.Series(t, index=d.seeds))
-        sd, n = search_mod.luck_sd(series)
+        sd, n = search_mod.luck_sd(series) if len(series) == len(datas) else (math.nan, 0)
         if np.isfinite(sd):
             found.append((sd, size, n))
+    pooled = math.sqrt(float(np.mean([f[0] ** 2 for f in found]))) if found else math.nan
+    return pooled, found
+
+
+def _luck_note(datas: list[CapacityData], sd: float, found: list) -> str:
+    """How far apart the replicates' chosen configurations landed, against what R replicates absorb."""
     if not found:
         return ""
-    sd = math.sqrt(float(np.mean([f[0] ** 2 for f in found])))
     worst = max(found)
     limit = search_mod.calibrated_luck(len(datas))
     text = (f" Search luck: the {len(datas)} replicates' chosen configurations differ by an estimated SD of "
             f"{sd:.2f} points beyond the confirm seeds' noise (largest at teacher {_size_label(datas[0], worst[1])}: "
             f"{worst[0]:.2f})")
     if sd > limit:
-        return text + (f", more than the {limit:g} up to which {len(datas)} replicates keep false claims at 5% "
-                       f"in simulation (tests/test_calibration.py): a SHOWN here may still be search luck; "
-                       f"raise search.replicates, the trials, or search.seeds_per_trial.")
-    return text + f", within the {limit:g} up to which {len(datas)} replicates were calibrated."
+        return text + (f", more than the {limit:g} that {len(datas)} replicates absorb (tests/test_calibration.py), "
+                       f"so no claim is made: raise search.replicates (3 absorb "
+                       f"{search_mod.calibrated_luck(3):g}), or shrink the luck with more trials or "
+                       f"search.seeds_per_trial.")
+    return text + f", within the {limit:g} that {len(datas)} replicates absorb."
 
 
 def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:

@@ -60,8 +60,9 @@ def search_trial_of(trial_id) -> str:
     return _SUB_RUN.sub("", trial_id) if isinstance(trial_id, str) else trial_id
 #: the largest split size `split_size` infers
 MAX_SPLIT = 10_000_000
-#: search-luck SD (points) up to which R replicates keep false claims at alpha in simulation
-#: (tests/test_calibration.py: 2 replicates at ~0.5, 3 at ~1.0; one search overclaims at any luck)
+#: the largest search-luck SD (points, estimated by the study from its replicates) at which R
+#: replicates still make claims: beyond it every claim is INCONCLUSIVE (tests/test_calibration.py:
+#: with this gate false claims stay at or below 5% at every luck simulated; R >= 3 use the last)
 CALIBRATED_LUCK_SD = {2: 0.5, 3: 1.0}
 
 
@@ -109,11 +110,13 @@ def of_replicate(summary: pd.DataFrame, replicate: int) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- combining replicates
 
-def across(members: list[PairedVerdict], replicate_ids: list[int] | None = None) -> PairedVerdict:
+def across(members: list[PairedVerdict], replicate_ids: list[int] | None = None,
+           luck: float | None = None) -> PairedVerdict:
     """One comparison decided in every search replicate, combined (intersection-union, see the module
     docstring): SHOWN if every replicate shows it with one sign, EQUIVALENT if every replicate's
     equivalence interval lies inside (-delta, delta), else INCONCLUSIVE (cannot tell if any replicate
-    cannot tell). The interval is the union of the replicates' intervals."""
+    cannot tell). The interval is the union of the replicates' intervals. `luck`: the study's
+    estimated search-luck SD; above `calibrated_luck(R)` no claim is made (INCONCLUSIVE, saying why)."""
     if len(members) == 1:
         return members[0]
     ids = replicate_ids if replicate_ids is not None else list(range(len(members)))
@@ -134,6 +137,11 @@ def across(members: list[PairedVerdict], replicate_ids: list[int] | None = None)
         outcome = EQUIVALENT
     else:
         outcome = INCONCLUSIVE
+    limit = calibrated_luck(len(members))
+    too_lucky = luck is not None and np.isfinite(luck) and luck > limit and outcome in (SHOWN, EQUIVALENT)
+    claimed = outcome
+    if too_lucky:
+        outcome = INCONCLUSIVE
     est = float(np.mean([v.estimate for v in members]))
     need = [v.seeds_needed for v in members if v.seeds_needed is not None]
     per = "; ".join(f"replicate {r}: {_short(v)}" for r, v in zip(ids, members))
@@ -148,6 +156,10 @@ def across(members: list[PairedVerdict], replicate_ids: list[int] | None = None)
                 f"(union of their equivalence intervals {_ci(eq_lo, eq_hi)}; {per}).")
     elif outcome == CANNOT_TELL:
         text = f"{head} cannot tell ({per})."
+    elif too_lucky:
+        text = (f"{head} INCONCLUSIVE across {n} search replicates (every replicate finds it "
+                f"{'SHOWN' if claimed == SHOWN else 'EQUIVALENT'}, but the study's search luck, an estimated SD of "
+                f"{luck:.2f} points, is more than the {limit:g} that {n} replicates absorb; {per}).")
     else:
         shown = [o == SHOWN for o in outcomes]
         why = ("the replicates contradict each other: the answer depends on the search" if len(signs) > 1 else
@@ -174,14 +186,16 @@ def _short(v: PairedVerdict) -> str:
 
 
 def across_arrays(outcome: np.ndarray, estimate: np.ndarray, eq_low: np.ndarray, eq_high: np.ndarray,
-                  delta: float, axis: int = 0) -> np.ndarray:
-    """`across` on arrays (outcome codes of `stats.OUTCOMES`), replicates along `axis`: the combined code."""
+                  delta: float, axis: int = 0, luck_ok=True) -> np.ndarray:
+    """`across` on arrays (outcome codes of `stats.OUTCOMES`), replicates along `axis`: the combined code.
+    `luck_ok` (broadcast against the result): False where the study's search luck forbids claims."""
     outcome = np.asarray(outcome)
     shown_pos = ((outcome == 1) & (estimate > 0)).all(axis=axis)
     shown_neg = ((outcome == 1) & (estimate < 0)).all(axis=axis)
     untestable = (outcome == 0).any(axis=axis)
     equiv = ((eq_low > -delta) & (eq_high < delta)).all(axis=axis)
-    return np.where(untestable, 0, np.where(shown_pos | shown_neg, 1, np.where(equiv, 2, 3)))
+    code = np.where(untestable, 0, np.where(shown_pos | shown_neg, 1, np.where(equiv, 2, 3)))
+    return np.where(np.isin(code, (1, 2)) & ~np.asarray(luck_ok, dtype=bool), 3, code)
 
 
 def agree(statuses: list[str]) -> str | None:
@@ -333,23 +347,35 @@ def resolution_note(res: list[Resolution]) -> str:
     return " ".join(parts)
 
 
+def luck_variance(x) -> np.ndarray:
+    """Search-luck variance of one arm (a method at one teacher size) from its replicates, vectorised:
+    x (..., R, k) holds each replicate's chosen configuration's confirm accuracies (points) on the k
+    shared confirm seeds. The variance of the replicates' mean accuracies beyond what the confirm
+    seeds' run noise explains (method of moments, at least 0); seed effects cancel (paired)."""
+    x = np.asarray(x, dtype=float)
+    r, k = x.shape[-2], x.shape[-1]
+    xc = x - x.mean(axis=-2, keepdims=True)  # remove each seed's shared effect
+    means = xc.mean(axis=-1)  # per replicate
+    between = means.var(axis=-1, ddof=1)
+    # one replicate's run variance (centring on the seed means shrank it by (R - 1) / R), over k seeds
+    noise = (xc - means[..., None]).var(axis=-1, ddof=1).mean(axis=-1) * r / (r - 1) / k
+    return np.maximum(0.0, between - noise)
+
+
+def pooled_luck(x) -> np.ndarray:
+    """The search-luck SD of a method, pooled over its teacher sizes: x (..., R, S, k) -> (...,)."""
+    x = np.moveaxis(np.asarray(x, dtype=float), -3, -2)  # (..., S, R, k)
+    return np.sqrt(luck_variance(x).mean(axis=-1))
+
+
 def luck_sd(series_by_replicate: list[pd.Series]) -> tuple[float, int]:
-    """Search luck of one arm (a method at one teacher size), estimated from its replicates: the
-    SD of the replicates' chosen configurations' true accuracies beyond what the confirm seeds'
-    noise explains (method of moments, at least 0). Each Series: one replicate's confirm accuracies
-    (points) indexed by seed; only the seeds every replicate has count (paired: seed effects
-    cancel). Returns (SD, seeds used); NaN with fewer than 2 replicates or 2 common seeds."""
+    """`luck_variance` of one arm from Series (one per replicate, confirm accuracies in points indexed by
+    seed; only the seeds every replicate has count) as an SD; (NaN, n) with fewer than 2 replicates or
+    2 common seeds. Returns (SD, seeds used)."""
     frame = pd.concat(series_by_replicate, axis=1).dropna() if len(series_by_replicate) >= 2 else pd.DataFrame()
     if frame.shape[0] < 2:
         return math.nan, int(frame.shape[0])
-    x = frame.to_numpy(dtype=float)
-    x = x - x.mean(axis=1, keepdims=True)  # remove each seed's shared effect
-    means = x.mean(axis=0)  # per replicate
-    between = float(np.var(means, ddof=1))
-    r = x.shape[1]
-    # one replicate's run variance (centring on the seed means shrank it by (R - 1) / R), over the seeds
-    noise = float(np.var(x - means, ddof=1, axis=0).mean()) * r / (r - 1) / x.shape[0]
-    return math.sqrt(max(0.0, between - noise)), int(x.shape[0])
+    return math.sqrt(float(luck_variance(frame.to_numpy(dtype=float).T))), int(frame.shape[0])
 
 
 def calibrated_luck(replicates: int) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from analysis import capacity_gap as cg
+from analysis import search as search_mod
 from analysis.load import load, trial_summary
 from analysis.stats import OUTCOMES
 from analysis.synthetic import draw_arms, draw_runs, search_luck, summary_from_arrays, write_study
@@ -152,16 +153,19 @@ def test_a_study_reanalysed_with_other_search_noise_keeps_its_verdict(tmp_path):
 
 # --------------------------------------------------------------------------- search luck and replicates
 
-#: search luck of the quickstart (cnn1d-8 student, KD T x alpha, 3 trials a size): configurations within
-#: ~0.5 points of the best on average, one run measured to ~0.8 points (bench/samplers.py, bench/RESULTS.md)
-QUICKSTART_LUCK = {"landscape": 0.5, "search_noise": 0.8}
-#: a rougher landscape and noisier trials (luck SD ~0.5 points)
+#: a flat landscape and precise trials: the chosen configuration's quality has an SD of ~0.3 points
+SMALL_LUCK = {"landscape": 0.5, "search_noise": 0.8}
+#: luck SD ~0.5 points
 MODERATE_LUCK = {"landscape": 1.0, "search_noise": 1.0}
-#: an MLP student on MNIST-1D (63% accuracy, 1.7-point validation SE): luck SD ~1 point
-HEAVY_LUCK = {"landscape": 2.0, "search_noise": 2.0}
+#: what bench/samplers.py measured for KD on MNIST-1D (one seed per search trial, 480 validation samples:
+#: a search trial misses its configuration's quality by 2.2 points SD, configurations ~2 points below the best
+#: on average): luck SD ~1 point
+MEASURED_LUCK = {"landscape": 2.0, "search_noise": 2.0}
+#: luck SD ~1.6 points
+VERY_HEAVY_LUCK = {"landscape": 4.0, "search_noise": 3.0}
 
 
-def simulate_searched(size_means, base_mean=None, *, replicates=2, seeds=5, trials=3, configs=1, luck=QUICKSTART_LUCK,
+def simulate_searched(size_means, base_mean=None, *, replicates=2, seeds=5, trials=3, configs=1, luck=SMALL_LUCK,
                       paired_sd=1.0, corr=0.8, delta=0.5, reps=REPS, seed=0):
     """Decide `reps` simulated studies whose every teacher size is searched (`replicates` independent
     searches a size, each confirming its top `configs`), the no-KD student shared by the replicates.
@@ -187,7 +191,10 @@ def simulate_searched(size_means, base_mean=None, *, replicates=2, seeds=5, tria
     true_base = true_sel - base
     wrong_base = (one["base"]["outcome"] == 1) & (np.sign(one["base"]["estimate"]) != np.sign(true_base))
     status = d["status"]
+    g = one["gap"]  # the replicates' intersection without the luck gate, for comparison
+    ungated = search_mod.across_arrays(g["outcome"], g["estimate"], g["eq_low"], g["eq_high"], delta, axis=-2)
     return {
+        "luck_ok": np.mean(d["luck_ok"]), "ungated_any_shown": np.mean((ungated == 1).any(-1)),
         "gap": np.mean(status == cg.GAP), "no_gap": np.mean(status == cg.NO_GAP),
         "largest_better": np.mean(status == cg.LARGEST_BETTER),
         "gap_family_any_shown": np.mean((d["gap"] == 1).any(-1)),
@@ -198,14 +205,14 @@ def simulate_searched(size_means, base_mean=None, *, replicates=2, seeds=5, tria
 
 
 def test_one_search_a_size_overclaims_under_search_luck():
-    # the old design (no replicates) at the quickstart's small luck: the intervals cover the confirm seeds'
-    # noise, not another search's choice, and claims about the teacher sizes go beyond 5%
+    # the old design (no replicates), even at small luck: the intervals cover the confirm seeds' noise,
+    # not another search's choice, and claims about the teacher sizes go beyond 5%
     rates = simulate_searched([77.0] * 4, replicates=1)
-    assert rates["gap_family_any_shown"] > BOUND, rates  # measured 0.12
+    assert rates["gap_family_any_shown"] > BOUND, rates  # measured 0.12 (0.53 at the measured luck)
     assert rates["kd_any_shown"] > BOUND, rates  # measured 0.09
 
 
-@pytest.mark.parametrize("luck", [QUICKSTART_LUCK, HEAVY_LUCK])
+@pytest.mark.parametrize("luck", [SMALL_LUCK, MEASURED_LUCK])
 def test_one_search_is_calibrated_for_the_configurations_it_chose(luck):
     # what SHOWN guarantees with one search: a claimed sign is the sign of the chosen configurations'
     # true difference (the confirm runs are fresh), however lucky the search was
@@ -214,8 +221,9 @@ def test_one_search_is_calibrated_for_the_configurations_it_chose(luck):
 
 
 @pytest.mark.parametrize("replicates,seeds,configs,luck", [
-    (2, 5, 1, QUICKSTART_LUCK), (2, 3, 1, QUICKSTART_LUCK), (2, 5, 2, QUICKSTART_LUCK), (2, 10, 1, QUICKSTART_LUCK),
-    (2, 5, 1, MODERATE_LUCK), (3, 5, 1, HEAVY_LUCK), (3, 5, 2, HEAVY_LUCK)])
+    (2, 5, 1, SMALL_LUCK), (2, 3, 1, SMALL_LUCK), (2, 5, 2, SMALL_LUCK), (2, 10, 1, SMALL_LUCK),
+    (2, 5, 1, MODERATE_LUCK), (2, 5, 1, MEASURED_LUCK), (2, 5, 1, VERY_HEAVY_LUCK),
+    (3, 5, 1, MEASURED_LUCK), (3, 5, 2, MEASURED_LUCK), (3, 3, 1, MEASURED_LUCK), (3, 5, 1, VERY_HEAVY_LUCK)])
 def test_replicated_searches_keep_false_claims_at_alpha(replicates, seeds, configs, luck):
     rates = simulate_searched([77.0] * 4, replicates=replicates, seeds=seeds, configs=configs, luck=luck)
     assert rates["gap"] <= BOUND and rates["largest_better"] <= BOUND, rates
@@ -223,19 +231,25 @@ def test_replicated_searches_keep_false_claims_at_alpha(replicates, seeds, confi
     assert rates["kd_any_shown"] <= BOUND, rates  # any size shown better or worse than the no-KD student
 
 
-def test_two_replicates_are_not_enough_for_heavy_luck():
-    # the limit of the guarantee, stated in the README: at a luck SD of ~1 point two replicates overclaim
-    rates = simulate_searched([77.0] * 4, replicates=2, luck=HEAVY_LUCK)
-    assert rates["gap_family_any_shown"] > BOUND, rates  # measured 0.10; three replicates: 0.02
-    assert 0.8 < rates["luck_sd"] < 1.2
+def test_the_luck_gate_is_what_holds_two_replicates_at_the_measured_luck():
+    # every replicate showing it is not enough when luck is large: the study measures its luck and
+    # refuses to claim beyond what its replicates absorb
+    rates = simulate_searched([77.0] * 4, replicates=2, luck=MEASURED_LUCK)
+    assert rates["ungated_any_shown"] > BOUND, rates  # measured 0.10
+    assert rates["gap_family_any_shown"] <= BOUND, rates  # measured 0.02
+    assert rates["luck_ok"] < 0.3 and 0.8 < rates["luck_sd"] < 1.2, rates
+    three = simulate_searched([77.0] * 4, replicates=3, luck=MEASURED_LUCK)
+    assert three["luck_ok"] > 0.5, three  # three replicates mostly absorb it
 
 
 def test_replicated_searches_find_a_two_point_gap():
     rates = simulate_searched([74.0, 78.0, 77.0, 76.0], 77.0, replicates=2)
-    assert rates["gap"] >= 0.5, rates  # measured 0.58 (one search: 0.76, three replicates: 0.43)
+    assert rates["gap"] >= 0.4, rates  # measured 0.49 (one search: 0.76)
     assert rates["no_gap"] == 0.0 and rates["largest_better"] == 0.0
     win = simulate_searched([79.0] * 4, 77.0, replicates=2)  # KD's best 2 points above the no-KD student
-    assert win["kd_any_shown"] >= 0.5, win  # measured 0.65 (one search: 0.8); Holm over 4 sizes at 5 seeds
+    assert win["kd_any_shown"] >= 0.5, win  # measured 0.57 (one search: 0.84); Holm over 4 sizes at 5 seeds
+    measured = simulate_searched([74.0, 78.0, 77.0, 76.0], 77.0, replicates=3, luck=MEASURED_LUCK)
+    assert measured["gap"] >= 0.15, measured  # measured 0.21: at this luck three replicates rarely decide
 
 
 def test_replicated_searches_reach_equivalence_and_rarely_at_the_margin():
@@ -251,8 +265,8 @@ def test_two_replicated_studies_never_contradict_each_other():
     "largest better" in the other stays rare, with or without a planted gap."""
     for planted in (0.0, 1.0, 2.0):
         sizes = [77.0, 77.0 + planted, 77.0 + planted / 2, 77.0]
-        a = simulate_searched(sizes, 77.0, seed=1, luck=MODERATE_LUCK)["status"]
-        b = simulate_searched(sizes, 77.0, seed=2, luck=MODERATE_LUCK)["status"]
+        a = simulate_searched(sizes, 77.0, seed=1, luck=MEASURED_LUCK)["status"]
+        b = simulate_searched(sizes, 77.0, seed=2, luck=MEASURED_LUCK)["status"]
         contradict = ((a == cg.GAP) & np.isin(b, [cg.NO_GAP, cg.LARGEST_BETTER])) | (
             (b == cg.GAP) & np.isin(a, [cg.NO_GAP, cg.LARGEST_BETTER]))
         assert contradict.mean() <= 0.01, (planted, contradict.mean())
