@@ -664,8 +664,8 @@ def _luck_note(datas: list[CapacityData], sd: float, found: list) -> str:
             f"{worst[0]:.2f})")
     if sd > limit:
         return text + (f", more than the {limit:g} that {len(datas)} replicates absorb (tests/test_calibration.py), "
-                       f"so no claim is made: raise search.replicates (3 absorb "
-                       f"{search_mod.calibrated_luck(3):g}), or shrink the luck with more trials or "
+                       f"so no claim is made: raise search.replicates (3 replicates absorb "
+                       f"{search_mod.calibrated_luck(3):g} point), or shrink the luck with more trials or "
                        f"search.seeds_per_trial.")
     return text + f", within the {limit:g} that {len(datas)} replicates absorb."
 

@@ -25,8 +25,9 @@ def _spec(tmp_path, data_root, seed: int, replicates: int = 2) -> dict:
         "student": {"family": "mlp", "size": 32},
         "teachers": {"family": "cnn1d", "sizes": [4, 16], "seeds": 1, "epochs": 4},
         "train": {"epochs": 4, "batch_size": 64, "lr": 0.03},
-        # one joint search a replicate (Sobol spreads its 2 trials over the 2 teacher sizes), confirmed per size
-        "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 2, "seed": seed,
+        # one joint search a replicate (Sobol spreads its 2 trials over the 2 teacher sizes), confirmed per size;
+        # one trial at a time per experiment: one reused actor each, the least start-up
+        "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 1, "seed": seed,
                    "replicates": replicates, "sampler": "qmc"},
         "methods": {"kd": {"trials": 2}},
         "confirm": {"seeds": 3, "top_k": 1},
