@@ -55,7 +55,7 @@ TEACHER_STAGES = {"preact": "stages:preact", "post": "stages"}
 @register("reviewkd")
 class ReviewKD(FeatureMethod):
     hparams = {
-        "reviewkd_weight": HParam(REVIEWKD_WEIGHT, "float", 0.3, 16.0, log=True, help="weight λ of the review loss"),
+        "reviewkd_weight": HParam(REVIEWKD_WEIGHT, "float", 0.1, 16.0, log=True, help="weight λ of the review loss"),
         "kd_warmup_epochs": HParam(REVIEWKD_WARMUP_EPOCHS, "int", 0, 1000, searched=False,
                                    help="epochs over which the review loss ramps up linearly (0: none)"),
         "reviewkd_teacher_stages": HParam("preact", "categorical", choices=tuple(TEACHER_STAGES), searched=False,
