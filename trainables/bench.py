@@ -19,7 +19,8 @@ change speed.
 
 Models: `resnet<depth>` and `resnet<depth>x<width>` (CIFAR ResNets, e.g.
 resnet20, resnet56, resnet8x4, resnet32x4), `wrn-<depth>-<k>` (wrn-40-2), or
-`<family>:<size>` for any registered image family (plain_cnn:4). A method
+`<family>:<size>` for any registered image family, the size an integer or a
+name as the family takes it (plain_cnn:4, torchvision:resnet18). A method
 that needs a frozen pretrained teacher gets a *randomly initialised* frozen
 teacher (same cost); an online-teacher method (DML, TriKD) trains the teacher
 config from scratch. Multi-generation methods are measured in their last
@@ -78,7 +79,7 @@ _BENCH_TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay":
 
 
 def parse_arch(name: str) -> dict:
-    """A model config from a short name: resnet56, resnet8x4, wrn-40-2, plain_cnn:4."""
+    """A model config from a short name: resnet56, resnet8x4, wrn-40-2, plain_cnn:4, torchvision:resnet18."""
     s = name.strip().lower()
     m = re.fullmatch(r"resnet(\d+)(?:x(\d+))?", s)
     if m:
@@ -86,12 +87,26 @@ def parse_arch(name: str) -> dict:
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", s)
     if m:
         return {"family": "wrn", "size": int(m.group(1)), "width": int(m.group(2))}
-    m = re.fullmatch(r"([a-z_0-9]+):(\d+)", s)
+    m = re.fullmatch(r"([a-z_0-9]+):([A-Za-z0-9_.\-]+)", name.strip())
     if m and m.group(1) in models_mod.available_families():
-        return {"family": m.group(1), "size": int(m.group(2))}
+        return _family_size(name, m.group(1), m.group(2))
     raise ValueError(f"unknown model name {name!r}: use resnet<depth>[x<width>] (resnet20, resnet32x4), "
-                     f"wrn-<depth>-<k> (wrn-40-2) or <family>:<size> with a family of "
+                     f"wrn-<depth>-<k> (wrn-40-2) or <family>:<size> (plain_cnn:4, torchvision:resnet18) with a family of "
                      f"{models_mod.available_families()}")
+
+
+def _family_size(name: str, family: str, text: str) -> dict:
+    """`<family>:<size>` with the size typed as the family takes it: an integer (plain_cnn:4) or a
+    name (torchvision:resnet18), checked against the family's size rule and closed list of sizes."""
+    spec = models_mod.family_size_spec(family)
+    size = int(text) if text.isdigit() and "integer" in spec.types else text
+    error = spec.check("size", size)
+    sizes = models_mod.family_sizes(family) if error is None else None
+    if error is None and sizes is not None and size not in sizes:
+        error = f"size {size!r} is not one of the family's sizes"
+    if error is not None:
+        raise ValueError(f"model name {name!r}: {error} ({family}: {models_mod.family_sizes_hint(family)})")
+    return {"family": family, "size": size}
 
 
 def _parse_hp(items: list[str]) -> dict:
