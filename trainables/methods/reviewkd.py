@@ -4,8 +4,8 @@ The student's stage outputs and its penultimate (pooled) features are the
 levels, shallowest first. A residual review path of attention-based fusion
 modules runs from the deepest level to the shallowest
 (`trainables.connectors.ReviewPath`, the authors' `ReviewKD` + `ABF`): each
-level's features are mapped to a shared middle width (min(512, deepest
-width)) and fused with the residual of all deeper levels by two spatial
+level's features are mapped to a shared middle width (min(512, the deepest
+stage's width), as the authors' min(512, pooled width)) and fused with the residual of all deeper levels by two spatial
 attention maps, then mapped to the teacher's shape at that level (paper
 Sec. 3.2, Fig. 2(d) and 3). Each output is compared with the teacher's feature
 of its level by the hierarchical context loss (Sec. 3.3,
