@@ -48,6 +48,15 @@ REMEDIES = {
     "takd": "TAKD (Mirzadeh et al. 2020)",
     "eskd": "ESKD (Cho & Hariharan 2019)",
 }
+#: the feature-distillation methods, with the label the comparison chart gives them (dash-dot lines)
+FEATURE_METHODS = {
+    "fitnet": "FitNets (Romero et al. 2015)",
+    "at": "AT (Zagoruyko & Komodakis 2017)",
+    "sp": "SP (Tung & Mori 2019)",
+    "pkt": "PKT (Passalis & Tefas 2018)",
+    "crd": "CRD (Tian et al. 2020)",
+    "reviewkd": "ReviewKD (Chen et al. 2021)",
+}
 
 
 @dataclass
@@ -752,9 +761,11 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
 
     The capacity-gap question for the remedies: does DIST / logit standardisation /
     DKD / TAKD / ESKD keep the student improving (or flat) where Hinton KD falls
-    off with larger teachers? One line per method (mean ± 95% CI over seeds from
-    its own source, confirm or search), the teachers' own accuracy and the no-KD
-    baseline band once (from the first method's data, which all share).
+    off with larger teachers? And do the feature methods (FitNets, AT, SP, PKT,
+    CRD, ReviewKD; dash-dot) suffer from the gap as logit methods do? One line per
+    method (mean ± 95% CI over seeds from its own source, confirm or search), the
+    teachers' own accuracy and the no-KD baseline band once (from the first
+    method's data, which all share).
     """
     from .figstyle import finish, y_range_with_bars
 
@@ -788,13 +799,15 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
                                  name="teacher's own accuracy", line=dict(dash="dash", color="#7f7f7f")))
     for d, st in per_method:
         st = st.sort_values(xcol)
-        name = REMEDIES.get(d.method, d.method) + f" ({d.source})"
+        name = REMEDIES.get(d.method, FEATURE_METHODS.get(d.method, d.method)) + f" ({d.source})"
+        line = dict(width=3 if d.method in REMEDIES else 2, dash="dashdot" if d.method in FEATURE_METHODS else None)
         fig.add_trace(go.Scatter(x=st[xcol], y=100 * st["mean"], error_y=err(st), mode="lines+markers",
-                                 name=name, line=dict(width=3 if d.method in REMEDIES else 2),
+                                 name=name, line=line,
                                  customdata=st[["teacher_size", "n"]],
                                  hovertemplate="size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"))
     fig.update_yaxes(range=y_range_with_bars(fig), title_text="test accuracy (%) at the selected epoch")
     fig.update_xaxes(type="log", title_text="teacher parameters (log)" if use_params else "teacher size (log)")
     return finish(fig, "Capacity gap by method: student test accuracy vs teacher size",
-                  "mean ± 95% CI over seeds; KD and the capacity-gap remedies side by side",
+                  "mean ± 95% CI over seeds; KD, the capacity-gap remedies and the feature methods (dash-dot) "
+                  "side by side",
                   legend_rows=1 + len(fig.data) // 3)

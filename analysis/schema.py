@@ -35,7 +35,13 @@ Identity
                            begun before v3 hash the searched values only, and so do later rows of it)
   error            string  last line of the error of a failed trial; null otherwise
 Models
-  student_family, student_arch (string), student_params (int64), student_flops (float64)
+  student_family, student_arch (string), student_params (int64), student_flops (float64):
+                   the deployed student (forward FLOPs per sample); never its connectors
+  connector_params int64   parameters the method trains beside its models and drops after training
+                           (connectors: FitNets' regressor, CRD's embedding heads, ReviewKD's fusion
+                           path); 0 for a method without; part of the training cost only (v3, later)
+  connector_flops  float64 forward FLOPs per training sample of those connectors (the loss's own
+                           arithmetic, such as CRD's memory-bank scores, not included); 0 without
   teacher_family, teacher_arch (string), teacher_params (int64), teacher_flops (float64)
   teacher_size     float64 the teacher's size knob (ladder position)
   teacher_size_name string the teacher's size as the ladder writes it ("16", "resnet18")
@@ -79,6 +85,8 @@ Versions
    method, so a plug-in's `my_margin` is recorded without a column of its own; the v2 named
    hyperparameter columns stay, frozen, with the same values. Added `teacher_size_name`.
    `config_id` covers the whole configuration (see above).
+   Later in v3: `connector_params` and `connector_flops` (the training cost beyond the deployed
+   models, for the feature methods' connectors); v3 files written before them read them as null.
    Reading: `analysis.load` expands the hyperparameters of every version (from `hparams_json`,
    which every version has) into one DataFrame column each, as before (`df["temperature"]`,
    `df["my_margin"]`); the map itself is not a DataFrame column. v1 and v2 files read with the
@@ -127,6 +135,8 @@ _MODELS = [
     ("student_arch", pa.string()),
     ("student_params", pa.int64()),
     ("student_flops", pa.float64()),
+    ("connector_params", pa.int64()),
+    ("connector_flops", pa.float64()),
     ("teacher_family", pa.string()),
     ("teacher_arch", pa.string()),
     ("teacher_params", pa.int64()),
@@ -174,7 +184,7 @@ ROW_KEY = ["study", "stage", "trial_id", "generation", "role", "exit", "epoch"]
 #: columns added in version 2 (null when reading a version-1 file)
 ADDED_IN_V2 = ["experiment", "config_id", "error", "setup_time_s", "eval_time_s"]
 #: columns added in version 3 (null when reading an older file)
-ADDED_IN_V3 = ["hparams", "teacher_size_name"]
+ADDED_IN_V3 = ["hparams", "teacher_size_name", "connector_params", "connector_flops"]
 #: the columns that are not hyperparameters: a hyperparameter may not be called so
 FIXED_COLUMNS = [n for n in COLUMNS if n not in HPARAM_COLUMNS and n not in ("hparams", "hparams_json")]
 #: fixed columns that are also a searched parameter of some method (ESKD searches the teacher's epoch)

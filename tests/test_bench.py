@@ -115,6 +115,15 @@ def test_bench_rejects_unknown_names():
         bench.main(["--method", "no_such_method"])
     assert bench.parse_arch("resnet32x4") == {"family": "cifar_resnet", "size": 32, "width": 4}
     assert bench.parse_arch("wrn-40-2") == {"family": "wrn", "size": 40, "width": 2}
+    # <family>:<size> types the size as the family takes it: an integer or a model name
+    assert bench.parse_arch("plain_cnn:4") == {"family": "plain_cnn", "size": 4}
+    assert bench.parse_arch("torchvision:resnet18") == {"family": "torchvision", "size": "resnet18"}
+    for bad in ("torchvision:no_such_model", "plain_cnn:four"):
+        with pytest.raises(ValueError, match=bad):
+            bench.parse_arch(bad)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--student", "torchvision:no_such_model"])
+    assert e.value.code == 2
 
 
 def test_same_seed_cpu_trial_is_reproducible(data_root):
@@ -141,3 +150,31 @@ def test_kdstudy_bench_passes_its_options_through(capsys):
     assert cli_main(["bench", "--teacher", "resnet8", "--student", "resnet8", "--method", "kd", "--batch", "8",
                      "--seconds", "0.5", "--warmup", "1", "--json"]) == 0
     assert "img_s" in capsys.readouterr().out
+
+
+def test_bench_measures_a_feature_method_through_the_loops_step(capsys, monkeypatch):
+    """CRD in the bench: its sample indices reach the step, its heads are optimised and clipped with the
+    student (the loop's `TrainStep`, `--grad-clip` as train.grad_clip), and its connectors' FLOPs are counted."""
+    import torch
+
+    from trainables import step as step_mod
+
+    clipped = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def clip(params, max_norm, *a, **k):
+        params = list(params)
+        clipped.append((len(params), max_norm))
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    calls = []
+    real_call = step_mod.TrainStep.__call__
+    monkeypatch.setattr(step_mod.TrainStep, "__call__",
+                        lambda self, x, y, index=None: calls.append(index is not None) or real_call(self, x, y, index))
+    out = _run_json(capsys, SMALL + ["--method", "crd", "--hp", "crd_negatives=64", "--grad-clip", "1.0"])
+    assert out["rows"][0]["img_s"] > 0 and calls and all(calls)  # every measured step got its indices
+    assert out["forward_flops_per_img"]["connectors"] > 0  # the FLOP count sees the heads beside the models
+    n_student = sum(1 for _ in bench.models_mod.build_model(bench.parse_arch("resnet8"), bench.IN_SHAPE,
+                                                            bench.NUM_CLASSES).parameters())
+    assert clipped and all(n > n_student and norm == 1.0 for n, norm in clipped)  # student + CRD heads

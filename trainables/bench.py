@@ -19,7 +19,8 @@ change speed.
 
 Models: `resnet<depth>` and `resnet<depth>x<width>` (CIFAR ResNets, e.g.
 resnet20, resnet56, resnet8x4, resnet32x4), `wrn-<depth>-<k>` (wrn-40-2), or
-`<family>:<size>` for any registered image family (plain_cnn:4). A method
+`<family>:<size>` for any registered image family, the size an integer or a
+name as the family takes it (plain_cnn:4, torchvision:resnet18). A method
 that needs a frozen pretrained teacher gets a *randomly initialised* frozen
 teacher (same cost); an online-teacher method (DML, TriKD) trains the teacher
 config from scratch. Multi-generation methods are measured in their last
@@ -28,7 +29,10 @@ generation (TriKD: with its anchor).
 FLOPs/image are counted with `torch.utils.flop_counter.FlopCounterMode` over
 one real training step of the method (fp32, batch of 8, on the CPU):
 teacher forward (+ backward for online teachers) + anchor forward + student
-forward and backward, i.e. what the peer recipe counts for KD. Achieved
+forward and backward (+ a feature method's connectors, forward and backward,
+and its loss), i.e. what the peer recipe counts for KD. A method that asks for
+sample indices (CRD) gets them, and its memory bank has a row per synthetic
+training image (`--images`), as it has per training sample in a trial. Achieved
 FLOP/s = img/s x FLOPs/img; MFU = achieved / peak, the peak being a
 measured bf16 8192^3 matmul on CUDA (or `--peak` TFLOP/s), n/a on the CPU.
 
@@ -75,7 +79,7 @@ _BENCH_TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay":
 
 
 def parse_arch(name: str) -> dict:
-    """A model config from a short name: resnet56, resnet8x4, wrn-40-2, plain_cnn:4."""
+    """A model config from a short name: resnet56, resnet8x4, wrn-40-2, plain_cnn:4, torchvision:resnet18."""
     s = name.strip().lower()
     m = re.fullmatch(r"resnet(\d+)(?:x(\d+))?", s)
     if m:
@@ -83,12 +87,26 @@ def parse_arch(name: str) -> dict:
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", s)
     if m:
         return {"family": "wrn", "size": int(m.group(1)), "width": int(m.group(2))}
-    m = re.fullmatch(r"([a-z_0-9]+):(\d+)", s)
+    m = re.fullmatch(r"([a-z_0-9]+):([A-Za-z0-9_.\-]+)", name.strip())
     if m and m.group(1) in models_mod.available_families():
-        return {"family": m.group(1), "size": int(m.group(2))}
+        return _family_size(name, m.group(1), m.group(2))
     raise ValueError(f"unknown model name {name!r}: use resnet<depth>[x<width>] (resnet20, resnet32x4), "
-                     f"wrn-<depth>-<k> (wrn-40-2) or <family>:<size> with a family of "
+                     f"wrn-<depth>-<k> (wrn-40-2) or <family>:<size> (plain_cnn:4, torchvision:resnet18) with a family of "
                      f"{models_mod.available_families()}")
+
+
+def _family_size(name: str, family: str, text: str) -> dict:
+    """`<family>:<size>` with the size typed as the family takes it: an integer (plain_cnn:4) or a
+    name (torchvision:resnet18), checked against the family's size rule and closed list of sizes."""
+    spec = models_mod.family_size_spec(family)
+    size = int(text) if text.isdigit() and "integer" in spec.types else text
+    error = spec.check("size", size)
+    sizes = models_mod.family_sizes(family) if error is None else None
+    if error is None and sizes is not None and size not in sizes:
+        error = f"size {size!r} is not one of the family's sizes"
+    if error is not None:
+        raise ValueError(f"model name {name!r}: {error} ({family}: {models_mod.family_sizes_hint(family)})")
+    return {"family": family, "size": size}
 
 
 def _parse_hp(items: list[str]) -> dict:
@@ -107,15 +125,19 @@ def _parse_hp(items: list[str]) -> dict:
 # --------------------------------------------------------------------------- building
 
 
-def build_method(opts, plan: DevicePlan):
-    """The method with its models placed by `plan`, in the generation that is measured."""
+def build_method(opts, plan: DevicePlan, train_labels: torch.Tensor | None = None):
+    """The method with its models placed by `plan`, in the generation that is measured.
+    `train_labels`: the synthetic training split's labels (its size is the split's, as the loop's
+    `num_train_samples`: CRD's memory bank has a row per image)."""
     cls = get_method(opts.method)
     uses_teacher = cls.needs_teacher or cls.online_teacher
     teacher = parse_arch(opts.teacher) if uses_teacher else None
     assistant = parse_arch(opts.assistant) if opts.assistant else None
+    if train_labels is None:
+        train_labels = _synthetic(opts.images or FLOP_BATCH, opts.seed, labels_only=True)
     # the loop's context; random weights stand in for a frozen model's checkpoint
     ctx = build_context(parse_arch(opts.student), teacher, NUM_CLASSES, IN_SHAPE, plan, load_weights=None,
-                        assistant=assistant)
+                        assistant=assistant, num_train_samples=len(train_labels), train_labels=train_labels)
     torch.manual_seed(opts.seed)
     method = cls(ctx, _parse_hp(opts.hp))
     generation = method.generations - 1 if opts.generation is None else int(opts.generation)
@@ -137,21 +159,27 @@ def count_step_flops(opts) -> dict:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(FLOP_BATCH, *IN_SHAPE, generator=g)
     y = torch.randint(0, NUM_CLASSES, (FLOP_BATCH,), generator=g)
+    index = (torch.arange(FLOP_BATCH),) if method.needs_sample_index else ()
     with FlopCounterMode(display=False) as fc:
-        step = method.training_step(x, y)
+        step = method.training_step(x, y, *index)
         sum(step.terms.values()).backward()
     forward = {}
     for role in ("teacher", "assistant", "anchor", "student"):
         model = getattr(method, role, None)
         if isinstance(model, torch.nn.Module):
             forward[role] = models_mod.count_flops(model, IN_SHAPE)
+    if method.connector_modules():  # trained beside the student (a FitNets regressor, CRD's heads, ...)
+        forward["connectors"] = method.connector_flops()
     return {"step_flops_per_img": fc.get_total_flops() / FLOP_BATCH, "forward_flops_per_img": forward}
 
 
-def _synthetic(n: int, seed: int):
+def _synthetic(n: int, seed: int, labels_only: bool = False):
+    """n random CIFAR-shaped uint8 images and their labels (the labels alone: the same labels)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randint(0, 256, (n, *IN_SHAPE), dtype=torch.uint8, generator=g)
     y = torch.randint(0, NUM_CLASSES, (n,), generator=g)
+    if labels_only:
+        return y
+    x = torch.randint(0, 256, (n, *IN_SHAPE), dtype=torch.uint8, generator=g)
     return x, y
 
 
@@ -172,16 +200,18 @@ def measure(opts, barrier=None, gpu_fraction: float | None = None) -> dict:
     device = plan.device
     plan.apply()
     channels_last = plan.channels_last
-    method, generation = build_method(opts, plan)
+    n_images = max(opts.images, opts.batch)
+    x, y = _synthetic(n_images, opts.seed)
+    method, generation = build_method(opts, plan, train_labels=y)
     params = list(method.trainable_parameters())
     opt = build_optimizer(params, _BENCH_TRAIN, plan)
-    n_images = max(opts.images, opts.batch)
-    x, y = data_mod.to_device(_synthetic(n_images, opts.seed), device)
+    x, y = data_mod.to_device((x, y), device)
     mean = torch.tensor(data_mod.CIFAR100_MEAN).view(3, 1, 1)
     std = torch.tensor(data_mod.CIFAR100_STD).view(3, 1, 1)
     gen = torch.Generator(device=device).manual_seed(opts.seed)
     batches = data_mod.DeviceBatches(x, y, opts.batch, shuffle=True, generator=gen, augment=True, mean=mean,
-                                     std=std, drop_last=True, channels_last=channels_last)
+                                     std=std, drop_last=True, channels_last=channels_last,
+                                     with_index=method.needs_sample_index)
     sched = build_schedule(opt, _BENCH_TRAIN, len(batches))
     train_step = TrainStep(method, params, opt, sched, plan, grad_clip=opts.grad_clip)  # the loop's step
 

@@ -147,8 +147,10 @@ class ReviewPath(nn.Module):
     CIFAR ResNets the authors use the three stage outputs and the pooled penultimate
     features, e.g. resnet8x4 (64, 32, 32), (128, 16, 16), (256, 8, 8), (256,) against
     the teacher's; a (D,) vector level is treated as a (D, 1, 1) map, as their
-    `avgpool` output is. Middle width = min(512, channels of the deepest student level),
-    shared by every ABF (authors' `mid_channel = min(512, in_channels[-1])`).
+    `avgpool` output is. Middle width = min(512, channels of the deepest student stage
+    (map) level), shared by every ABF: the authors' `mid_channel = min(512, in_channels[-1])`,
+    their last level being pooled features as wide as the deepest stage; a flattened
+    penultimate (1-D CNNs) does not widen it. Without map levels: the last level's width.
     """
 
     def __init__(self, student_shapes: Sequence[Sequence[int]], teacher_shapes: Sequence[Sequence[int]],
@@ -165,7 +167,11 @@ class ReviewPath(nn.Module):
             raise ValueError(f"ReviewPath: unsupported spatial rank {self.rank}")
         self.student_shapes = [_promote(s, self.rank) for s in student_shapes]
         self.teacher_shapes = [_promote(t, self.rank) for t in teacher_shapes]
-        mid = min(int(max_mid_channels), self.student_shapes[-1][0])
+        # the authors' mid = min(512, width of their pooled features), which for every CIFAR model they
+        # distil is the deepest stage's channel count; a flattened (not pooled) penultimate, as the 1-D
+        # CNNs have, would otherwise set the width to channels x length (320 for cnn1d:8 on MNIST-1D)
+        maps = [shape for shape in student_shapes if len(shape) > 1]
+        mid = min(int(max_mid_channels), int((maps[-1] if maps else student_shapes[-1])[0]))
         n = len(self.student_shapes)
         self.abfs = nn.ModuleList([
             ABF(s[0], mid, t[0], fuse=i < n - 1, rank=self.rank)

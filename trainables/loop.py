@@ -137,6 +137,14 @@ def model_facts(cfg: dict | None, in_shape, num_classes) -> dict:
     return {**cfg, **_FACTS_CACHE[key]}
 
 
+def training_cost(method: Method) -> dict:
+    """What a trial trains beyond its deployed models, for every row: the parameters and forward
+    FLOPs per sample of the method's connectors (`Method.connector_modules`; 0 for a method
+    without). The deployed student's own count stays in `student_params` / `student_flops`."""
+    params = sum(p.numel() for m in method.connector_modules() for p in m.parameters())
+    return {"connector_params": int(params), "connector_flops": float(method.connector_flops())}
+
+
 def size_value(cfg: dict | None, num_classes) -> float | None:
     """A model's size as a number for the results' ``teacher_size``: a numeric size as it is
     (the built-in ladders' values are unchanged), a named one (a torchvision model) by its
@@ -235,10 +243,12 @@ def _run_trial(config: dict, hooks: Hooks) -> Hooks:
         "size": {"student": size_value(student_cfg, num_classes), "teacher": size_value(teacher_cfg, num_classes)},
     }
     ctx = build_context(student_cfg, teacher_cfg, num_classes, in_shape, plan, zoo_weights,
-                        assistant=config.get("assistant"), num_train_samples=len(splits.train[1]))
+                        assistant=config.get("assistant"), num_train_samples=len(splits.train[1]),
+                        train_labels=splits.train[1])
 
     torch.manual_seed(seed)
     method = get_method(config["method"])(ctx, config.get("hp", {}))
+    facts["cost"] = training_cost(method)
     state = hooks.load_checkpoint()
     if state is not None and state.get("diverged"):  # restored after it diverged: report that again
         hooks.report({"status": "diverged", "epoch": state["epoch"], "generation": state["generation"],
@@ -423,6 +433,7 @@ def _rows(config, trial_id, facts, method, generation, epoch, val, test, train_m
         "experiment": config.get("experiment"), "config_id": config.get("config_id"),
         "hparams": hparams,
         "assistant_arch": facts["assistant"].get("arch"), "teacher_epoch": config.get("teacher_epoch"),
+        **facts.get("cost", {}),
         "loss_terms_json": json.dumps(terms, sort_keys=True),
         "temperature_now": method.current_temperature(),
         "epoch_time_s": epoch_time, "total_time_s": total_time, "timestamp": now, **(timing or {}),

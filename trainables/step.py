@@ -33,11 +33,12 @@ OPTIMIZERS = ("sgd", "adamw")
 
 def build_context(student: dict, teacher: dict | None, num_classes: int, in_shape, plan: DevicePlan,
                   load_weights: Callable[[dict], dict] | None, assistant: dict | None = None,
-                  num_train_samples: int = 0) -> Context:
+                  num_train_samples: int = 0, train_labels: torch.Tensor | None = None) -> Context:
     """The `Context` of a method: fresh models and frozen ones, all placed by `plan`.
 
     `load_weights(cfg)` returns the state dict of a frozen model's config (a
     zoo checkpoint); None builds frozen models with random weights (the benchmark).
+    `num_train_samples` and `train_labels` describe the training split (CRD's memory bank).
     """
 
     def build(cfg: dict) -> torch.nn.Module:
@@ -50,7 +51,7 @@ def build_context(student: dict, teacher: dict | None, num_classes: int, in_shap
         return plan.place(model)
 
     return Context(student=student, teacher=teacher, num_classes=num_classes, build_model=build, load_model=load,
-                   num_train_samples=num_train_samples,
+                   num_train_samples=num_train_samples, train_labels=train_labels,
                    extra={"assistant": assistant, "in_shape": in_shape, "device": plan.device})
 
 

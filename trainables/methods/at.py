@@ -1,31 +1,35 @@
 """`at`: attention transfer (Zagoruyko & Komodakis, ICLR 2017, "Paying More Attention to Attention").
 
-DRAFT: not registered until the models' feature taps land (wave 2).
+For each pair j of stage outputs (the ``stages`` tap of student and teacher),
+the spatial attention map Q = vec(mean_c f_c^p) / ‖vec(mean_c f_c^p)‖₂
+(paper Eq. 1 with F = Σ_c |A_c|^p, p = 2; the channel mean differs from the
+sum by 1/C, which the normalisation removes), and
 
-For each pair j of stage outputs, Q = vec(mean_c f_c^p) / ‖·‖₂ (paper Eq. 1
-with p = 2, normalised as in Eq. 2):
+    loss = CE(s, y) + β · Σ_j mean_{b, positions} (Q_s,j − Q_t,j)²      (paper Eq. 2, as the authors' code)
 
-    loss = CE(s, y) + β · Σ_j mean_{b, positions} (Q_s,j − Q_t,j)²
+β = 1000 on the plain sum over the stage pairs, as RepDistiller runs it
+(`--distill attention -a 0 -b 1000`, its `feat[1:-1]`: the three residual
+stage outputs of a CIFAR ResNet, after their ReLU) and the AT authors' current
+code (`opt.beta * sum(loss_groups)`, `--beta 1e+3`); the paper's β/2 · ‖·‖_p
+per pair is written there as this mean of squares. Maps of different sizes
+are compared after average-pooling the larger to the smaller's size (as
+RepDistiller). No connector: the maps average over channels, so widths may
+differ; student and teacher need the same number of stages (every CIFAR
+ResNet and WRN has three; the 1-D CNNs one per conv layer).
 
-β = 1000 on the plain sum over the three CIFAR ResNet stage outputs, as
-RepDistiller runs it (`--distill attention -a 0 -b 1000`, `feat[1:-1]`) and the
-authors' current code (`opt.beta * sum(loss_groups)`, `--beta 1e+3`); the
-paper's β/2 with a p-norm per pair is written there as this mean of squares.
-Maps of different sizes are compared after average-pooling the larger.
-No connector: the maps average over channels, so widths may differ; the
-student and teacher need the same number of stages.
-Reference (RepDistiller, 240 epochs): resnet32x4 → resnet8x4 73.44.
+Reference (RepDistiller, 240 epochs, all 50k images, last epoch): resnet32x4
+→ resnet8x4 73.44; resnet56 → resnet20 70.55.
 """
 
 from __future__ import annotations
 
 from ..feature_losses import AT_P, AT_WEIGHT, at_loss
 from ..losses import cross_entropy
-from ._feature import FeatureMethod
-from .base import HParam, Step
+from ._feature import FeatureMethod, levels_text
+from .base import HParam, Step, register
 
 
-# DRAFT: @register("at") once the feature taps exist
+@register("at")
 class AttentionTransfer(FeatureMethod):
     hparams = {
         "at_weight": HParam(AT_WEIGHT, "float", 100.0, 10000.0, log=True, help="weight β of the attention loss"),
@@ -33,19 +37,22 @@ class AttentionTransfer(FeatureMethod):
     }
 
     @classmethod
-    def feature_taps(cls, hp):
+    def feature_taps(cls, hp=None):
         return {"student": ["stages"], "teacher": ["stages"]}
 
-    def build_connectors(self, student_shapes, teacher_shapes):
+    def check_shapes(self, student_shapes, teacher_shapes):
         s, t = student_shapes["stages"], teacher_shapes["stages"]
         if len(s) != len(t):
-            raise ValueError(f"at pairs stages one to one: the student has {len(s)} stages, the teacher {len(t)}")
-        return {}
+            raise ValueError(f"at pairs stages one to one: the student has {len(s)} stages ({levels_text(s)}), "
+                             f"the teacher {len(t)} ({levels_text(t)})")
+        if any(len(a) != len(b) for a, b in zip(s, t)):
+            raise ValueError(f"at compares maps of the same spatial rank: student {levels_text(s)}, "
+                             f"teacher {levels_text(t)}")
 
     def training_step(self, x, y):
-        s_logits, s_feats, _, t_feats = self.forward_features(x)
+        f = self.forward_both(x)
         terms = {
-            "ce": cross_entropy(s_logits, y),
-            "at": self.hp["at_weight"] * at_loss(s_feats["stages"], t_feats["stages"], self.hp["at_p"]),
+            "ce": cross_entropy(f.student_logits, y),
+            "at": self.hp["at_weight"] * at_loss(f.student["stages"], f.teacher["stages"], self.hp["at_p"]),
         }
-        return Step(terms=terms, logits=s_logits)
+        return Step(terms=terms, logits=f.student_logits)

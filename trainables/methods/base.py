@@ -93,6 +93,9 @@ class Context:
     pretrained weights named in model_cfg["checkpoint"].
     num_train_samples: the size of the training split (a memory bank indexed by the
     sample index of `Method.needs_sample_index` has this many rows).
+    train_labels: the training split's labels (int64, on the CPU), in sample-index order
+    (`train_labels[index]` is the label of the sample a batch's `index` names; CRD draws its
+    negatives from the other classes with them); None where the loop has none to give.
     """
 
     student: dict
@@ -102,6 +105,7 @@ class Context:
     load_model: Callable[[dict], nn.Module]
     extra: dict = field(default_factory=dict)
     num_train_samples: int = 0
+    train_labels: torch.Tensor | None = None
 
 
 class Method(nn.Module):
@@ -183,6 +187,20 @@ class Method(nn.Module):
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters the optimizer updates (default: the student's)."""
         return self.student.parameters()
+
+    def connector_modules(self) -> list[nn.Module]:
+        """Trainable modules of the method beyond its models: connectors such as a FitNets
+        regressor, CRD's embedding heads, ReviewKD's fusion path. They are submodules of the
+        method (so `state_dict()` checkpoints and resumes them), their parameters are among
+        `trainable_parameters()` (optimised with the student), and they are never part of a
+        deployed model: the results rows count them apart (`connector_params`,
+        `connector_flops`), not in `student_params` / `student_flops`. Default: none."""
+        return []
+
+    def connector_flops(self) -> float:
+        """Forward FLOPs per training sample of `connector_modules()` (the results'
+        `connector_flops`; the loss's own arithmetic is not included). Default 0."""
+        return 0.0
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None) -> Step:
         """One batch's loss terms; `index` (int64, on the batch's device) only when the method

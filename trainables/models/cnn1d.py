@@ -24,8 +24,8 @@ def conv1d_layers(c: dict) -> list[tuple[int, int, int]]:
 
 
 def _conv1d_block(cin: int, cout: int, kernel: int = 5, stride: int = 1, padding: int = 2) -> nn.Sequential:
-    return nn.Sequential(nn.Conv1d(cin, cout, kernel_size=kernel, stride=stride, padding=padding),
-                         nn.ReLU(inplace=True))
+    # the ReLU is not in place, so the conv's output (the stage's pre-activation) can be tapped
+    return nn.Sequential(nn.Conv1d(cin, cout, kernel_size=kernel, stride=stride, padding=padding), nn.ReLU())
 
 
 def conv1d_lengths(length: int, layers: list[tuple[int, int, int]]) -> list[int]:
@@ -102,6 +102,11 @@ def cnn1d_stages(model) -> list[str]:
     return [f"body.{i}" for i in range(len(model.body))]
 
 
+def cnn1d_preact_stages(model) -> list[str]:
+    """Each conv layer's output before its ReLU (ReviewKD's teacher features)."""
+    return [f"{name}.0" for name in cnn1d_stages(model)]
+
+
 def _cnn1d_name(c: dict) -> str:
     name = f"cnn1d-w{c['size']}" + (f"-d{c['depth']}" if c["depth"] != 3 else "")
     for key, default, tag in (("kernel", 5, "k"), ("stride", 1, "s"), ("padding", "same", "p")):
@@ -144,6 +149,7 @@ def _check_cnn1d(c: dict) -> str | None:
     check=_check_cnn1d,
     multi_exit=True,
     stages=cnn1d_stages,
+    preact_stages=cnn1d_preact_stages,
     penultimate=classifier_input,
 )
 def build_cnn1d(cfg, in_shape, num_classes, multi_exit):
