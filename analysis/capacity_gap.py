@@ -32,7 +32,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import search as search_mod
-from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
+from .select import choose, choose_baseline, config_ids, finished, hparams_text, reported_rows
 from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
@@ -146,18 +146,6 @@ def _budget_mode(search_rows: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- decisions on arrays
-
-def choose(val: np.ndarray, axis: int) -> np.ndarray:
-    """Index along `axis` (negative, counted on `val`) of the best mean val over seeds (the last axis).
-
-    Ties go to the first index; an entry with no finite val (no finished run)
-    is never chosen while another has one.
-    """
-    fin = np.isfinite(val)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(fin, val, 0.0).sum(axis=-1) / fin.sum(axis=-1)
-    return np.argmax(np.where(np.isfinite(means), means, -np.inf), axis=axis + 1)
-
 
 def take(arr: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     """arr with `axis` removed by picking `index` (shape of arr without that axis and the seed axis)."""

@@ -54,6 +54,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from . import graph
+from .admission import admits, demand_of, launch_order
+
 #: effective training FLOP/s of one whole GPU on small CIFAR models at batch 64-128 (far below peak:
 #: kernel-launch bound); a slot with resources.gpu = 0.25 gets a quarter. A rough default.
 ASSUMED_GPU_FLOPS = 2e12
@@ -138,44 +141,6 @@ def qualities(seed: int, name: str, n: int) -> list[float]:
     gets the same draw alone (critical path) as in the whole study."""
     rng = random.Random(f"{seed}:{name}")
     return [rng.random() for _ in range(n)]
-
-
-def priority_rank(exps, cost: dict[str, float]) -> dict[str, float]:
-    """Upward rank: an experiment's own work plus the most work downstream of it (the runner and
-    the simulation start ready experiments in this order, most first: critical path first)."""
-    children: dict[str, list[str]] = {}
-    for e in exps:
-        for d in e.deps:
-            children.setdefault(d, []).append(e.name)
-    rank: dict[str, float] = {}
-    for e in reversed(list(exps)):  # plan order has dependencies first
-        rank[e.name] = cost.get(e.name, 0.0) + max((rank[c] for c in children.get(e.name, [])), default=0.0)
-    return rank
-
-
-def launch_order(exps, cost: dict[str, float]) -> list:
-    """Experiments in the order the runner considers them: highest `priority_rank` first, ties in
-    plan order."""
-    exps = list(exps)
-    rank = priority_rank(exps, cost)
-    index = {e.name: i for i, e in enumerate(exps)}
-    return sorted(exps, key=lambda e: (-rank[e.name], index[e.name]))
-
-
-def demand_of(trials: int, ended: int, running: int, max_concurrent: int) -> int:
-    """Slots a running experiment still claims: its unfinished trials, at most max_concurrent; once
-    every trial has started, one fewer than it runs (a slot frees soon: the next experiment may
-    start its Tuner meanwhile, so the slot does not wait for it)."""
-    left = max(0, trials - ended)
-    if left - running > 0:
-        return min(max_concurrent, left)
-    return max(0, running - 1)
-
-
-def admits(demand: float, slots: float, running: int, max_experiments: int | None) -> bool:
-    """The runner's admission rule: start another ready experiment while the trials the running ones
-    can still ask for (each at most max_concurrent) do not fill the slots, and under the cap."""
-    return demand < slots and (max_experiments is None or running < max_experiments)
 
 
 def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "graph", max_concurrent: int = 2,
@@ -486,8 +451,6 @@ class DurationModel:
 
     def work(self, e) -> Work:
         """The trials of one `study.graph.Experiment` known at plan time."""
-        from .graph import method_generations
-
         spec = self.spec
         ov = self.trial_overhead_s
         epochs = int(spec.train["epochs"])
@@ -495,7 +458,7 @@ class DurationModel:
             trials = [TrialWork(e.max_t, self.epoch_s("teachers", "scratch", j["student"]), ov) for j in e.jobs]
             return Work(trials, self.exp_start_s, self.exp_end_s)
         m = spec.methods.get(e.method)
-        gens = method_generations(m) if m is not None else 1
+        gens = graph.method_generations(m) if m is not None else 1
         sizes = self.teacher_sizes(e)
         if e.stage == "baseline":
             configs = [dict(c) for c in e.extra_jobs] + [{}] * (e.top_k if e.from_search else 0)
@@ -570,11 +533,9 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     deps: dict[str, list[str]] = {}
     try:
         from .folder import StudyFolder
-        from .graph import plan as plan_graph
-
         spec = StudyFolder(study_dir).saved_spec()
         if spec is not None:
-            deps = {e.name: e.deps for e in plan_graph(spec)}
+            deps = {e.name: e.deps for e in graph.plan(spec)}
     except Exception:  # an older or foreign study folder: no start overhead measured
         deps = {}
     starts: dict[str, list[float]] = {"grid": [], "search": []}
@@ -704,9 +665,7 @@ def default_slots(spec, node: NodeShape | None = None) -> int:
 
 def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> dict:
     """Print the plan; return its numbers (for tests)."""
-    from .graph import plan as plan_graph
-
-    exps = plan_graph(spec)
+    exps = graph.plan(spec)
     works = model.works(exps)
     short = {e.name: f"{e.stage}-{e.label}" for e in exps}
     mc, cap = spec.max_concurrent, spec.resources.get("max_experiments")

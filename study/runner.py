@@ -44,6 +44,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 
 from analysis.schema import TERMINAL_OK  # noqa: E402
+from analysis.select import ranked  # noqa: E402
 from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
@@ -51,7 +52,7 @@ from . import graph, tracking  # noqa: E402
 from .experiment import METRIC, Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
-from .plan import admits, demand_of  # noqa: E402
+from .admission import admits, demand_of, launch_order  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
 from .results import (damaged_runs, damaged_teacher_text, first_line, read_trial,  # noqa: E402
                       read_trial_file, results_file, teacher_lost)
@@ -348,7 +349,7 @@ class StudyRunner:
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):
         when slots are scarce the chain that decides the study's end starts first."""
-        from .plan import DurationModel, launch_order
+        from .plan import DurationModel
 
         try:
             works = DurationModel(self.spec).works(self.exps)
@@ -490,7 +491,8 @@ class StudyRunner:
 
     def top_configs(self, e: graph.Experiment) -> list[dict]:
         """The top-k configurations of the experiment's search, chosen on validation accuracy
-        (per teacher size for a joint search). Scheduler-stopped trials are never chosen."""
+        (per teacher size for a joint search) by `analysis.select.ranked`. Scheduler-stopped trials
+        are never chosen."""
         marker = self.folder.marker(e.from_search)
         if marker is None:
             raise ExperimentFailed(f"its search {e.from_search} is not finished")
@@ -500,10 +502,10 @@ class StudyRunner:
             size = t["config"].get("teacher_size") if e.per_teacher_size else None
             groups.setdefault(None if size is None else size_key(size), []).append(t)
         chosen = []
-        for group in groups.values():
-            group.sort(key=lambda t: (-t[METRIC], t["trial_key"]))
-            chosen += [{k: v for k, v in t["config"].items() if k not in ("seed", "_trial_key")}
-                       for t in group[:e.top_k]]
+        for group in groups.values():  # analysis's selection rule: best mean val first, ties by key
+            order = ranked([t[METRIC] for t in group], [t["trial_key"] for t in group])
+            chosen += [{k: v for k, v in group[i]["config"].items() if k not in ("seed", "_trial_key")}
+                       for i in order[:e.top_k]]
         if not chosen:
             raise ExperimentFailed(f"its search {e.from_search} has no trial that trained to the end to confirm")
         return chosen

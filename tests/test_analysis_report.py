@@ -18,7 +18,7 @@ from analysis import report as report_mod
 from analysis.load import load, trial_summary
 from analysis.schema import SCHEMA
 from analysis.status import format_status, status_frame
-from analysis.synthetic import write_study
+from .synthetic import write_study
 
 GAP = {4: 0.70, 16: 0.78, 64: 0.75, 256: 0.71}
 FULL = {"capacity_gap_methods", "capacity_gap_kd", "capacity_gap_trikd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance_kd",
