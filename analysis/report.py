@@ -39,7 +39,7 @@ from . import capacity_gap, curves, generations, landscape, multiexit, results_t
 from .figstyle import HEIGHT, PNG_WIDTH
 from .load import final_models, load, locate, trial_outcomes, trial_summary
 from .schema import SCHEMA, numeric_hparams
-from .status import failures, status_frame
+from .status import WALL_TIME_MEANS, duration_text, failures, status_frame, wall_time
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ResultTable:
     frame: pd.DataFrame
     caption: str = ""
     name: str = ""
+    header: str = ""  # shown above the table (what is the same in every row)
 
 
 # ------------------------------------------------------------------ figures
@@ -73,13 +74,12 @@ def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) ->
     datas = [capacity_gap.capacity_data(summary, m) for m in capacity_gap.capacity_methods(summary)]
     datas = [d for d in datas if not d.students.empty]
     verdicts = capacity_gap.verdicts_of(datas, delta, level) if datas else []
-    for data, result in zip(datas, verdicts):
+    for data, result in zip(datas, verdicts):  # each verdict is printed once, at the top (`render_verdicts`)
         sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {data.method}",
-                                capacity_gap.figure(data, result), [result.text]))
+                                capacity_gap.figure(data, result), []))
     fig = capacity_gap.comparison_figure(datas)
     if fig is not None:  # KD and the remedies side by side
-        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig,
-                                   [v.text for v in verdicts]))
+        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig, []))
     fig = generations.figure(summary)
     if fig is not None:
         sections.append(Section("trikd_generations", "TriKD generations", fig, []))
@@ -142,13 +142,7 @@ def _kv(d) -> str:
     return ", ".join(f"{k}={_kv(v) if isinstance(v, dict) else v}" for k, v in d.items())
 
 
-def _duration(seconds: float) -> str:
-    if not seconds == seconds:
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+_duration = duration_text
 
 
 #: studies without dataset.json (written before the dataset registry): the train / test sizes of
@@ -260,7 +254,7 @@ def header_facts(df: pd.DataFrame, spec: dict | None, dataset: dict | None = Non
     if not ts.empty:
         first, last = ts.min(), ts.max()
         facts.append(("dates", f"{first:%Y-%m-%d %H:%M} – {last:%Y-%m-%d %H:%M} UTC"))
-        facts.append(("wall time", _duration((last - first).total_seconds())))
+        facts.append(("wall time", f"{_duration(wall_time(df))} {WALL_TIME_MEANS}"))
     epochs = df.drop_duplicates(["stage", "trial_id", "generation", "epoch"])
     compute = epochs["epoch_time_s"].sum(min_count=1)
     for extra in ("eval_time_s",):  # schema columns added later: counted when present
@@ -311,8 +305,7 @@ def as_tables(made) -> list[ResultTable]:
         elif isinstance(item, pd.DataFrame):
             out.append(ResultTable(str(item.attrs.get("title", "Results")), item, str(item.attrs.get("caption", ""))))
         elif isinstance(item, tuple):
-            out.append(ResultTable(str(item[0]), item[1], str(item[2]) if len(item) > 2 else "",
-                                   str(item[3]) if len(item) > 3 else ""))
+            out.append(ResultTable(str(item[0]), item[1], *(str(x) for x in item[2:5])))
     return out
 
 
@@ -329,9 +322,11 @@ table.facts td:first-child{color:#555;white-space:nowrap}
 table.facts tr:nth-child(even) td{background:none}
 .caption{color:#555;font-size:13px;max-width:1100px;margin:.2em 0 1.2em}
 .scroll{overflow-x:auto;max-width:100%}
-.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
-.verdict b{color:#1f4e79}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
-.note{color:#555}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
+.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.5em 1em;margin:.5em 0}
+.verdict b{color:#1f4e79}.verdict p{margin:.15em 0}.verdict .headline{font-size:17px}
+.verdict .second{color:#333}.verdict details{color:#555;font-size:13px;margin-top:.3em}
+.verdict summary{cursor:pointer;color:#4c78a8}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
+.note{color:#555}.fixed{margin:.2em 0;font-size:14px}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
 table.status td,table.status th{white-space:nowrap}
 """
 
@@ -360,11 +355,39 @@ def render_table(table: ResultTable, css_class: str = "results") -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f" id='{html.escape(table.name)}'" if table.name else ""
     parts = [f"<h3>{html.escape(table.title)}</h3>" if table.title else "",
+             f"<p class='fixed'>{html.escape(table.header)}</p>" if table.header else "",
              f"<div class='scroll'><table class='{css_class}'{ident}><thead><tr>{head}</tr></thead>"
              f"<tbody>{''.join(body)}</tbody></table></div>"]
     if table.caption:
         parts.append(f"<p class='caption'>{html.escape(table.caption)}</p>")
     return "\n".join(parts)
+
+
+def render_verdicts(verdicts) -> list[str]:
+    """One block per verdict: its headline (outcome, the number that matters, its interval, the
+    paired seeds) and the method against the no-KD student, then, folded (`<details>`, still in
+    the page's text), the full sentence with the budgets, the searches' resolution and the seeds
+    that would resolve delta."""
+    out, seen = [], set()
+    for v in verdicts:
+        method = str(getattr(v, "method", "") or "")
+        if (method, v.text) in seen:
+            continue
+        seen.add((method, v.text))
+        if isinstance(v, capacity_gap.Verdict):
+            head, second = capacity_gap.headline(v)
+        else:
+            head, second = f"{method}: {v.text}", ""
+        name, _, rest = head.partition(": ")
+        parts = [f"<p class='headline'><b>{html.escape(name)}</b>: {html.escape(rest)}</p>"]
+        if second:
+            parts.append(f"<p class='second'>{html.escape(second)}</p>")
+        if v.text and isinstance(v, capacity_gap.Verdict):
+            parts.append("<details><summary>the full verdict: every comparison, the searches' resolution, "
+                         f"budgets, seeds needed</summary><p>{html.escape(v.text)}</p></details>")
+        ident = f" id='verdict-{html.escape(method)}'" if method else ""
+        out.append(f"<div class='verdict'{ident}>" + "".join(parts) + "</div>")
+    return out
 
 
 def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
@@ -381,16 +404,7 @@ def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
                      "rest: " + "; ".join(html.escape(reason) for _, reason in skipped) + "</p>")
     if verdicts:
         parts.append("<h2 id='verdicts'>Verdicts</h2>")
-        seen = set()
-        for v in verdicts:
-            method = str(getattr(v, "method", "") or "")
-            comparison = str(getattr(v, "comparison", "") or "")
-            key = (method, comparison, v.text)
-            if key in seen:
-                continue
-            seen.add(key)
-            label = method + (f" — {comparison}" if comparison else "")
-            parts.append(f"<p class='verdict'><b>{html.escape(label)}</b>: {html.escape(v.text)}</p>")
+        parts += render_verdicts(verdicts)
     tables = tables if tables is not None else results_tables(df)
     if tables:
         parts.append("<h2 id='results-tables'>Results</h2>")

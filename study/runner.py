@@ -423,7 +423,7 @@ class StudyRunner:
         state[e.name] = "done"
         outcome.finished.append(e.name)
         ok = [t[METRIC] for t in trials if t.get(METRIC) is not None and t["status"] == "ok"]
-        best = f", best val {100 * max(ok):.1f}%" if ok else ""
+        best = f", best single-run val {100 * max(ok):.1f}%" if ok else ""  # the status table averages seeds
         desc = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         self.progress.say(f"{graph_label(e)}: finished ({desc}{best})")
 
@@ -683,10 +683,12 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
         outcome = runner.run()
         took = time.time() - t0
         if outcome.failed or outcome.blocked:
-            runner.progress.say(f"study {spec.name} stopped after {took:.0f} s: {len(outcome.failed)} experiment(s) "
-                                f"failed, {len(outcome.blocked)} not started because of them")
+            runner.progress.say(f"study {spec.name} stopped after {took:.0f} s (this run, from Ray ready): "
+                                f"{len(outcome.failed)} experiment(s) failed, {len(outcome.blocked)} not started "
+                                "because of them")
         else:
-            runner.progress.say(f"study {spec.name} finished in {took:.0f} s; results in {runner.results_uri}")
+            runner.progress.say(f"study {spec.name} finished in {took:.0f} s (this run, from Ray ready; `kdstudy "
+                                f"status` gives the study's span over all its runs); results in {runner.results_uri}")
         return folder.root, outcome
     finally:
         lock.release()
