@@ -32,7 +32,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import search as search_mod
-from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
+from .select import choose, choose_baseline, config_ids, finished, hparams_text, reported_rows
 from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
@@ -155,18 +155,6 @@ def _budget_mode(search_rows: pd.DataFrame) -> str:
 
 
 # --------------------------------------------------------------------------- decisions on arrays
-
-def choose(val: np.ndarray, axis: int) -> np.ndarray:
-    """Index along `axis` (negative, counted on `val`) of the best mean val over seeds (the last axis).
-
-    Ties go to the first index; an entry with no finite val (no finished run)
-    is never chosen while another has one.
-    """
-    fin = np.isfinite(val)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(fin, val, 0.0).sum(axis=-1) / fin.sum(axis=-1)
-    return np.argmax(np.where(np.isfinite(means), means, -np.inf), axis=axis + 1)
-
 
 def take(arr: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
     """arr with `axis` removed by picking `index` (shape of arr without that axis and the seed axis)."""
@@ -679,6 +667,62 @@ def _luck_note(datas: list[CapacityData], sd: float, found: list) -> str:
     return text + f", within the {limit:g} that {len(datas)} replicates absorb."
 
 
+# --------------------------------------------------------------------------- headlines
+
+#: the outcome word a headline starts with, per capacity-gap status
+_WORDS = {GAP: "CAPACITY GAP", NO_GAP: "NO CAPACITY GAP", LARGEST_BETTER: "LARGEST TEACHER BETTER",
+          INCONCLUSIVE: "capacity gap INCONCLUSIVE", CANNOT_TELL: "capacity gap: cannot tell"}
+
+
+def _short_size(label: str) -> str:
+    """'kd student of teacher size 16 (9.1k params)' -> 'size 16'."""
+    rest = label.rsplit("teacher ", 1)[-1]
+    return rest.split(" (")[0]
+
+
+def _number(v: PairedVerdict, equivalence: bool = False) -> str:
+    """'+0.60 points [+0.09, +1.11] (97.5% CI)': the estimate and the interval its outcome rests on."""
+    lo, hi = v.eq_ci if equivalence else v.ci
+    union = " over every search replicate" if "search replicates" in v.text else ""
+    if equivalence:
+        what = f"equivalence interval, inside ±{v.delta:g}{union}"
+    else:
+        what = (f"{100 * v.level:.1f}% CI" if v.level == v.level else "CI") + (", Holm" if v.family_size > 1 else "") + union
+    return f"{v.estimate:+.2f} points [{lo:+.2f}, {hi:+.2f}] ({what})"
+
+
+def headline(v: Verdict) -> tuple[str, str]:
+    """A verdict at a glance: (headline, second line).
+
+    The headline is the outcome word, the one number that matters and its interval: the
+    capacity-gap comparison (the largest teacher minus the peak, or minus the runner-up), or,
+    with a single teacher size, the method against the no-KD student. The second line is the
+    method against the no-KD student at the peak (empty when that is the headline). The full
+    sentence, budgets, search resolution and seeds needed stay in `Verdict.text`."""
+    base = v.vs_baseline
+    base_line = ""
+    if base is not None:
+        word = base.outcome.upper() + ((" better" if base.estimate > 0 else " worse") if base.outcome == SHOWN else "")
+        if base.outcome == CANNOT_TELL:
+            base_line = f"vs the no-KD student at {_short_size(base.a)}: cannot tell, {base.k} paired seeds"
+        else:
+            base_line = (f"vs the no-KD student at {_short_size(base.a)}: {word}, "
+                         f"{_number(base, base.outcome == EQUIVALENT)}, {base.k} paired seeds")
+    if v.gap is None:
+        why = "one teacher size" if len(v.sizes) == 0 and v.largest_teacher else "no finished student runs"
+        head = f"{v.method}: {_WORDS[CANNOT_TELL]} ({why})"
+        return (f"{v.method}: {base_line}" if base_line else head), (head.split(": ", 1)[1] if base_line else "")
+    g = v.gap
+    if v.status == GAP:  # the size shown better than the largest (the most, if several)
+        g = min((f for f in v.sizes if f.outcome == SHOWN and f.estimate < 0), key=lambda f: f.estimate, default=g)
+    largest = _short_size(g.a)
+    if g.outcome == CANNOT_TELL:
+        number = f"{g.k} paired seeds"
+    else:
+        number = f"{_number(g, v.status == NO_GAP)}, {g.k} paired seeds"
+    return f"{v.method}: {_WORDS[v.status]}, largest teacher ({largest}) minus {_short_size(g.b)}: {number}", base_line
+
+
 def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
     """Student and teacher accuracy vs teacher parameters (log x), baseline as a band.
 
@@ -806,7 +850,13 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
                                  customdata=st[["teacher_size", "n"]],
                                  hovertemplate="size %{customdata[0]}<br>%{y:.2f}%<br>n=%{customdata[1]}"))
     fig.update_yaxes(range=y_range_with_bars(fig), title_text="test accuracy (%) at the selected epoch")
-    fig.update_xaxes(type="log", title_text="teacher parameters (log)" if use_params else "teacher size (log)")
+    ticks = pd.concat([st[["teacher_size", "teacher_params"]] for _, st in per_method]
+                      + ([teachers[["teacher_size", "teacher_params"]]] if not teachers.empty else []))
+    ticks = ticks.drop_duplicates("teacher_size").sort_values(xcol)  # every teacher size, with its parameters
+    fig.update_xaxes(type="log", tickmode="array", tickvals=list(ticks[xcol]),
+                     ticktext=[f"size {z:g}<br>{_fmt_params(p)} params" if use_params else f"size {z:g}"
+                               for z, p in zip(ticks["teacher_size"], ticks["teacher_params"])],
+                     title_text="teacher (size, parameters; log scale)" if use_params else "teacher size (log scale)")
     return finish(fig, "Capacity gap by method: student test accuracy vs teacher size",
                   "mean ± 95% CI over seeds; KD, the capacity-gap remedies and the feature methods (dash-dot) "
                   "side by side",

@@ -77,7 +77,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
         fig.update_xaxes(type="log", tickmode="array", tickvals=list(ticks["exit_flops"]),
                          ticktext=[f"exit {int(e)}<br>{_flops(f)} FLOPs"
                                    for e, f in zip(ticks["exit"], ticks["exit_flops"])])
-    return finish(fig, "Multi-exit: test accuracy per exit",
+    return finish(fig, "Multi-exit: test accuracy vs cumulative FLOPs per exit (the anytime curve)",
                   f"stage: {stage}; mean ± 95% CI over seeds")
 
 

@@ -2,8 +2,7 @@
 
 The page, top to bottom: a header (study, dataset, student, recipe,
 budgets, code version, dates, wall time and compute), the verdicts (one per
-method and comparison), the results tables (from `analysis.results_table`
-when present, else `fallback_tables`), how every trial ended (with the
+method and comparison), the results tables (`analysis.results_table`), how every trial ended (with the
 errors of failed trials), then the figures the data support: capacity gap
 per distillation method, TriKD generations, multi-exit accuracy vs FLOPs,
 the search landscape and parameter importance per method, and the learning
@@ -36,13 +35,11 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from . import capacity_gap, curves, generations, landscape, multiexit
+from . import capacity_gap, curves, generations, landscape, multiexit, results_table
 from .figstyle import HEIGHT, PNG_WIDTH
 from .load import final_models, load, locate, trial_outcomes, trial_summary
-from .schema import HPARAM_COLUMNS, SCHEMA, numeric_hparams
-from .select import best_config
-from .stats import mean_ci
-from .status import failures, status_frame
+from .schema import SCHEMA, numeric_hparams
+from .status import WALL_TIME_MEANS, duration_text, failures, status_frame, wall_time
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +62,7 @@ class ResultTable:
     frame: pd.DataFrame
     caption: str = ""
     name: str = ""
+    header: str = ""  # shown above the table (what is the same in every row)
 
 
 # ------------------------------------------------------------------ figures
@@ -76,13 +74,12 @@ def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) ->
     datas = [capacity_gap.capacity_data(summary, m) for m in capacity_gap.capacity_methods(summary)]
     datas = [d for d in datas if not d.students.empty]
     verdicts = capacity_gap.verdicts_of(datas, delta, level) if datas else []
-    for data, result in zip(datas, verdicts):
+    for data, result in zip(datas, verdicts):  # each verdict is printed once, at the top (`render_verdicts`)
         sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {data.method}",
-                                capacity_gap.figure(data, result), [result.text]))
+                                capacity_gap.figure(data, result), []))
     fig = capacity_gap.comparison_figure(datas)
     if fig is not None:  # KD and the remedies side by side
-        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig,
-                                   [v.text for v in verdicts]))
+        sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig, []))
     fig = generations.figure(summary)
     if fig is not None:
         sections.append(Section("trikd_generations", "TriKD generations", fig, []))
@@ -145,13 +142,7 @@ def _kv(d) -> str:
     return ", ".join(f"{k}={_kv(v) if isinstance(v, dict) else v}" for k, v in d.items())
 
 
-def _duration(seconds: float) -> str:
-    if not seconds == seconds:
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+_duration = duration_text
 
 
 #: studies without dataset.json (written before the dataset registry): the train / test sizes of
@@ -263,7 +254,7 @@ def header_facts(df: pd.DataFrame, spec: dict | None, dataset: dict | None = Non
     if not ts.empty:
         first, last = ts.min(), ts.max()
         facts.append(("dates", f"{first:%Y-%m-%d %H:%M} – {last:%Y-%m-%d %H:%M} UTC"))
-        facts.append(("wall time", _duration((last - first).total_seconds())))
+        facts.append(("wall time", f"{_duration(wall_time(df))} {WALL_TIME_MEANS}"))
     epochs = df.drop_duplicates(["stage", "trial_id", "generation", "epoch"])
     compute = epochs["epoch_time_s"].sum(min_count=1)
     for extra in ("eval_time_s",):  # schema columns added later: counted when present
@@ -292,24 +283,14 @@ def _params(p) -> str:
 
 # ------------------------------------------------------------------ results tables
 def results_tables(df: pd.DataFrame, delta: float | None = None, level: float | None = None) -> list[ResultTable]:
-    """The results tables: `analysis.results_table.tables` when that module exists, else `fallback_tables`."""
-    try:
-        from . import results_table  # written alongside; returns DataFrames
-    except ImportError:
-        return fallback_tables(df)
-    build = getattr(results_table, "tables", None) or getattr(results_table, "results_tables", None)
-    if build is None:
-        log.warning("analysis.results_table has no tables(); using the fallback results table")
-        return fallback_tables(df)
+    """The results tables of `analysis.results_table.tables` (its Holm families and paired verdicts)."""
     kw = {k: v for k, v in (("delta", delta), ("level", level)) if v is not None}
-    made = build(df, **kw)
-    return as_tables(made)
+    return as_tables(results_table.tables(df, **kw))
 
 
 def as_tables(made) -> list[ResultTable]:
     """Normalise what a table builder returns: a DataFrame (title/caption in ``.attrs``), a (title, frame[,
-    caption]) tuple, a ResultTable, an object with ``title``/``frame`` (or ``table``/``df``) attributes, or a
-    dict of title -> DataFrame, or a list of any of these."""
+    caption[, name]]) tuple, a ResultTable, or a dict of title -> DataFrame, or a list of any of these."""
     if made is None:
         return []
     if isinstance(made, dict):
@@ -324,146 +305,7 @@ def as_tables(made) -> list[ResultTable]:
         elif isinstance(item, pd.DataFrame):
             out.append(ResultTable(str(item.attrs.get("title", "Results")), item, str(item.attrs.get("caption", ""))))
         elif isinstance(item, tuple):
-            out.append(ResultTable(str(item[0]), item[1], str(item[2]) if len(item) > 2 else "",
-                                   str(item[3]) if len(item) > 3 else ""))
-        else:
-            frame = next((getattr(item, a) for a in ("frame", "table", "df", "data")
-                          if isinstance(getattr(item, a, None), pd.DataFrame)), None)
-            if frame is not None:
-                out.append(ResultTable(str(getattr(item, "title", "Results")), frame,
-                                       str(getattr(item, "caption", "") or "")))
-    return out
-
-
-_NOT_HPARAMS = {"seed", "budget_mode", "teacher_size", "trial_id", "study", "stage"}
-
-
-def _params_of(row: pd.Series) -> dict:
-    text = row.get("hparams_json")
-    if isinstance(text, str):
-        try:
-            params = {k: v for k, v in json.loads(text).items() if k not in _NOT_HPARAMS}
-            if params:
-                return params
-        except (ValueError, AttributeError):
-            pass
-    return {c: row[c] for c in HPARAM_COLUMNS if c in row and pd.notna(row[c])}
-
-
-def searched_keys(rows: pd.DataFrame) -> set[str]:
-    """Hyperparameters that take more than one value among `rows` (what the search varied)."""
-    seen: dict[str, set] = {}
-    for _, row in rows.iterrows():
-        for k, v in _params_of(row).items():
-            seen.setdefault(k, set()).add(json.dumps(v, sort_keys=True, default=str))
-    return {k for k, vals in seen.items() if len(vals) > 1}
-
-
-def _hparams_text(row: pd.Series, keys: set[str] | None = None) -> str:
-    """The row's hyperparameters as ``k=v``; only `keys` (the searched ones) when given and present."""
-    params = _params_of(row)
-    if keys and keys & set(params):
-        params = {k: v for k, v in params.items() if k in keys}
-    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(params.items()))
-
-
-def _ci_text(values) -> tuple[str, int]:
-    ci = mean_ci(np.asarray(values, dtype=float) * 100)
-    if ci.n == 0:
-        return "-", 0
-    if ci.n < 2:
-        return f"{ci.mean:.2f} (n=1)", 1
-    return f"{ci.mean:.2f} ± {(ci.high - ci.low) / 2:.2f}", ci.n
-
-
-def fallback_tables(df: pd.DataFrame) -> list[ResultTable]:
-    """Results per method × teacher size (and per exit / per generation) from `trial_summary`.
-
-    A stand-in until `analysis.results_table` exists: the configuration chosen
-    on mean val accuracy in ``confirm`` (else the best search trial), its
-    hyperparameters, mean test accuracy ± 95% t-interval half-width over
-    seeds, the difference to the no-KD student paired by seed, the teacher's
-    own accuracy, the seeds and the search budget.
-    """
-    summary = trial_summary(df)
-    models = final_models(summary)
-    base = models[(models["stage"] == "baseline") & (models["method"] == "scratch")]
-    base = best_config(base, []) if not base.empty else base
-    base_by_seed = base.groupby("seed")["test_acc"].mean()
-    teachers = models[models["stage"] == "teachers"].groupby("teacher_size")["test_acc"]
-    searched = models[models["stage"] == "search"]
-    rows = []
-    dist = models[(models["stage"].isin(["search", "confirm"])) & (models["method"] != "scratch")]
-    for (method, size), grp in dist.groupby(["method", dist["teacher_size"].fillna(-1.0)], sort=True):
-        confirm = grp[grp["stage"] == "confirm"]
-        if not confirm.empty:
-            chosen, source = best_config(confirm, []), "confirm"
-        else:
-            chosen, source = grp.sort_values("val_acc", ascending=False).head(1), "search (1 run)"
-        test, n = _ci_text(chosen["test_acc"])
-        paired = chosen.set_index("seed")["test_acc"].groupby(level=0).mean()
-        common = paired.index.intersection(base_by_seed.index)
-        diff = "-"
-        if len(common):
-            d = (paired.loc[common] - base_by_seed.loc[common]) * 100
-            ci = mean_ci(d)
-            diff = f"{ci.mean:+.2f}" + (f" ± {(ci.high - ci.low) / 2:.2f}" if ci.n >= 2 else "") + f" (n={ci.n})"
-        t_acc = teachers.mean().get(size) if size >= 0 else None
-        if t_acc is None or t_acc != t_acc:
-            t_acc = chosen["teacher_acc"].mean()
-        budget = int(searched[(searched["method"] == method)
-                              & (searched["teacher_size"].fillna(-1.0) == size)]["trial_id"].nunique())
-        keys = searched_keys(dist[dist["method"] == method])
-        rows.append({"method": method, "teacher size": "-" if size < 0 else f"{size:g}",
-                     "chosen hyperparameters": _hparams_text(chosen.iloc[0], keys),
-                     "test % (mean ± 95% CI)": test,
-                     "vs no-KD, paired by seed (points)": diff,
-                     "teacher's own test %": "-" if t_acc is None or t_acc != t_acc else f"{100 * t_acc:.2f}",
-                     "seeds": n, "search trials": budget, "from": source})
-    out = []
-    if not base.empty:
-        test, n = _ci_text(base["test_acc"])
-        rows.insert(0, {"method": "scratch (no-KD student)", "teacher size": "-",
-                        "chosen hyperparameters": _hparams_text(base.iloc[0]), "test % (mean ± 95% CI)": test,
-                        "vs no-KD, paired by seed (points)": "—", "teacher's own test %": "-", "seeds": n,
-                        "search trials": 0, "from": "baseline"})
-    if rows:
-        out.append(ResultTable("Results per method and teacher size", pd.DataFrame(rows),
-                               "Test accuracy of the student (role student, last generation, final exit) at its "
-                               "best-validation epoch, for the configuration chosen on mean validation accuracy "
-                               "(the hyperparameters the search varied are shown); "
-                               "± is the half-width of the 95% t-interval over seeds. The difference to the no-KD "
-                               "student pairs runs of the same seed. (Fallback table built from trial_summary.)",
-                               "results"))
-    out += _per_part_tables(summary)
-    return out
-
-
-def _per_part_tables(summary: pd.DataFrame) -> list[ResultTable]:
-    """Multi-exit per exit and TriKD per generation (mean ± CI of the chosen configuration)."""
-    out = []
-    data, stage = multiexit.exit_data(summary)
-    if not data.empty:
-        frame = pd.DataFrame({
-            "method": data["method"], "exit": data["exit"].astype(int),
-            "cumulative FLOPs": data["exit_flops"].map(lambda v: "-" if v != v else multiexit._flops(v)),
-            "test % (mean ± 95% CI)": [f"{100 * m:.2f}" + ("" if h != h else f" ± {100 * (h - lo) / 2:.2f}")
-                                       for m, lo, h in zip(data["mean"], data["low"], data["high"])],
-            "seeds": data["n"]})
-        out.append(ResultTable("Multi-exit: per exit", frame, f"Stage {stage}; each exit at its best-val epoch.",
-                               "results_multiexit"))
-    data, stage = generations.generation_data(summary)
-    if not data.empty:
-        frame = pd.DataFrame({
-            "anchor weight": data["anchor_weight"].map(lambda v: "none" if v < 0 else f"{v:g}"),
-            "generation": data["generation"].astype(int), "model": data["role"].map(
-                {"student": "student", "teacher": "online teacher"}),
-            "test % (mean ± 95% CI)": [f"{100 * m:.2f}" + ("" if h != h else f" ± {100 * (h - lo) / 2:.2f}")
-                                       for m, lo, h in zip(data["mean"], data["low"], data["high"])],
-            "seeds": data["n"]})
-        out.append(ResultTable("TriKD: per generation", frame,
-                               f"Stage {stage}. The TriKD result is the student of the last generation; the "
-                               "online teacher is shown for reference only.", "results_trikd"))
+            out.append(ResultTable(str(item[0]), item[1], *(str(x) for x in item[2:5])))
     return out
 
 
@@ -480,9 +322,11 @@ table.facts td:first-child{color:#555;white-space:nowrap}
 table.facts tr:nth-child(even) td{background:none}
 .caption{color:#555;font-size:13px;max-width:1100px;margin:.2em 0 1.2em}
 .scroll{overflow-x:auto;max-width:100%}
-.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.6em 1em;margin:.5em 0}
-.verdict b{color:#1f4e79}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
-.note{color:#555}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
+.verdict{background:#f6f8fa;border-left:4px solid #4c78a8;padding:.5em 1em;margin:.5em 0}
+.verdict b{color:#1f4e79}.verdict p{margin:.15em 0}.verdict .headline{font-size:17px}
+.verdict .second{color:#333}.verdict details{color:#555;font-size:13px;margin-top:.3em}
+.verdict summary{cursor:pointer;color:#4c78a8}.warn{background:#fff4e5;border-left:4px solid #e67e22;padding:.5em 1em}
+.note{color:#555}.fixed{margin:.2em 0;font-size:14px}section{margin:2.5em 0}td.error{color:#b00020;text-align:left;font-family:monospace}
 table.status td,table.status th{white-space:nowrap}
 """
 
@@ -511,11 +355,39 @@ def render_table(table: ResultTable, css_class: str = "results") -> str:
         body.append("<tr>" + "".join(cells) + "</tr>")
     ident = f" id='{html.escape(table.name)}'" if table.name else ""
     parts = [f"<h3>{html.escape(table.title)}</h3>" if table.title else "",
+             f"<p class='fixed'>{html.escape(table.header)}</p>" if table.header else "",
              f"<div class='scroll'><table class='{css_class}'{ident}><thead><tr>{head}</tr></thead>"
              f"<tbody>{''.join(body)}</tbody></table></div>"]
     if table.caption:
         parts.append(f"<p class='caption'>{html.escape(table.caption)}</p>")
     return "\n".join(parts)
+
+
+def render_verdicts(verdicts) -> list[str]:
+    """One block per verdict: its headline (outcome, the number that matters, its interval, the
+    paired seeds) and the method against the no-KD student, then, folded (`<details>`, still in
+    the page's text), the full sentence with the budgets, the searches' resolution and the seeds
+    that would resolve delta."""
+    out, seen = [], set()
+    for v in verdicts:
+        method = str(getattr(v, "method", "") or "")
+        if (method, v.text) in seen:
+            continue
+        seen.add((method, v.text))
+        if isinstance(v, capacity_gap.Verdict):
+            head, second = capacity_gap.headline(v)
+        else:
+            head, second = f"{method}: {v.text}", ""
+        name, _, rest = head.partition(": ")
+        parts = [f"<p class='headline'><b>{html.escape(name)}</b>: {html.escape(rest)}</p>"]
+        if second:
+            parts.append(f"<p class='second'>{html.escape(second)}</p>")
+        if v.text and isinstance(v, capacity_gap.Verdict):
+            parts.append("<details><summary>the full verdict: every comparison, the searches' resolution, "
+                         f"budgets, seeds needed</summary><p>{html.escape(v.text)}</p></details>")
+        ident = f" id='verdict-{html.escape(method)}'" if method else ""
+        out.append(f"<div class='verdict'{ident}>" + "".join(parts) + "</div>")
+    return out
 
 
 def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
@@ -532,17 +404,8 @@ def render_html(title: str, df: pd.DataFrame, sections: list[Section], verdicts,
                      "rest: " + "; ".join(html.escape(reason) for _, reason in skipped) + "</p>")
     if verdicts:
         parts.append("<h2 id='verdicts'>Verdicts</h2>")
-        seen = set()
-        for v in verdicts:
-            method = str(getattr(v, "method", "") or "")
-            comparison = str(getattr(v, "comparison", "") or "")
-            key = (method, comparison, v.text)
-            if key in seen:
-                continue
-            seen.add(key)
-            label = method + (f" — {comparison}" if comparison else "")
-            parts.append(f"<p class='verdict'><b>{html.escape(label)}</b>: {html.escape(v.text)}</p>")
-    tables = tables if tables is not None else fallback_tables(df)
+        parts += render_verdicts(verdicts)
+    tables = tables if tables is not None else results_tables(df)
     if tables:
         parts.append("<h2 id='results-tables'>Results</h2>")
         parts += [render_table(t) for t in tables]
@@ -671,9 +534,7 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
         out_dir = posixpath.join(loc.study_dir, "report", posixpath.basename(loc.file).rsplit(".", 1)[0])
         if not loc.is_local:
             raise ValueError(f"give --out for the report of the single remote file {loc.file}")
-    from .results_table import verdict_settings
-
-    delta, level = verdict_settings(path)
+    delta, level = results_table.verdict_settings(path)
     sections, verdicts = build_sections(df, delta, level)
     studies = sorted(df["study"].dropna().unique())
     title = f"kdstudy report: {', '.join(studies) or posixpath.basename(loc.study_dir)}"

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import capacity_gap, generations, multiexit
-from .select import finished, hparams_text
+from .select import config_ids, finished, hparams_of, hparams_text
 from .stats import mean_ci
 
 DEFAULT_DELTA = 0.5
@@ -34,7 +34,7 @@ METHOD_COLUMNS = [
     "method", "teacher_size", "teacher_params", "peak", "hyperparameters", "config_id", "source", "k",
     "test_acc", "test_low", "test_high", "val_acc", "teacher_acc",
     "diff_vs_no_kd", "diff_low", "diff_high", "diff_level", "outcome_vs_no_kd", "sd_vs_no_kd", "seeds_needed_vs_no_kd",
-    "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this",
+    "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this", "largest_minus_level",
     "no_kd_test_acc", "epochs", "generations", "total_epochs", "search_trials", "configs_confirmed",
     "no_kd_config", "no_kd_epochs", "no_kd_configs", "no_kd_search_trials", "no_kd_rule",
 ]
@@ -93,7 +93,8 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
     confidence diff_level) and outcome, sd of the paired differences and the
     seeds needed to resolve delta; largest_minus_this: the largest teacher's
     student minus this size's, with its interval and outcome (the capacity-gap
-    family; empty on the largest size); peak = chosen on validation; the budgets
+    family; empty on the largest size; largest_minus_level its Holm-adjusted confidence);
+    peak = chosen on validation; the budgets
     (epochs, generations, total_epochs per model, search trials at that size,
     configurations confirmed) beside the no-KD student's (config, epochs,
     configurations it was chosen among, scratch search trials, rule).
@@ -133,6 +134,7 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
                 "largest_minus_this": pv.estimate if pv else math.nan,
                 "largest_minus_low": pv.ci[0] if pv else math.nan, "largest_minus_high": pv.ci[1] if pv else math.nan,
                 "outcome_largest_vs_this": pv.outcome if pv else None,
+                "largest_minus_level": pv.level if pv else math.nan,
                 "no_kd_test_acc": base_mean, "epochs": cfg_row["epochs"], "generations": gens,
                 "total_epochs": None if cfg_row["epochs"] is None else cfg_row["epochs"] * gens,
                 "search_trials": int(cfg_row["search_trials"]), "configs_confirmed": int(cfg_row["configs_confirmed"]),
@@ -216,10 +218,12 @@ def _num(v, fmt="{:.2f}") -> str:
     return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
 
-def _diff_text(est, lo, hi, outcome, k, needed=None) -> str:
+def _diff_text(est, lo, hi, outcome, k, needed=None, level=None) -> str:
+    """'+0.60 [+0.09, +1.11] 97.5% (n=5) shown': the interval with its own (Holm-adjusted) confidence."""
     if est is None or (isinstance(est, float) and not math.isfinite(est)):
         return ""
-    text = f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}] (n={k}) {outcome or ''}".strip()
+    at = f" {100 * level:.4g}%" if level is not None and math.isfinite(level) else ""
+    text = f"{est:+.2f} [{lo:+.2f}, {hi:+.2f}]{at} (n={k}) {outcome or ''}".strip()
     if outcome == "inconclusive" and needed:
         text += f"; ~{int(needed)} seeds to resolve δ"
     return text
@@ -231,29 +235,80 @@ def _size_text(v) -> str:
     return f"{v:g}"
 
 
+#: what the confidence printed with each interval is
+_HOLM = ("each interval is printed with its own confidence, Holm's step-down level (the comparison ranked r-th "
+         "of m by p-value is drawn at 1 - 0.05/(m - r + 1) until one is not rejected), so it excludes 0 exactly "
+         "when Holm rejects")
+
+
+def _shown_hparams(summary: pd.DataFrame, mt: pd.DataFrame) -> tuple[list[str], str]:
+    """Per row of `method_table`: its hyperparameters that were searched (took several values in its
+    method's search) or differ between the rows; and the rest once, as 'name=value, ...' (grouped
+    by method where only some rows have them)."""
+    rows = summary.assign(_cfg=config_ids(summary)) if not summary.empty else summary
+    params = []
+    for r in mt.itertuples(index=False):
+        mine = rows[(rows["method"] == r.method) & (rows["_cfg"] == r.config_id)]
+        params.append(hparams_of(mine.iloc[0]) if len(mine) else {})
+    searched: dict[str, set] = {}
+    for method in set(mt["method"]):
+        trials = rows[(rows["method"] == method) & (rows["stage"] == "search")].drop_duplicates("_cfg")
+        seen: dict[str, set] = {}
+        for _, row in trials.iterrows():
+            for k, v in hparams_of(row).items():
+                seen.setdefault(k, set()).add(repr(v))
+        searched[method] = {k for k, vals in seen.items() if len(vals) > 1}
+    values: dict[str, set] = {}
+    for p in params:
+        for k, v in p.items():
+            values.setdefault(k, set()).add(repr(v))
+    differ = {k for k, vals in values.items() if len(vals) > 1}
+    shown = [", ".join(_kv(k, v) for k, v in p.items() if k in differ or k in searched.get(m, ()))
+             for p, m in zip(params, mt["method"])]
+    everywhere, per_method = {}, {}
+    for p, m in zip(params, mt["method"]):
+        for k, v in p.items():
+            if k in differ or k in searched.get(m, ()):
+                continue
+            if all(k in q for q in params):
+                everywhere.setdefault(k, v)
+            else:
+                per_method.setdefault(m, {}).setdefault(k, v)
+    fixed = ", ".join(_kv(k, v) for k, v in everywhere.items())
+    fixed += "".join(f"; {m}: " + ", ".join(_kv(k, v) for k, v in kv.items()) for m, kv in per_method.items())
+    return shown, fixed.lstrip("; ")
+
+
+def _kv(k, v) -> str:
+    return f"{k}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{k}={v}"
+
+
 def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> list[tuple]:
-    """The report's results tables, formatted: (title, frame, caption, name) per table."""
+    """The report's results tables, formatted: (title, frame, caption, name[, header]) per table; the
+    header (the method table's hyperparameters that are the same in every row) goes above it."""
     from .load import trial_summary
 
     summary = trial_summary(df)
     out = []
     mt = method_table(summary, delta, level)
     if not mt.empty:
+        shown, fixed = _shown_hparams(summary, mt)
         rows = []
-        for r in mt.itertuples(index=False):
+        for r, hp in zip(mt.itertuples(index=False), shown):
             budget = f"{_num(r.epochs, '{:g}')} epochs"
             if r.generations and r.generations != 1:
                 budget += f" × {r.generations:g} generations"
             rows.append({
                 "method": r.method, "teacher size": _size_text(r.teacher_size),
                 "teacher params": _num(r.teacher_params, "{:,.0f}"),
-                "chosen hyperparameters": r.hyperparameters + (" (peak on val)" if r.peak else ""),
+                "chosen hyperparameters": " ".join(x for x in (hp, "(peak on val)" if r.peak else "") if x) or "—",
                 "test % (mean ± 95% CI)": f"{r.test_acc:.2f} ± {(r.test_high - r.test_low) / 2:.2f}"
                 if math.isfinite(r.test_acc) else "",
                 "vs no-KD, paired by seed": _diff_text(r.diff_vs_no_kd, r.diff_low, r.diff_high, r.outcome_vs_no_kd,
-                                                        r.k, r.seeds_needed_vs_no_kd),
+                                                        r.k, r.seeds_needed_vs_no_kd, r.diff_level),
                 "largest teacher minus this": _diff_text(r.largest_minus_this, r.largest_minus_low,
-                                                          r.largest_minus_high, r.outcome_largest_vs_this, r.k),
+                                                          r.largest_minus_high, r.outcome_largest_vs_this, r.k,
+                                                          level=r.largest_minus_level),
                 "teacher's own test %": _num(r.teacher_acc),
                 "no-KD test %": _num(r.no_kd_test_acc),
                 "seeds": r.k, "budget": budget, "search trials": r.search_trials,
@@ -264,33 +319,37 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
         out.append(("Results per method and teacher size", pd.DataFrame(rows),
                     f"Test accuracy (%) of the configuration chosen on validation, mean over the confirm seeds "
                     f"± the {level:.0%} t-interval half-width. Differences are in points, paired by seed, "
-                    f"Holm-adjusted within their family; outcomes: shown / equivalent (within δ = {delta:g}) / "
-                    f"inconclusive (with the seeds needed to resolve δ) / cannot tell (fewer than 3 pairs).",
-                    "results"))
+                    f"Holm-adjusted within their family: {_HOLM}; outcomes: shown / equivalent (within "
+                    f"δ = {delta:g}) / inconclusive (with the seeds needed to resolve δ) / cannot tell (fewer than "
+                    f"3 pairs). Hyperparameters: those searched or that differ between rows.",
+                    "results", f"Same in every row: {fixed}." if fixed else ""))
     me = multiexit_table(summary, delta, level)
     if not me.empty:
         frame = pd.DataFrame({
             "method": me["method"],
             "exit": me["exit"], "FLOPs to exit": me["exit_flops"].map(lambda v: _num(v, "{:,.0f}")),
             "distillation test %": me["multiexit_acc"].map(_num), "multiexit_ce test %": me["multiexit_ce_acc"].map(_num),
-            "distillation minus CE, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed)
+            "distillation minus CE, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed,
+                                                         r.diff_level)
                                               for r in me.itertuples(index=False)],
             "distillation hyperparameters": me["multiexit_hyperparameters"]})
         out.append(("Multi-exit distillation vs exit-wise cross-entropy, per exit", frame,
                     "multiexit: the authors' adaptive temperature; multiexit_const: a constant temperature. Each "
                     "method's configuration chosen on the final exit's validation accuracy; paired by seed, "
-                    "Holm-adjusted over the methods and exits.", "results_multiexit"))
+                    f"Holm-adjusted over the methods and exits: {_HOLM}.", "results_multiexit"))
     tk = trikd_table(summary, delta, level)
     if not tk.empty:
         frame = pd.DataFrame({
             "teacher size": tk["teacher_size"].map(_size_text), "generation": tk["generation"],
             "student test %": tk["student_acc"].map(_num), "online teacher test %": tk["online_teacher_acc"].map(_num),
             "no-KD test %": tk["no_kd_acc"].map(_num), "no-KD epochs": tk["no_kd_epochs"].map(lambda v: _num(v, "{:g}")),
-            "student minus no-KD, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed)
+            "student minus no-KD, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed,
+                                                       r.diff_level)
                                             for r in tk.itertuples(index=False)],
             "hyperparameters": tk["hyperparameters"]})
         out.append(("TriKD per generation", frame,
                     "The student of each generation (generation 0 has no anchor); each compared with the no-KD "
-                    "student trained as many epochs as the TriKD student's curriculum so far, when the study has it.",
+                    "student trained as many epochs as the TriKD student's curriculum so far, when the study has it; "
+                    f"Holm-adjusted over the generations: {_HOLM}.",
                     "results_trikd"))
     return out

@@ -5,11 +5,21 @@ reported, never compared. Only finished measurements are ever chosen: trials
 whose status is ``ok`` or ``diverged`` (a diverged trial is a real outcome of
 its configuration); trials stopped by the scheduler, failed or still running
 never count as a configuration's result.
+
+**The rule** (its one home; the runner's top-k, the report, the verdicts and
+their simulation all use it): the configuration with the best mean
+validation accuracy over its seeds is chosen; ties go to the lowest
+configuration id; a configuration without a finished measurement is never
+chosen while another has one. `ranked` applies it to a list (the runner's
+top-k of a search, `config_means` per group of a results frame), `choose` to
+arrays of seeds, vectorised over leading axes (`analysis.capacity_gap.decide`
+and tests/test_calibration.py), where index order is configuration-id order.
 """
 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -59,10 +69,35 @@ def total_epochs(rows: pd.DataFrame) -> pd.Series:
     return rows["epochs"] * rows["generations"].fillna(1.0)
 
 
+def ranked(values, ids) -> list[int]:
+    """Positions of `values` (mean validation accuracies), best first, by the rule (module docstring):
+    higher first, ties by `ids` ascending (as strings), values that are not finite numbers last."""
+    def key(i):
+        v = values[i]
+        ok = v is not None and isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+        return (not ok, -float(v) if ok else 0.0, str(ids[i]))
+
+    return sorted(range(len(values)), key=key)
+
+
+def choose(val: np.ndarray, axis: int) -> np.ndarray:
+    """The rule on arrays: index along `axis` (negative, counted on `val`) of the best mean val over seeds
+    (the last axis, NaN = no finished run).
+
+    Ties go to the first index; an entry with no finite val (no finished run)
+    is never chosen while another has one (the order `ranked` gives when the
+    index order is the configuration-id order).
+    """
+    fin = np.isfinite(val)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(fin, val, 0.0).sum(axis=-1) / fin.sum(axis=-1)
+    return np.argmax(np.where(np.isfinite(means), means, -np.inf), axis=axis + 1)
+
+
 def config_means(rows: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
     """Per group and configuration of finished trials: mean val_acc over seeds, seeds, trials.
 
-    Sorted best first within each group (ties broken by configuration id, never by test).
+    Sorted best first within each group by `ranked` (ties broken by configuration id, never by test).
     """
     rows = finished(rows)
     cols = list(group_cols) + ["config_id", "val_acc", "n_seeds", "n_trials"]
@@ -74,21 +109,18 @@ def config_means(rows: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
     per_trial = per_trial.reset_index()
     out = per_trial.groupby(keys, dropna=False).agg(val_acc=("val_acc", "mean"), n_seeds=("seed", "nunique"),
                                                      n_trials=("trial_id", "nunique")).reset_index()
-    out = out.sort_values(list(group_cols) + ["val_acc", "config_id"],
-                          ascending=[True] * len(group_cols) + [False, True], na_position="last", kind="stable")
+    groups = [out] if not group_cols else [g for _, g in out.groupby(list(group_cols), dropna=False, sort=True)]
+    out = pd.concat([g.iloc[ranked(list(g["val_acc"]), list(g["config_id"]))] for g in groups])
     return out[cols].reset_index(drop=True)
 
 
 def choose_config(rows: pd.DataFrame, group_cols: list[str]) -> pd.DataFrame:
-    """Rows (finished trials) of the configuration with the best mean val_acc in each group."""
-    means = config_means(rows, group_cols)
-    if means.empty:
+    """Rows (finished trials) of the configuration with the best mean val_acc in each group, with their
+    ``config_id``."""
+    chosen = best_config(rows, group_cols)
+    if chosen.empty:
         return rows.iloc[0:0].assign(config_id=pd.Series(dtype=object))
-    chosen = means.drop_duplicates(subset=list(group_cols), keep="first") if group_cols else means.head(1)
-    rows = finished(rows)
-    rows = rows.assign(config_id=config_ids(rows))
-    keys = list(group_cols) + ["config_id"]
-    return rows.merge(chosen[keys], on=keys, how="inner")
+    return chosen.assign(config_id=config_ids(chosen))
 
 
 def choose_baseline(summary: pd.DataFrame, epochs: float | None, own_epochs: float | None = None,
@@ -133,22 +165,27 @@ def _num(v):
     return None if v is None or (isinstance(v, float) and not np.isfinite(v)) or pd.isna(v) else float(v)
 
 
-def hparams_text(row, columns=None) -> str:
-    """The hyperparameters of a chosen configuration as 'name=value, ...' (non-null ones only): those
-    its `hparams_json` records, whatever their names (a plug-in's too), the v2 named ones first."""
+def hparams_of(row, columns=None) -> dict:
+    """The hyperparameters of a chosen configuration (non-null ones only), in order: those its
+    `hparams_json` records, whatever their names (a plug-in's too), the v2 named ones first."""
     from .load import hparam_names
 
     recorded = _recorded_hparams(row)
     if columns is None:
         columns = hparam_names(recorded) if recorded else [c for c in HPARAM_COLUMNS if c != "batch_size"]
         columns = [c for c in columns if c != "batch_size"]
-    cols = columns
-    parts = []
-    for c in cols:
+    out = {}
+    for c in columns:
         v = recorded.get(c, row.get(c))
         if v is not None and not (isinstance(v, float) and np.isnan(v)):
-            parts.append(f"{c}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{c}={v}")
-    return ", ".join(parts)
+            out[c] = v
+    return out
+
+
+def hparams_text(row, columns=None) -> str:
+    """`hparams_of` as 'name=value, ...'."""
+    return ", ".join(f"{c}={v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else f"{c}={v}"
+                     for c, v in hparams_of(row, columns).items())
 
 
 def _recorded_hparams(row) -> dict:
@@ -193,7 +230,7 @@ def reported_stage(summary: pd.DataFrame, methods) -> tuple[pd.DataFrame, str]:
 
 
 def best_config(rows: pd.DataFrame, group_cols: list[str], score: pd.Series | None = None) -> pd.DataFrame:
-    """Keep, within each group of `group_cols`, the configuration with best mean val_acc.
+    """Keep, within each group of `group_cols`, the configuration with best mean val_acc (`config_means`).
 
     `score` (aligned with `rows`) marks which rows count toward the mean (for
     example the final exit only); by default every row counts. Means are over
@@ -202,18 +239,15 @@ def best_config(rows: pd.DataFrame, group_cols: list[str], score: pd.Series | No
     """
     if rows.empty:
         return rows
-    if not group_cols:
-        kept = best_config(rows.assign(_all=0), ["_all"], score)
-        return kept.drop(columns="_all")
     rows = finished(rows)
     if rows.empty:
         return rows
     rows = rows.assign(_config=config_ids(rows))
     scored = rows if score is None else rows[score.reindex(rows.index).fillna(False).astype(bool)]
-    per_trial = scored.groupby(group_cols + ["_config", "trial_id"], dropna=False)["val_acc"].mean().reset_index()
-    per_config = per_trial.groupby(group_cols + ["_config"], dropna=False)["val_acc"].mean().reset_index()
-    per_config = per_config.sort_values(["val_acc", "_config"], ascending=[False, True], na_position="last",
-                                        kind="stable")
-    chosen = per_config.drop_duplicates(subset=group_cols, keep="first")
-    keep = rows.merge(chosen[group_cols + ["_config"]], on=group_cols + ["_config"], how="inner")
+    means = config_means(scored.drop(columns="_config"), list(group_cols))
+    if means.empty:
+        return rows.iloc[0:0].drop(columns="_config")
+    chosen = means.drop_duplicates(subset=list(group_cols), keep="first") if group_cols else means.head(1)
+    chosen = chosen.rename(columns={"config_id": "_config"})[list(group_cols) + ["_config"]]
+    keep = rows.merge(chosen, on=list(group_cols) + ["_config"], how="inner")
     return keep.drop(columns="_config")

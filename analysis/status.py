@@ -96,6 +96,27 @@ def failures(df: pd.DataFrame) -> pd.DataFrame:
         drop=True)
 
 
+#: what `wall_time` measures, said wherever it is shown (the report's header, `kdstudy status`)
+WALL_TIME_MEANS = ("from the first results row to the last (every run and resume of the study, the pauses "
+                   "between them included; the driver's last line gives one run's own time)")
+
+
+def wall_time(df: pd.DataFrame) -> float:
+    """Seconds from the first results row's timestamp to the last (NaN without timestamps)."""
+    ts = df["timestamp"].dropna() if "timestamp" in df else pd.Series(dtype=object)
+    return float("nan") if ts.empty else float((ts.max() - ts.min()).total_seconds())
+
+
+def duration_text(seconds: float) -> str:
+    """'1h 05m', '4m 09s', '12s' ('-' for NaN)."""
+    if not seconds == seconds:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
 def _clip(text, width: int = 60):
     if not isinstance(text, str):
         return text
@@ -118,6 +139,9 @@ def format_status(df: pd.DataFrame) -> str:
     if shown["last error"].isna().all():
         shown = shown.drop(columns="last error")
     lines.append(shown.to_string(index=False, na_rep="-"))
+    wall = wall_time(df)
+    if wall == wall:
+        lines.append(f"wall time {duration_text(wall)}, {WALL_TIME_MEANS}")
     failed = failures(df)
     if not failed.empty:
         lines.append(f"\n{len(failed)} failed trial(s):")

@@ -188,15 +188,11 @@ class StudyFolder:
         """Raise SpecEdited if an experiment finished here is not an experiment of the study's spec
         files (`specs`: (uri, raw) pairs, `latest` the last one parsed): its marker was written under
         another spec (an experiment's name is a hash of its content)."""
-        import pyarrow.fs as pafs
-
         from .graph import plan
 
-        fs, path = storage.resolve(self.uri("stages"))
-        if fs.get_file_info(path).type != pafs.FileType.Directory:
+        names = set(self.marker_names())
+        if not names:
             return
-        names = {posixpath.basename(i.path)[:-5] for i in fs.get_file_info(pafs.FileSelector(path))
-                 if i.type == pafs.FileType.File and i.path.endswith(".json")}
         stray = names - {e.name for e in plan(latest)}
         for uri, raw in specs[:-1]:  # an extension may have replaced an experiment (a search where none was)
             if stray:
@@ -288,6 +284,21 @@ class StudyFolder:
         except (ValueError, UnicodeDecodeError):
             return None  # a torn marker is no marker: the experiment is verified again
         return data if isinstance(data, dict) and data.get("name") == name else None
+
+    def marker_names(self) -> list[str]:
+        """Names of the experiments with a marker in ``stages/`` (any storage the study is on)."""
+        import pyarrow.fs as pafs
+
+        fs, path = storage.resolve(self.uri("stages"))
+        if fs.get_file_info(path).type != pafs.FileType.Directory:
+            return []
+        return sorted(posixpath.basename(i.path)[:-5] for i in fs.get_file_info(pafs.FileSelector(path))
+                      if i.type == pafs.FileType.File and i.path.endswith(".json"))
+
+    def markers(self) -> dict[str, dict]:
+        """Every readable marker of ``stages/``, by experiment name (a torn one is left out)."""
+        found = {name: self.marker(name) for name in self.marker_names()}
+        return {name: m for name, m in found.items() if m is not None}
 
     def write_marker(self, name: str, data: dict) -> None:
         storage.write_bytes(self.marker_uri(name), json.dumps({**data, "name": name}, indent=1, default=str).encode())

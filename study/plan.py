@@ -32,16 +32,24 @@ Model of the runner (`simulate`)
 
 Duration model (`DurationModel`)
 --------------------------------
-Seconds per epoch of a trial come from, first match wins: `<stage>:<method>=S`
-(what `calibrate_from_results` measures), `<method>=S`, `teacher=S` (the
-teachers stage) / `student=S` (every other stage), a plain `S` (every trial),
-else a rough estimate: FLOPs per training sample x training samples / an
-assumed throughput per slot (`ASSUMED_GPU_FLOPS` x resources.gpu, or
-`ASSUMED_CPU_FLOPS` x resources.cpu), plus evaluating validation and test.
+Seconds per epoch of a trial come from, first match wins: `<stage>:<method>=S`,
+`<method>=S`, `teacher=S` (the teachers stage) / `student=S` (every other
+stage), a plain `S` (every trial) given with `--epoch-seconds`; else from the
+trial's own models: FLOPs of one epoch x seconds per FLOP, plus its batches x
+seconds per batch (the per-step cost that dominates tiny models on a CPU).
 FLOPs per sample: 3 x forward for every model that trains (forward + backward),
 1 x forward for a frozen one (a KD teacher, TriKD's anchor, TAKD's frozen
-links). The estimate is a default for orders of magnitude only: calibrate it
-with `--epoch-seconds` from a short real run (or `--from-results STUDY`).
+links), over the training split, plus a forward of the evaluated models over
+validation and test. So a larger teacher's chain costs what its FLOPs cost.
+
+Seconds per FLOP and per batch are, uncalibrated, rough defaults
+(`ASSUMED_GPU_FLOPS` x resources.gpu, or `ASSUMED_CPU_FLOPS` x resources.cpu;
+`ASSUMED_CPU_BATCH_S`): orders of magnitude only. `--from-results STUDY`
+calibrates them on a finished study (`calibrate_from_results`): both are fitted
+to every timed trial of it, each trial's FLOPs counted for its own
+architectures, and a factor per `<stage>:<method>` (then per method) keeps
+what the model misses of a method (its loss, its data path); a method the
+study did not run keeps factor 1.
 """
 
 from __future__ import annotations
@@ -54,11 +62,19 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from . import graph
+from .admission import admits, demand_of, launch_order
+
 #: effective training FLOP/s of one whole GPU on small CIFAR models at batch 64-128 (far below peak:
 #: kernel-launch bound); a slot with resources.gpu = 0.25 gets a quarter. A rough default.
 ASSUMED_GPU_FLOPS = 2e12
-#: effective training FLOP/s of one CPU core (PyTorch, small models). A rough default.
-ASSUMED_CPU_FLOPS = 1e10
+#: effective training FLOP/s of one CPU core (PyTorch, small models), and seconds per batch outside
+#: the arithmetic (Python, the optimiser step, small kernels). Rough defaults, measured with one
+#: thread on a shared 2-core machine: a cnn1d-8 / -32 / -128 epoch of MNIST-1D (7,200 training and
+#: 2,800 evaluated samples, batch 128) took 0.28 / 0.89 / 9.7 s, i.e. about 3e10 FLOP/s and 4 ms
+#: per batch; a trial adds its own costs (`calibrate_from_results` measures them).
+ASSUMED_CPU_FLOPS = 5e10
+ASSUMED_CPU_BATCH_S = 0.005
 #: seconds a trial holds its slot outside its epochs (process, data, models), when not calibrated
 DEFAULT_TRIAL_OVERHEAD_S = 10.0
 #: seconds an experiment takes to start (Tuner, searcher) and to be verified, when not calibrated
@@ -138,44 +154,6 @@ def qualities(seed: int, name: str, n: int) -> list[float]:
     gets the same draw alone (critical path) as in the whole study."""
     rng = random.Random(f"{seed}:{name}")
     return [rng.random() for _ in range(n)]
-
-
-def priority_rank(exps, cost: dict[str, float]) -> dict[str, float]:
-    """Upward rank: an experiment's own work plus the most work downstream of it (the runner and
-    the simulation start ready experiments in this order, most first: critical path first)."""
-    children: dict[str, list[str]] = {}
-    for e in exps:
-        for d in e.deps:
-            children.setdefault(d, []).append(e.name)
-    rank: dict[str, float] = {}
-    for e in reversed(list(exps)):  # plan order has dependencies first
-        rank[e.name] = cost.get(e.name, 0.0) + max((rank[c] for c in children.get(e.name, [])), default=0.0)
-    return rank
-
-
-def launch_order(exps, cost: dict[str, float]) -> list:
-    """Experiments in the order the runner considers them: highest `priority_rank` first, ties in
-    plan order."""
-    exps = list(exps)
-    rank = priority_rank(exps, cost)
-    index = {e.name: i for i, e in enumerate(exps)}
-    return sorted(exps, key=lambda e: (-rank[e.name], index[e.name]))
-
-
-def demand_of(trials: int, ended: int, running: int, max_concurrent: int) -> int:
-    """Slots a running experiment still claims: its unfinished trials, at most max_concurrent; once
-    every trial has started, one fewer than it runs (a slot frees soon: the next experiment may
-    start its Tuner meanwhile, so the slot does not wait for it)."""
-    left = max(0, trials - ended)
-    if left - running > 0:
-        return min(max_concurrent, left)
-    return max(0, running - 1)
-
-
-def admits(demand: float, slots: float, running: int, max_experiments: int | None) -> bool:
-    """The runner's admission rule: start another ready experiment while the trials the running ones
-    can still ask for (each at most max_concurrent) do not fill the slots, and under the cap."""
-    return demand < slots and (max_experiments is None or running < max_experiments)
 
 
 def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "graph", max_concurrent: int = 2,
@@ -385,6 +363,9 @@ class Calibration:
     exp_start_s: float | None = None  # a grid experiment's start-up (None: not measured)
     exp_end_s: float | None = None
     search_start_s: float | None = None  # a search's start-up (Optuna study, searcher, first suggestions)
+    s_per_flop: float | None = None  # fitted seconds per FLOP of a slot (None: not measured)
+    s_per_batch: float | None = None  # fitted seconds per batch outside the arithmetic
+    factor: dict[str, float] = field(default_factory=dict)  # "<stage>:<method>" and "<method>" -> measured / fitted
 
 
 class DurationModel:
@@ -392,22 +373,30 @@ class DurationModel:
 
     def __init__(self, spec, epoch_seconds: dict[str, float] | None = None, trial_overhead_s: float | None = None,
                  exp_start_s: float | None = None, exp_end_s: float | None = None,
-                 search_start_s: float | None = None):
+                 search_start_s: float | None = None, s_per_flop: float | None = None,
+                 s_per_batch: float | None = None, factor: dict[str, float] | None = None):
         self.spec = spec
         self.given = dict(epoch_seconds or {})
         self.trial_overhead_s = DEFAULT_TRIAL_OVERHEAD_S if trial_overhead_s is None else trial_overhead_s
         self.exp_start_s = DEFAULT_EXP_START_S if exp_start_s is None else exp_start_s
         self.exp_end_s = DEFAULT_EXP_END_S if exp_end_s is None else exp_end_s
         self.search_start_s = self.exp_start_s if search_start_s is None else search_start_s
+        self.calibrated = s_per_flop is not None
+        self.s_per_flop = 1.0 / self.throughput() if s_per_flop is None else s_per_flop
+        gpu = float(spec.resources.get("gpu") or 0) > 0
+        self.s_per_batch = (0.0 if gpu else ASSUMED_CPU_BATCH_S) if s_per_batch is None else s_per_batch
+        self.factor = dict(factor or {})
         self._flops: dict[str, float] = {}
-        self.estimated = False  # True once any epoch came from the FLOPs estimate
+        self.estimated = False  # True once any epoch came from the uncalibrated FLOPs estimate
 
     @classmethod
     def from_calibration(cls, spec, cal: Calibration, epoch_seconds: dict[str, float] | None = None,
                          trial_overhead_s: float | None = None) -> "DurationModel":
-        given = {**cal.epoch_s, **(epoch_seconds or {})}
+        """A model calibrated on a finished study: its seconds per FLOP and per batch and its method
+        factors (a study without FLOPs to fit keeps its measured seconds per `<stage>:<method>`)."""
+        given = {**({} if cal.s_per_flop is not None else cal.epoch_s), **(epoch_seconds or {})}
         return cls(spec, given, cal.trial_overhead_s if trial_overhead_s is None else trial_overhead_s,
-                   cal.exp_start_s, cal.exp_end_s, cal.search_start_s)
+                   cal.exp_start_s, cal.exp_end_s, cal.search_start_s, cal.s_per_flop, cal.s_per_batch, cal.factor)
 
     # -- FLOPs -----------------------------------------------------------------
     def flops(self, cfg: dict) -> float:
@@ -444,8 +433,9 @@ class DurationModel:
             return ASSUMED_GPU_FLOPS * gpu
         return ASSUMED_CPU_FLOPS * float(self.spec.resources.get("cpu") or 1)
 
-    def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1) -> float:
-        """Rough seconds per epoch from FLOPs (see the module docstring)."""
+    def epoch_work(self, method: str, student: dict, teacher_size=None, generations: int = 1) -> tuple[float, float]:
+        """(FLOPs, batches) of one epoch of a trial: training and evaluation, from its models' FLOPs
+        (see the module docstring)."""
         from trainables.methods import available_methods
 
         cls = available_methods().get(method)
@@ -466,11 +456,18 @@ class DurationModel:
         else:
             train, evaluated = 3 * S, S
         n_train, n_eval = self.samples()
+        bs = int(self.spec.train.get("batch_size", 128))
         if cls is not None:  # a loss that is not linear in the batch (RKD's angle: N³)
-            bs = int(self.spec.train.get("batch_size", 128))
             train += cls.loss_flops(bs) / bs
-        self.estimated = True
-        return (n_train * train + n_eval * evaluated) / self.throughput()
+        return n_train * train + n_eval * evaluated, math.ceil(n_train / bs) + math.ceil(n_eval / bs)
+
+    def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1,
+                         stage: str | None = None) -> float:
+        """Seconds per epoch from the trial's FLOPs and batches (see the module docstring)."""
+        flops, batches = self.epoch_work(method, student, teacher_size, generations)
+        factor = self.factor.get(f"{stage}:{method}", self.factor.get(method, 1.0))
+        self.estimated = self.estimated or not self.calibrated
+        return factor * (flops * self.s_per_flop + batches * self.s_per_batch)
 
     # -- per experiment ----------------------------------------------------------
     def epoch_s(self, stage: str, method: str, student: dict, teacher_size=None, generations: int = 1) -> float:
@@ -479,15 +476,13 @@ class DurationModel:
         for key in (f"{stage}:{method}", method, role, "*"):
             if key in g:
                 return g[key]
-        other = [v for k, v in g.items() if k.endswith(f":{method}")]  # calibrated in another stage
+        other = [v for k, v in g.items() if k.endswith(f":{method}")]  # measured in another stage
         if other:
             return statistics.fmean(other)
-        return self.estimate_epoch_s(method, student, teacher_size, generations)
+        return self.estimate_epoch_s(method, student, teacher_size, generations, stage)
 
     def work(self, e) -> Work:
         """The trials of one `study.graph.Experiment` known at plan time."""
-        from .graph import method_generations
-
         spec = self.spec
         ov = self.trial_overhead_s
         epochs = int(spec.train["epochs"])
@@ -495,7 +490,7 @@ class DurationModel:
             trials = [TrialWork(e.max_t, self.epoch_s("teachers", "scratch", j["student"]), ov) for j in e.jobs]
             return Work(trials, self.exp_start_s, self.exp_end_s)
         m = spec.methods.get(e.method)
-        gens = method_generations(m) if m is not None else 1
+        gens = graph.method_generations(m) if m is not None else 1
         sizes = self.teacher_sizes(e)
         if e.stage == "baseline":
             configs = [dict(c) for c in e.extra_jobs] + [{}] * (e.top_k if e.from_search else 0)
@@ -537,22 +532,27 @@ class DurationModel:
 
 
 def calibrate_from_results(study_dir: str) -> Calibration:
-    """Seconds per epoch per (stage, method), per-trial overhead and per-experiment start/end
-    overheads, measured from a study's Parquet (schema v2) and its finished markers.
+    """Seconds per FLOP and per batch, factors per (stage, method), per-trial overhead and
+    per-experiment start/end overheads, measured from a study's Parquet (schema v2) and its
+    finished markers, read through the study's storage (a local folder or object storage).
 
     Epoch = `epoch_time_s + eval_time_s` (one row per trial x generation x epoch; roles and
-    exits share the timing). Trial overhead = mean `setup_time_s`. An experiment's start
-    overhead = its earliest trial start (first row's timestamp minus that epoch, its evaluation
-    and the setup) minus its launch (the latest `finished_at` of its dependencies' markers):
-    the smallest such value, for grid experiments and searches (Optuna) apart
-    (an experiment whose first trial did not wait for a slot); experiments without dependencies
-    are not measured (their launch is not recorded). End overhead = marker `finished_at` minus
-    its last row's timestamp (median).
+    exits share the timing). Each timed trial's FLOPs and batches per epoch are counted for its
+    own models (`DurationModel.epoch_work` on the study's spec), and seconds per FLOP and per
+    batch are fitted to every trial at once (non-negative least squares on relative error), so
+    a larger teacher's epochs cost what its FLOPs cost; a factor per `<stage>:<method>` (and per
+    method) is the measured epochs over the fitted ones. Trial overhead = mean `setup_time_s`.
+    An experiment's start overhead = its earliest trial start (first row's timestamp minus that
+    epoch, its evaluation and the setup) minus its launch (the latest `finished_at` of its
+    dependencies' markers): the smallest such value, for grid experiments and searches (Optuna)
+    apart (an experiment whose first trial did not wait for a slot); experiments without
+    dependencies are not measured (their launch is not recorded). End overhead = marker
+    `finished_at` minus its last row's timestamp (median). A study whose spec cannot be read
+    keeps the mean seconds per epoch of each `<stage>:<method>` instead of the fit.
     """
-    import json
-    from pathlib import Path
-
     from analysis.load import load
+
+    from .folder import StudyFolder
 
     df = load(study_dir)
     df = df[df["epoch_time_s"].notna()]
@@ -565,18 +565,16 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     first = first.assign(began=first["ts"] - first["epoch_s"] - first["setup_time_s"].fillna(0.0))
     begins = first.groupby("experiment")["began"].min().to_dict()
     lasts = rows.groupby("experiment")["ts"].max().to_dict()
-    stages = Path(study_dir) / "stages"
-    markers = {p.stem: json.loads(p.read_text()) for p in stages.glob("*.json")} if stages.is_dir() else {}
+    folder = StudyFolder(study_dir)
+    markers = folder.markers()
     deps: dict[str, list[str]] = {}
+    spec = None
     try:
-        from .folder import StudyFolder
-        from .graph import plan as plan_graph
-
-        spec = StudyFolder(study_dir).saved_spec()
+        spec = folder.saved_spec()
         if spec is not None:
-            deps = {e.name: e.deps for e in plan_graph(spec)}
-    except Exception:  # an older or foreign study folder: no start overhead measured
-        deps = {}
+            deps = {e.name: e.deps for e in graph.plan(spec)}
+    except Exception:  # an older or foreign study folder: no start overhead, no fit
+        deps, spec = {}, None
     starts: dict[str, list[float]] = {"grid": [], "search": []}
     ends = []
     for name, began in begins.items():
@@ -589,7 +587,89 @@ def calibrate_from_results(study_dir: str) -> Calibration:
     grid = max(0.0, min(starts["grid"])) if starts["grid"] else None
     search = max(0.0, min(starts["search"])) if starts["search"] else None
     exp_end = max(0.0, statistics.median(ends)) if ends else None
-    return Calibration(epoch_s, overhead, grid if grid is not None else search, exp_end, search)
+    fit = _fit_epochs(spec, rows) if spec is not None else None
+    s_per_flop, s_per_batch, factor = fit if fit is not None else (None, None, {})
+    return Calibration(epoch_s, overhead, grid if grid is not None else search, exp_end, search,
+                       s_per_flop, s_per_batch, factor)
+
+
+def _fit_epochs(spec, rows) -> tuple[float, float, dict[str, float]] | None:
+    """(seconds per FLOP, seconds per batch, factors) fitted to the timed trials in `rows` (one row per
+    trial x generation x epoch, column `epoch_s`), or None when no trial's work can be counted."""
+    import numpy as np
+    from scipy.optimize import nnls
+
+    model = DurationModel(spec)
+    trials = []
+    for (stage, method, trial), g in rows.groupby(["stage", "method", "trial_id"], sort=True):
+        size = g["teacher_size"].dropna()
+        names = g["teacher_size_name"].dropna() if "teacher_size_name" in g else []
+        size = _size_of(spec, float(size.iloc[0]), names.iloc[0] if len(names) else None) if len(size) else None
+        gens = g["generations"].dropna() if "generations" in g else []
+        gens = int(gens.iloc[0]) if len(gens) else 1
+        try:
+            if stage == "teachers":
+                if size is None:
+                    continue
+                work = model.epoch_work("scratch", spec.teacher_model(size))
+            else:
+                work = model.epoch_work(method, spec.student, size, gens)
+        except Exception:  # a model this kdstudy cannot build (a plug-in not loaded): not counted
+            continue
+        trials.append((f"{stage}:{method}", method, *work, float(g["epoch_s"].mean())))
+    trials = [t for t in trials if t[4] > 0 and t[2] > 0]
+    if not trials:
+        return None
+    flops = np.array([t[2] for t in trials])
+    batches = np.array([t[3] for t in trials])
+    secs = np.array([t[4] for t in trials])
+    keys = sorted({t[0] for t in trials})
+    of_key = np.array([keys.index(t[0]) for t in trials])
+    # seconds = factor[stage:method] x (batches x s_per_batch + FLOPs x s_per_flop), fitted by alternating
+    # non-negative least squares on relative error: the factors take what the FLOPs model misses of a
+    # method (RKD's angle, a loaded machine at the time), the shared seconds per FLOP and per batch come
+    # from how a key's epochs grow with its models' FLOPs (teacher sizes, ladders)
+    scale = np.array([flops.mean(), batches.mean()])  # well-conditioned columns
+    f = np.ones(len(keys))
+    for _ in range(50):
+        target = secs / f[of_key]
+        (a, b), _ = nnls(np.stack([flops / target, batches / target], axis=1) / scale, np.ones(len(secs)))
+        fitted = flops * a / scale[0] + batches * b / scale[1]
+        if not (fitted > 0).all():
+            break
+        new = np.array([secs[of_key == i].sum() / fitted[of_key == i].sum() for i in range(len(keys))])
+        new /= np.exp(np.mean(np.log(new[of_key])))  # the scale lives in the seconds, not the factors
+        done = np.allclose(new, f, rtol=1e-6)
+        f = new
+        if done:
+            break
+    target = secs / f[of_key]
+    (a, b), _ = nnls(np.stack([flops / target, batches / target], axis=1) / scale, np.ones(len(secs)))
+    s_per_flop, s_per_batch = a / scale[0], b / scale[1]
+    fitted = flops * s_per_flop + batches * s_per_batch
+    factor: dict[str, float] = {}
+    for col in (0, 1):  # "<stage>:<method>", then "<method>": measured over fitted
+        for key in sorted({t[col] for t in trials}):
+            sel = np.array([t[col] == key for t in trials])
+            if fitted[sel].sum() > 0:
+                factor[key] = float(secs[sel].sum() / fitted[sel].sum())
+    return float(s_per_flop), float(s_per_batch), factor
+
+
+def _size_of(spec, size: float, name: str | None = None):
+    """The spec's own teacher size (an int or a string size) that the results record as `size`
+    (and `teacher_size_name`, as the ladder writes it)."""
+    sizes = list(spec.teachers.get("sizes") or [])
+    for z in sizes:
+        if name is not None and str(z) == str(name):
+            return z
+    for z in sizes:
+        try:
+            if float(z) == size:
+                return z
+        except (TypeError, ValueError):
+            continue
+    return int(size) if float(size).is_integer() else size
 
 
 # --------------------------------------------------------------------------- the report
@@ -704,9 +784,7 @@ def default_slots(spec, node: NodeShape | None = None) -> int:
 
 def report(spec, slots: list[int] | None, model: DurationModel, out=print) -> dict:
     """Print the plan; return its numbers (for tests)."""
-    from .graph import plan as plan_graph
-
-    exps = plan_graph(spec)
+    exps = graph.plan(spec)
     works = model.works(exps)
     short = {e.name: f"{e.stage}-{e.label}" for e in exps}
     mc, cap = spec.max_concurrent, spec.resources.get("max_experiments")

@@ -5,7 +5,7 @@ Each experiment runs in its own Ray task; its results callback sends events
 The driver reads the board every second and shows:
 
 - on a terminal, a block redrawn in place: a line per running experiment
-  (trials done / running / failed of those owed, best validation accuracy so
+  (trials done / running / failed of those owed, best single-run validation accuracy so
   far, and the epoch progress of its running trials), with the lines that
   matter (an experiment started, finished, failed; a trial failed) printed
   above it as they happen;
@@ -88,7 +88,8 @@ def summary(st: ExpState) -> str:
     parts.append(f"{len(st.running)} running")
     parts.append(f"{st.failed} failed")
     owed = f" of {st.owed}" if st.owed else ""
-    best = f" | best val {100 * st.best:.1f}%" if st.best is not None else ""
+    # the best one run (one seed); `kdstudy status` shows a configuration's mean over its seeds
+    best = f" | best single-run val {100 * st.best:.1f}%" if st.best is not None else ""
     return ", ".join(parts) + owed + best
 
 

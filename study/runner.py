@@ -44,6 +44,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 import ray  # noqa: E402
 
 from analysis.schema import TERMINAL_OK  # noqa: E402
+from analysis.select import ranked  # noqa: E402
 from trainables import storage  # noqa: E402
 from trainables.config import size_key  # noqa: E402
 
@@ -51,7 +52,7 @@ from . import graph, tracking  # noqa: E402
 from .experiment import METRIC, Launch, experiment_task  # noqa: E402
 from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
-from .plan import admits, demand_of  # noqa: E402
+from .admission import admits, demand_of, launch_order  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
 from .results import (damaged_runs, damaged_teacher_text, first_line, read_trial,  # noqa: E402
                       read_trial_file, results_file, teacher_lost)
@@ -348,7 +349,7 @@ class StudyRunner:
     def priority_order(self) -> list[graph.Experiment]:
         """Experiments by their work plus the most work downstream of them (critical path first):
         when slots are scarce the chain that decides the study's end starts first."""
-        from .plan import DurationModel, launch_order
+        from .plan import DurationModel
 
         try:
             works = DurationModel(self.spec).works(self.exps)
@@ -422,7 +423,7 @@ class StudyRunner:
         state[e.name] = "done"
         outcome.finished.append(e.name)
         ok = [t[METRIC] for t in trials if t.get(METRIC) is not None and t["status"] == "ok"]
-        best = f", best val {100 * max(ok):.1f}%" if ok else ""
+        best = f", best single-run val {100 * max(ok):.1f}%" if ok else ""  # the status table averages seeds
         desc = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         self.progress.say(f"{graph_label(e)}: finished ({desc}{best})")
 
@@ -490,7 +491,8 @@ class StudyRunner:
 
     def top_configs(self, e: graph.Experiment) -> list[dict]:
         """The top-k configurations of the experiment's search, chosen on validation accuracy
-        (per teacher size for a joint search). Scheduler-stopped trials are never chosen."""
+        (per teacher size for a joint search) by `analysis.select.ranked`. Scheduler-stopped trials
+        are never chosen."""
         marker = self.folder.marker(e.from_search)
         if marker is None:
             raise ExperimentFailed(f"its search {e.from_search} is not finished")
@@ -500,10 +502,10 @@ class StudyRunner:
             size = t["config"].get("teacher_size") if e.per_teacher_size else None
             groups.setdefault(None if size is None else size_key(size), []).append(t)
         chosen = []
-        for group in groups.values():
-            group.sort(key=lambda t: (-t[METRIC], t["trial_key"]))
-            chosen += [{k: v for k, v in t["config"].items() if k not in ("seed", "_trial_key")}
-                       for t in group[:e.top_k]]
+        for group in groups.values():  # analysis's selection rule: best mean val first, ties by key
+            order = ranked([t[METRIC] for t in group], [t["trial_key"] for t in group])
+            chosen += [{k: v for k, v in group[i]["config"].items() if k not in ("seed", "_trial_key")}
+                       for i in order[:e.top_k]]
         if not chosen:
             raise ExperimentFailed(f"its search {e.from_search} has no trial that trained to the end to confirm")
         return chosen
@@ -681,10 +683,12 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
         outcome = runner.run()
         took = time.time() - t0
         if outcome.failed or outcome.blocked:
-            runner.progress.say(f"study {spec.name} stopped after {took:.0f} s: {len(outcome.failed)} experiment(s) "
-                                f"failed, {len(outcome.blocked)} not started because of them")
+            runner.progress.say(f"study {spec.name} stopped after {took:.0f} s (this run, from Ray ready): "
+                                f"{len(outcome.failed)} experiment(s) failed, {len(outcome.blocked)} not started "
+                                "because of them")
         else:
-            runner.progress.say(f"study {spec.name} finished in {took:.0f} s; results in {runner.results_uri}")
+            runner.progress.say(f"study {spec.name} finished in {took:.0f} s (this run, from Ray ready; `kdstudy "
+                                f"status` gives the study's span over all its runs); results in {runner.results_uri}")
         return folder.root, outcome
     finally:
         lock.release()

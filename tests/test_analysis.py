@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import pathlib
 
 import numpy as np
@@ -15,7 +16,7 @@ from analysis import capacity_gap as cg
 from analysis.load import ResultsFileError, SchemaVersionError, trial_summary
 from analysis.schema import rows_to_table
 from analysis.stats import bootstrap_diff, mean_ci, t_quantile
-from analysis.synthetic import write_study
+from .synthetic import write_study
 
 GAP = {4: 0.70, 16: 0.78, 64: 0.75, 256: 0.71}
 MONOTONE = {4: 0.70, 16: 0.73, 64: 0.76, 256: 0.79}
@@ -501,3 +502,24 @@ def test_verdict_line_summarises_the_family_and_every_shown_size(tmp_path):
     assert v.text.index("SHOWN worse at 2") < v.text.index("At the peak: kd at teacher size 16")
     # one search per size, and what it resolved, next to the verdict
     assert "Search: " in v.text and "One search per teacher size" in v.text
+
+
+def test_the_selection_rule_has_one_home():
+    """`select.ranked` (lists: the runner's top-k, `config_means`) and `select.choose` (arrays: the
+    verdicts and their simulation) choose the same configuration: best mean val over seeds, ties to
+    the lowest id, never one without a finished run."""
+    from analysis import capacity_gap
+    from analysis.select import choose, ranked
+
+    assert capacity_gap.choose is choose
+    rng = np.random.default_rng(0)
+    val = rng.integers(0, 4, size=(200, 5, 3)).astype(float)  # many ties
+    val[rng.random(val.shape) < 0.2] = np.nan
+    val[0, :, :] = np.nan
+    val[1, 2:, :] = np.nan
+    picked = choose(val, axis=-2)
+    for i in range(len(val)):
+        with np.errstate(all="ignore"):
+            means = [float(np.nanmean(c)) if np.isfinite(c).any() else math.nan for c in val[i]]
+        assert ranked(means, [f"c{j}" for j in range(5)])[0] == picked[i]
+    assert ranked([0.5, None, 0.7, 0.7], ["d", "a", "c", "b"]) == [3, 2, 0, 1]

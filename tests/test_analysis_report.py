@@ -18,7 +18,7 @@ from analysis import report as report_mod
 from analysis.load import load, trial_summary
 from analysis.schema import SCHEMA
 from analysis.status import format_status, status_frame
-from analysis.synthetic import write_study
+from .synthetic import write_study
 
 GAP = {4: 0.70, 16: 0.78, 64: 0.75, 256: 0.71}
 FULL = {"capacity_gap_methods", "capacity_gap_kd", "capacity_gap_trikd", "trikd_generations", "multiexit_flops", "landscape_kd", "param_importance_kd",
@@ -317,3 +317,34 @@ def test_report_renders_in_headless_chromium(full_report, tmp_path):
     assert results >= 5, "the results table is missing"  # baseline + 4 teacher sizes
     assert clipped == "[]", f"cut off (outside the figure): {clipped}"
     assert errors == "[]", f"JavaScript errors: {errors}"
+
+
+def test_report_reads_at_a_glance(full_report):
+    """Each verdict is a headline (outcome, the number, its interval and level, the paired seeds), the
+    method against the no-KD student under it, the full sentence folded below; every verdict is in
+    the page once; the results table shows what varies and says what is fixed once."""
+    from html import escape
+
+    study, path = full_report
+    html = path.read_text()
+    top = html.split("<h2 id='verdicts'>Verdicts</h2>", 1)[1].split("<h2", 1)[0]
+    first = re.search(r"<p class='headline'>(.*?)</p>", top)[1]
+    assert re.fullmatch(r"<b>kd</b>: CAPACITY GAP, largest teacher \(size 256\) minus size 16: -\d+\.\d\d points "
+                        r"\[-\d+\.\d\d, -\d+\.\d\d\] \(\d+\.\d% CI, Holm\), 3 paired seeds", first), first
+    assert re.search(r"<p class='second'>vs the no-KD student at size 16: SHOWN better, \+\d+\.\d\d points", top)
+    assert top.count("<details>") == 2 and top.index("class='headline'") < top.index("<details>")
+    _, verdicts = report_mod.build_sections(load(study))
+    for v in verdicts:  # the full sentence (budgets, resolution, seeds needed) is in the page, once
+        assert html.count(escape(v.text)) == 1 and "Budgets:" in v.text
+    table = html.split("id='results'>", 1)[1].split("</table>", 1)[0]
+    assert "lr=0.001" not in table and "Same in every row: lr=0.001, weight_decay=0.0005" in html
+    cells = re.findall(r"<td class='text'>([+-]\d+\.\d\d \[[^<]*)</td>", table)
+    assert cells and all(re.search(r"\] \d+(\.\d+)?% \(n=", c) for c in cells)  # each interval's Holm level
+
+
+def test_comparison_chart_ticks_are_the_teacher_sizes(full_report):
+    study, _ = full_report
+    sections, _ = report_mod.build_sections(load(study))
+    fig = next(s.figure for s in sections if s.name == "capacity_gap_methods")
+    assert list(fig.layout.xaxis.ticktext) == ["size 4<br>16k params", "size 16<br>256k params",
+                                               "size 64<br>4.1M params", "size 256<br>65.5M params"]

@@ -29,7 +29,7 @@ from analysis import capacity_gap as cg
 from analysis import search as search_mod
 from analysis.load import load, trial_summary
 from analysis.stats import OUTCOMES
-from analysis.synthetic import draw_arms, draw_runs, search_luck, summary_from_arrays, write_study
+from .synthetic import draw_arms, draw_runs, search_luck, summary_from_arrays, write_study
 
 REPS = 4000
 BOUND = 0.05 + 3 * np.sqrt(0.05 * 0.95 / REPS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.synthetic import write_study
+from .synthetic import write_study
 from study.cli import build_parser, main
 from study.spec import load_spec, load_yaml
 

@@ -222,3 +222,71 @@ def _measured_span(root: Path) -> float:
              - first["eval_time_s"].fillna(0) - first["setup_time_s"].fillna(0)).min()
     done = max(json.loads(p.read_text())["finished_at"] for p in (root / "stages").glob("*.json"))
     return done - began
+
+
+# --------------------------------------------------------------------------- calibration per architecture
+
+
+def _ladder_spec():
+    import yaml
+
+    from study.spec import parse_spec
+
+    raw = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    raw["teachers"]["sizes"] = [8, 32, 128]
+    raw["methods"] = {"kd": raw["methods"]["kd"]}
+    return parse_spec(raw)
+
+
+def test_calibration_scales_epochs_by_each_architectures_flops():
+    """Epochs timed on a ladder (seconds = factor x (batches x c + FLOPs x s), noise-free): the fit
+    recovers c and s and the method factors, so each teacher size gets its own epoch time."""
+    import pandas as pd
+
+    spec = _ladder_spec()
+    model = P.DurationModel(spec)
+    c, s, slow = 0.01, 2e-11, {"teachers:scratch": 1.0, "search:kd": 1.6, "confirm:kd": 1.3, "baseline:scratch": 0.9}
+    rows = []
+    for key, sizes in (("teachers:scratch", [8, 32, 128]), ("search:kd", [8, 32, 128]),
+                       ("confirm:kd", [8, 32, 128]), ("baseline:scratch", [None])):
+        stage, method = key.split(":")
+        for z in sizes:
+            student = spec.teacher_model(z) if stage == "teachers" else spec.student
+            flops, batches = model.epoch_work(method, student, None if stage == "teachers" else z)
+            for epoch in range(2):
+                rows.append({"stage": stage, "method": method, "trial_id": f"{key}-{z}", "teacher_size": z,
+                             "teacher_size_name": None if z is None else str(z), "generations": None,
+                             "epoch": epoch, "epoch_s": slow[key] * (batches * c + flops * s)})
+    s_fit, c_fit, factor = P._fit_epochs(spec, pd.DataFrame(rows))
+    scale = factor["teachers:scratch"]  # the fit may move a common scale between factors and seconds
+    assert s_fit * scale == pytest.approx(s, rel=1e-3) and c_fit * scale == pytest.approx(c, rel=1e-3)
+    for key, f in slow.items():
+        assert factor[key] / scale == pytest.approx(f, rel=1e-3), key
+    cal = P.Calibration({}, 1.0, s_per_flop=s_fit, s_per_batch=c_fit, factor=factor)
+    fitted = P.DurationModel.from_calibration(spec, cal)
+    for z in (8, 32, 128):
+        flops, batches = model.epoch_work("scratch", spec.teacher_model(z))
+        assert fitted.epoch_s("teachers", "scratch", spec.teacher_model(z)) == pytest.approx(
+            batches * c + flops * s, rel=1e-3)
+    assert not fitted.estimated
+
+
+def test_critical_path_of_a_ladder_is_the_largest_teachers_chain(capsys):
+    """The slowest chain (the largest teacher, its KD search and confirm) is the critical path, both
+    from the default cost model and from a calibration, and the plan prints it."""
+    spec = _ladder_spec()
+    cal = P.Calibration({"teachers:scratch": 3.0, "search:kd": 4.0}, 1.0, s_per_flop=3e-11, s_per_batch=0.004,
+                        factor={"search:kd": 1.5})
+    from study import graph
+
+    exps = graph.plan(spec)
+    for model in (P.DurationModel(spec), P.DurationModel.from_calibration(spec, cal)):
+        works = model.works(exps)
+        chain, _ = P.critical_path(exps, works, spec.max_concurrent)
+        labels = [f"{e.stage}-{e.label}" for name in chain for e in exps if e.name == name]
+        assert labels == ["teachers-t128", "search-kd-t128", "confirm-kd-t128"], labels
+        alone = {f"{e.stage}-{e.label}": sum(t.seconds for t in works[e.name].trials) for e in exps}
+        assert alone["teachers-t128"] > alone["teachers-t32"] > alone["teachers-t8"]
+    P.report(spec, [2], P.DurationModel(spec), out=print)
+    out = capsys.readouterr().out
+    assert "teachers-t128 -> search-kd-t128 -> confirm-kd-t128" in out

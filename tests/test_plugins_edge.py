@@ -155,7 +155,7 @@ def test_a_broken_plugin_is_one_line_naming_its_file_and_line_before_ray(lab):
 
 def test_resume_imports_the_recorded_plugins_and_status_imports_none(lab):
     tmp, specs, site, elsewhere = lab
-    from analysis.synthetic import write_study
+    from .synthetic import write_study
 
     study = write_study(tmp, "study", student_means={4: 0.70, 16: 0.78}, seeds=2)
     doc = spec_doc(["./smooth.py", "my_lab.marker"])

@@ -1,4 +1,4 @@
-"""Synthetic results studies with a planted answer, for tests and demos of the report.
+"""Synthetic results studies with a planted answer, for the tests (not part of the shipped package).
 
 `write_study` writes a study directory in the real layout
 (``<root>/<study>/results/<stage>/*.parquet``, via `rows_to_table`) whose
@@ -31,7 +31,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pyarrow.parquet as pq
 
-from .schema import rows_to_table
+from analysis.schema import rows_to_table
 
 _T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 
@@ -289,7 +289,7 @@ def summary_from_arrays(val, test, sizes, base_val=None, base_test=None, method:
     """
     import pandas as pd
 
-    from .schema import COLUMNS
+    from analysis.schema import COLUMNS
 
     rows = []
     S, C, k = np.shape(val)
