@@ -234,6 +234,7 @@ def _resume_plugins(folder) -> None:
 def _run(spec, root, address, report: bool, extend: bool = False) -> int:
     import signal
 
+    from trainables.plugins import PluginError
     from trainables.storage import CorruptCheckpointError
 
     from .folder import SpecMismatch, StudyFolder
@@ -260,6 +261,9 @@ def _run(spec, root, address, report: bool, extend: bool = False) -> int:
     except (SpecMismatch, StudyLocked, StudyLockLost) as exc:
         print(f"kdstudy: {exc}", file=sys.stderr)
         return 1
+    except PluginError as exc:  # a plug-in that changed while the study started (before Ray did)
+        print(f"kdstudy: {exc}", file=sys.stderr)
+        return 2
     except (CorruptCheckpointError, FileNotFoundError) as exc:  # a damaged or missing file, named
         print(f"kdstudy: {exc}", file=sys.stderr)
         return 1

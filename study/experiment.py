@@ -341,6 +341,10 @@ def _log_to_file(root: str, name: str) -> None:
 
 def run_launch(launch: Launch) -> dict:
     """Run what is left of one experiment; returns counts. The driver verifies from storage."""
+    if launch.base.get("plugins"):  # what its trials import: a plug-in that cannot be is one failure, here
+        from trainables.plugins import load_in_trial
+
+        load_in_trial(launch.base["plugins"])
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # Tune's own files are never read back (see the module docstring): no per-result JSON/CSV/

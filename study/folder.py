@@ -27,6 +27,14 @@ checksum: their record is written on their first run with this version, and
 until then their stage markers speak for what ran. An experiment's name is a
 hash of its content, so a marker whose name is not an experiment of the
 recorded spec finished under another spec, and is refused too.
+
+A plug-in's source is part of the study's identity too: each spec file records
+its plug-ins (`kdstudy.plugin_sources`: ref, kind, module, path, sha256), and
+`record/plugins/<sha256>.json` keeps the text of each source (JSON, read only to
+show a difference, never imported or executed). Running or resuming the study
+with a plug-in whose source differs from what the study ran (edited, added or
+gone) is refused with the plug-in, the old and new sha256 and a unified diff of
+the source.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import json
 import os
 import posixpath
 from datetime import datetime, timezone
+from pathlib import Path
 
 from trainables import storage
 from trainables.data import identity_config
@@ -52,6 +61,10 @@ NOT_CONTENT = ("name", "storage", "description", "resources", "runtime", "failur
 CONFIG_IDS = "content"
 #: folder of the second record of each spec file (see the module docstring)
 RECORD = "record"
+#: under RECORD: the source text of each plug-in the study ran, by sha256 (for differences only)
+PLUGIN_TEXTS = "plugins"
+#: a plug-in's source is kept for differences only up to this size (its sha256 always)
+MAX_PLUGIN_TEXT = 1 << 20
 
 
 class SpecMismatch(RuntimeError):
@@ -92,6 +105,58 @@ def diff(old: dict, new: dict, old_label: str = "study (spec.json)", new_label: 
     a = json.dumps(old, indent=1, sort_keys=True).splitlines()
     b = json.dumps(new, indent=1, sort_keys=True).splitlines()
     return "\n".join(difflib.unified_diff(a, b, old_label, new_label, lineterm="", n=1))
+
+
+def plugin_texts(record: dict) -> dict[str, str] | None:
+    """{file (relative to the plug-in): text} of a plug-in's source as it is now, for a difference
+    (None: no source file, not text, or larger than MAX_PLUGIN_TEXT)."""
+    from trainables.plugins import _py_files
+
+    path = record.get("path")
+    if not path:
+        return None
+    p = Path(path)
+    try:
+        files = [p] if p.is_file() else sorted(_py_files(p)) if p.is_dir() else []
+        if not files or sum(f.stat().st_size for f in files) > MAX_PLUGIN_TEXT:
+            return None
+        return {(f.name if f == p else f.relative_to(p).as_posix()): f.read_text() for f in files}
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def plugin_difference(ran: list[dict], now: list[dict], old_texts) -> str | None:
+    """What differs between the plug-ins a study ran (`ran`, as recorded) and the ones this run
+    imports (`now`): one line per plug-in whose source is edited, new or gone, each edited one with
+    a unified diff of its source when `old_texts(sha256)` has the study's copy. None: the same."""
+    before = {r.get("ref"): r for r in ran if isinstance(r, dict)}
+    after = {r.get("ref"): r for r in now}
+    lines = []
+    for ref in sorted(set(before) | set(after), key=str):
+        b, a = before.get(ref), after.get(ref)
+        if b is not None and a is not None and b.get("sha256") == a.get("sha256"):
+            continue
+        if a is None:
+            lines.append(f"  plug-in {ref}: not imported by this run (the study ran with it, "
+                         f"sha256 {str(b.get('sha256'))[:12]})")
+            continue
+        if b is None:
+            lines.append(f"  plug-in {ref}: new (the study ran without it; sha256 {str(a.get('sha256'))[:12]}, "
+                         f"{a.get('path')})")
+            continue
+        lines.append(f"  plug-in {ref}: sha256 {str(b.get('sha256'))[:12]} (what the study ran) -> "
+                     f"{str(a.get('sha256'))[:12]} (now: {a.get('path')})")
+        old, new = old_texts(b.get("sha256")), plugin_texts(a)
+        if old is None or new is None:
+            lines.append("    (no copy of " + ("the source the study ran" if old is None else "its source now")
+                         + " to show the difference)")
+            continue
+        for name in sorted(set(old) | set(new)):
+            text = list(difflib.unified_diff(old.get(name, "").splitlines(), new.get(name, "").splitlines(),
+                                             f"{ref} {name} (what the study ran)", f"{ref} {name} (now)",
+                                             lineterm="", n=2))
+            lines += text[:200] + ([f"    ... ({len(text) - 200} more lines)"] if len(text) > 200 else [])
+    return "\n".join(lines) if lines else None
 
 
 def _extension_ok(old: dict, new: dict) -> list[str]:
@@ -234,6 +299,57 @@ class StudyFolder:
         data = json.dumps(record, indent=1, default=str).encode()
         storage.write_bytes(self.uri(name), data)
         storage.write_bytes(self.uri(RECORD, name), data)
+        self._record_plugin_texts(spec.plugin_sources)
+
+    def plugin_text_uri(self, sha256: str) -> str:
+        return self.uri(RECORD, PLUGIN_TEXTS, f"{sha256}.json")
+
+    def _record_plugin_texts(self, records: list[dict]) -> None:
+        """Keep each plug-in's source text (JSON, for differences only; see the module docstring)."""
+        for rec in records or ():
+            sha = rec.get("sha256")
+            if not sha or storage.exists(self.plugin_text_uri(sha)):
+                continue
+            texts = plugin_texts(rec)
+            if texts is not None:
+                doc = {"ref": rec.get("ref"), "kind": rec.get("kind"), "sha256": sha, "files": texts,
+                       "note": "a copy of a plug-in's source, kept to show what changed; never imported"}
+                storage.write_bytes(self.plugin_text_uri(sha), json.dumps(doc, indent=1).encode())
+
+    def recorded_plugin_texts(self, sha256) -> dict[str, str] | None:
+        """The source text the study kept of a plug-in (None: none kept, or unreadable)."""
+        if not isinstance(sha256, str) or not sha256.isalnum():
+            return None
+        uri = self.plugin_text_uri(sha256)
+        try:
+            doc = json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        files = doc.get("files") if isinstance(doc, dict) else None
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            return None
+        return files
+
+    def recorded_plugins(self) -> list[dict] | None:
+        """The plug-ins the study ran with (its latest spec file's record; None: not recorded)."""
+        files = self.spec_files()
+        if not files:
+            return None
+        meta = self._read(files[-1]).get("kdstudy")
+        got = meta.get("plugin_sources") if isinstance(meta, dict) else None
+        return got if isinstance(got, list) else None
+
+    def check_plugins(self, spec: Spec) -> None:
+        """Raise SpecMismatch if this run would import plug-ins whose sources differ from the study's."""
+        ran = self.recorded_plugins()
+        if ran is None:  # a study begun before plug-ins were recorded
+            return
+        text = plugin_difference(ran, spec.plugin_sources, self.recorded_plugin_texts)
+        if text:
+            raise SpecMismatch(
+                f"{self.root} ran with other plug-in sources than this run imports (a plug-in's source is part "
+                f"of the study's identity): put the plug-in back as the study ran it, or run the spec as a new "
+                f"study (another `name`):\n{text}")
 
     def _record_old_files(self) -> None:
         """A study begun by a kdstudy without records: record its (checked) spec files now."""
@@ -258,6 +374,7 @@ class StudyFolder:
             self._write_spec("spec.json", spec, version)
             return
         self._record_old_files()
+        self.check_plugins(spec)
         old, new = content(saved), content(spec)
         if old == new:
             return

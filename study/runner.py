@@ -78,17 +78,25 @@ def code_version() -> str:
     return f"{v}+{rev}" if rev else v
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, log_dir: str | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_dir: str | None = None,
+             plugin_sources: list | tuple = ()) -> bool:
     """Connect to a cluster (`auto`, `ray://...`) or start a private local Ray: bound to
-    127.0.0.1 only, token authentication on whatever the environment says (study.localray)."""
+    127.0.0.1 only, token authentication on whatever the environment says (study.localray).
+    The job ships kdstudy's packages and the study's plug-ins to every node, and no worker
+    imports from the driver's working directory (`study.jobenv`). Returns False when Ray was
+    already initialized in this process (it is used as it is)."""
     if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-        return
-    from .localray import start_local_ray
+        return False
+    from . import jobenv
 
-    start_local_ray(num_cpus=num_cpus, log_dir=log_dir, logging_level=logging.WARNING)
+    with jobenv.init_kwargs(jobenv.job_env(plugin_sources)) as env:
+        if address:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, **env)
+            return True
+        from .localray import start_local_ray
+
+        start_local_ray(num_cpus=num_cpus, log_dir=log_dir, logging_level=logging.WARNING, **env)
+    return True
 
 
 class ExperimentFailed(RuntimeError):
@@ -436,6 +444,8 @@ class StudyRunner:
         base["paths"] = {"root": self.root}
         base["code_version"] = self.version
         base["experiment"] = e.name
+        if self.spec.plugin_sources:  # imported by every trial before it builds its method
+            base["plugins"] = self.spec.plugin_sources
         if self.config_ids != "content":
             base["config_ids"] = self.config_ids
         if e.teacher_sizes:
@@ -677,7 +687,7 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
         _record_dataset(folder, spec)
         local = storage.local_path(folder.root)
         logs = None if local is None else os.path.join(local, "logs", "ray")
-        init_ray(address, num_cpus=num_cpus, log_dir=logs)
+        init_ray(address, num_cpus=num_cpus, log_dir=logs, plugin_sources=spec.plugin_sources)
         t0 = time.time()
         runner = StudyRunner(spec, folder.root, progress, local=address is None, lock=lock)
         outcome = runner.run()

@@ -187,9 +187,10 @@ def write_spec(path: Path, spec: dict) -> Path:
     return path
 
 
-def driver(cluster: LoopbackCluster, *args: str, log: Path) -> subprocess.Popen:
+def driver(cluster: LoopbackCluster, *args: str, log: Path, cwd: Path = REPO,
+           command: list[str] | None = None) -> subprocess.Popen:
     """`kdstudy ...` as its own process (the driver), logging to `log`."""
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=REPO, env=cluster.env,
+    return subprocess.Popen([*(command or [sys.executable, "-m", "study.cli"]), *args], cwd=cwd, env=cluster.env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -244,6 +245,39 @@ def test_study_spreads_over_nodes(cluster, tmp_path, data_root):
     nodes = {n.split("/")[-1] for n in df["node"]}
     assert nodes == worker_ids, (nodes, worker_ids)  # both workers trained, the CPU-less head none
     assert df["node"].str.fullmatch(r"[0-9.]+/[0-9a-f]{12}").all()  # "<ip>/<node id prefix>"
+
+
+# --------------------------------------------------------------------------- plug-ins and the user's files
+
+
+def test_plugin_beside_the_spec_reaches_both_workers_from_a_directory_of_users_files(cluster, tmp_path):
+    """The example's plug-in (a package folder beside the spec, on the driver's disk only as far as
+    Ray knows) is shipped with the job and imported from the shipped copy by every trial on both
+    worker nodes; the driver runs `kdstudy` from a working directory holding the user's own study.py,
+    analysis.py and trainables.py, which no process imports (issue 17 item 1, issue 19 item 3)."""
+    from .test_plugins import copy_example, example_doc, kdstudy_command, shadow_marks, shadowing_dir
+
+    while sum(w.poll() is None for w in cluster.workers) < 2:  # an earlier test may have killed one
+        cluster.add_worker(cpus=1)
+    specs, imports = tmp_path / "specs", tmp_path / "imports.txt"
+    copy_example(specs, imports)
+    doc = example_doc(tmp_path / "results")
+    doc["methods"]["ttm"]["trials"] = 2  # two concurrent trials: one per worker
+    spec = write_spec(specs / "spec.yaml", doc)
+    cwd = shadowing_dir(tmp_path / "cwd")
+    log = tmp_path / "driver.log"
+    p = driver(cluster, "run", str(spec), "--address", cluster.address, "--no-report", log=log, cwd=cwd,
+               command=kdstudy_command())
+    finish(p, log, timeout=240)
+    assert shadow_marks(cwd) == []
+    df = read_rows(tmp_path / "results" / "plugin_test")
+    assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"} and set(df["dataset"]) == {"waveform"}
+    worker_ids = {cluster.node_id(w)[:12] for w in cluster.workers if w.poll() is None}
+    # every trial trains the plug-in's family on the plug-in's dataset: it imported the plug-in
+    assert {n.split("/")[-1] for n in df["node"]} == worker_ids
+    imported = [line.split(" ", 1)[1] for line in imports.read_text().splitlines()]
+    shipped = [f for f in imported if not f.startswith(str(specs))]
+    assert shipped and all("runtime_resources" in f and "py_modules_files" in f for f in shipped), imported
 
 
 # --------------------------------------------------------------------------- lost worker

@@ -30,8 +30,22 @@ or folder imported (for a module name or entry point: where it was found, or Non
 ``sha256`` hashes the source (a package: every ``.py`` file's relative path and
 bytes). `describe` makes records without executing anything; `load_plugins`
 imports and returns them; `load_records` imports recorded plug-ins in another
-process (a Ray trial), optionally from a copy of each file at another path, and
-can check that the copy is the source the driver recorded.
+process, optionally from a copy of each file at another path, and can check that
+the copy is the source the driver recorded.
+
+**On a Ray cluster** the driver's disk is not a worker's. The driver copies each
+file and package plug-in into a private folder under its module name (`stage`:
+``<module>.py``, ``<module>/``), and the study's Ray job ships those copies to every
+node with Ray's runtime environment (``py_modules``: each copy lands in a folder of
+its own on the node's ``PYTHONPATH``, named as it was), together with the top-level
+package of each module plug-in that is not installed (`shipped_roots`; installed
+ones must be installed on every node, as kdstudy is). A trial process calls
+`load_in_trial(records)`: each plug-in is imported from its shipped copy (found on
+``sys.path`` under its module name, else at its recorded path when that exists on
+this node), after checking that the source it is about to import is the one the
+driver recorded (sha256): an edited file, or another version of a module installed
+on one node, is refused with a line naming the plug-in and the node. Nothing is
+ever imported from a study folder.
 
 Every failure is a `PluginError` whose message is one line naming the plug-in
 (and the file and line, for an error inside it).
@@ -46,7 +60,10 @@ import importlib.metadata
 import importlib.util
 import os
 import re
+import shutil
+import socket
 import sys
+import sysconfig
 import traceback
 from pathlib import Path
 from typing import Any, Iterable
@@ -239,31 +256,73 @@ def load_records(records: Iterable[dict], paths: dict[str, str] | None = None, c
     """Import recorded plug-ins in this process (e.g. a Ray trial), under their recorded module names.
 
     `paths` maps a record's module name to where its file or folder is on this machine
-    (a copy shipped to a worker); by default the recorded path. With `check`, a file or
-    folder whose source differs from the record's sha256 is refused (PluginError)."""
+    (a copy shipped to a worker); by default the recorded path. With `check`, a plug-in
+    whose source here differs from the record's sha256 is refused (PluginError): a file
+    or folder as found at its path, a module or entry point as this process would import
+    it (found without executing it)."""
     for rec in records:
         rec = dict(rec)
         if paths and rec.get("module") in paths:
             rec["path"] = paths[rec["module"]]
-        if check and rec.get("kind") in ("file", "package"):
-            try:
-                got = source_sha256(rec.get("path"))
-            except OSError as exc:
-                raise PluginError(rec["ref"], f"cannot read {rec.get('path')}: {_short(exc)}") from None
-            if got != rec.get("sha256"):
-                raise PluginError(rec["ref"], f"{rec.get('path')} is not the source the study recorded "
-                                              f"(sha256 {got[:12]}, recorded {str(rec.get('sha256'))[:12]})")
+        if check:
+            _check_source(rec)
         import_record(rec)
 
 
+def _check_source(rec: dict) -> None:
+    """Raise PluginError unless the source this process would import for `rec` is the recorded one."""
+    kind, where = rec.get("kind"), _node()
+    if kind in ("file", "package"):
+        path = rec.get("path")
+        try:
+            got = source_sha256(path)
+        except OSError as exc:
+            raise PluginError(rec["ref"], f"cannot read {path} on {where}: {_short(exc)}") from None
+        if got != rec.get("sha256"):
+            raise PluginError(rec["ref"], f"{path} is not the source the study recorded "
+                                          f"(sha256 {got[:12]}, recorded {str(rec.get('sha256'))[:12]})")
+        return
+    if not rec.get("path"):  # a module the driver found without a source file: nothing to compare
+        return
+    spec = _locate(rec["module"])
+    path = _origin_path(spec)
+    if path is None:
+        raise PluginError(rec["ref"], f"no module named {rec['module']!r} on {where} (install it on every node, "
+                                      f"as kdstudy is, or name its file or folder in the spec)")
+    got = source_sha256(path)
+    if got != rec.get("sha256"):
+        raise PluginError(rec["ref"], f"{path} on {where} is not the source the study recorded "
+                                      f"(sha256 {got[:12]}, recorded {str(rec.get('sha256'))[:12]}): install "
+                                      f"the same version on every node")
+
+
+def _node() -> str:
+    try:
+        return f"node {socket.gethostname()}"
+    except OSError:  # pragma: no cover
+        return "this node"
+
+
 def import_record(record: dict) -> Any:
-    """Import one plug-in from its record (no-op when its module is already imported); the module."""
+    """Import one plug-in from its record (no-op when its module is already imported); the module.
+
+    A file or package plug-in already imported from another source (it was edited since this
+    process imported it: its registrations are the old version's) is refused."""
     ref, kind, name, path = record["ref"], record.get("kind"), record["module"], record.get("path")
     if name in sys.modules and kind != "entry_point":
-        return sys.modules[name]
+        module = sys.modules[name]
+        had, want = getattr(module, "__kdstudy_sha256__", None), record.get("sha256")
+        if kind in ("file", "package") and had and want and had != want:
+            raise PluginError(ref, f"was imported by this process from another version of its source "
+                                   f"(sha256 {had[:12]}, now {want[:12]}); its methods, families and datasets are "
+                                   f"registered as they were: start a new Python process to use the edited one")
+        return module
     try:
         if kind in ("file", "package"):
-            return _import_path(name, Path(path), package=kind == "package")
+            module = _import_path(name, Path(path), package=kind == "package")
+            if record.get("sha256"):
+                module.__kdstudy_sha256__ = record["sha256"]
+            return module
         if kind == "entry_point":
             return _import_entry_point(record)
         return importlib.import_module(name)
@@ -326,3 +385,125 @@ def _explain(exc: BaseException, path: str | None) -> str:
         if "registered twice" in str(exc):
             text += " (is one plug-in imported under two names? name each once)"
     return _short(where + text, 300)
+
+
+# --------------------------------------------------------------------------- travelling to the workers
+
+#: a file in each staged package copy naming its module (Ray names a shipped folder by its content
+#: only: two copies of one package under two names would otherwise be one upload)
+STAGE_MARK = ".kdstudy-module"
+
+
+def stage(records: Iterable[dict], folder: str | Path) -> list[str]:
+    """Copy the file and package plug-ins of `records` into `folder` under their module names
+    (``<module>.py``, ``<module>/``) and return the copies' paths: what the study's Ray job ships
+    to every node (``py_modules``). Each copy is checked against its record: a plug-in edited
+    since the spec was read is refused (PluginError), so every trial imports what was recorded."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for rec in records:
+        if rec.get("kind") not in ("file", "package"):
+            continue
+        src = Path(rec["path"])
+        try:
+            if rec["kind"] == "file":
+                dest = folder / f"{rec['module']}.py"
+                shutil.copyfile(src, dest)
+            else:
+                dest = folder / rec["module"]
+                if dest.exists():
+                    shutil.rmtree(dest)
+                shutil.copytree(src, dest, ignore=_not_staged)
+                (dest / STAGE_MARK).write_text(rec["module"] + "\n")
+        except OSError as exc:
+            raise PluginError(rec["ref"], f"cannot copy {src}: {_short(exc)}") from None
+        got = source_sha256(dest)
+        if got != rec.get("sha256"):
+            raise PluginError(rec["ref"], f"{src} changed after the spec was read (sha256 {got[:12]}, read as "
+                                          f"{str(rec.get('sha256'))[:12]}); run again")
+        out.append(str(dest))
+    return out
+
+
+def _not_staged(folder: str, names: list[str]) -> set[str]:
+    """What a package's copy leaves out: caches, hidden folders, compiled files, and ignore files
+    (Ray would honour a ``.gitignore`` and drop what it names from the upload)."""
+    out = set()
+    for n in names:
+        if n in _SKIP_DIRS or n.endswith(".pyc") or n in (".gitignore", ".rayignore"):
+            out.add(n)
+        elif n.startswith(".") and os.path.isdir(os.path.join(folder, n)):
+            out.add(n)
+    return out
+
+
+def _installed_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(k) for k in ("purelib", "platlib", "stdlib", "platstdlib")}
+    try:
+        import site
+
+        dirs.update(site.getsitepackages())
+        dirs.add(site.getusersitepackages())
+    except (AttributeError, ImportError):  # pragma: no cover - a virtualenv without site helpers
+        pass
+    return [os.path.realpath(d) for d in dirs if d]
+
+
+def shipped_roots(records: Iterable[dict]) -> list[str]:
+    """The top-level package folders (or single-file modules) of module and entry-point plug-ins
+    found outside the installed packages (on ``PYTHONPATH``, or installed in editable mode):
+    they travel with the job too, so that a node which does not have them imports the driver's.
+    Installed plug-ins are expected on every node (and checked there, `load_in_trial`)."""
+    installed = _installed_dirs()
+    out: list[str] = []
+    for rec in records:
+        if rec.get("kind") not in ("module", "entry_point") or not rec.get("path"):
+            continue
+        top = rec["module"].split(".")[0]
+        if top in ("study", "trainables", "analysis", "studies"):
+            continue  # kdstudy's own packages travel anyway
+        path = _origin_path(_locate(top))
+        if path is None:
+            continue
+        real = os.path.realpath(path)
+        if any(real == d or real.startswith(d + os.sep) for d in installed):
+            continue
+        if path not in out:
+            out.append(path)
+    return out
+
+
+def shipped_paths(records: Iterable[dict]) -> dict[str, str]:
+    """{module name: path} of the file and package plug-ins shipped to this node: found on
+    ``sys.path`` under their module names (where Ray's ``py_modules`` put them), without executing."""
+    out = {}
+    for rec in records:
+        if rec.get("kind") not in ("file", "package"):
+            continue
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(rec["module"])
+        except (ImportError, ValueError):
+            spec = None
+        path = _origin_path(spec)
+        if path is not None:
+            out[rec["module"]] = path
+    return out
+
+
+def load_in_trial(records: Iterable[dict]) -> None:
+    """Import the study's plug-ins in a trial process (any node of the cluster), before it builds
+    its method: each from its shipped copy (`shipped_paths`), else from its recorded path when that
+    exists on this node, after checking that what is imported is the source the driver recorded.
+    Raises PluginError (one line, naming the plug-in and the node)."""
+    records = list(records)
+    paths = shipped_paths(records)
+    for rec in records:
+        if rec.get("kind") in ("file", "package") and rec["module"] not in paths \
+                and not (rec.get("path") and os.path.exists(rec["path"])):
+            raise PluginError(rec["ref"], f"did not reach {_node()}: no shipped copy on sys.path and no "
+                                          f"{rec.get('path')} there (kdstudy ships plug-ins with the Ray job it "
+                                          f"starts; a Ray started before it must be given them: "
+                                          f"study.api.runtime_env)")
+    load_records(records, paths=paths, check=True)

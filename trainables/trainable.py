@@ -13,7 +13,10 @@ one is older than `runtime.checkpoint_every_s` (default 30 s) and at the end
 of every generation. A retried trial, or one continued by `kdstudy resume`,
 starts from there. Nothing Tune pickles is ever read back. The trial's device
 is the GPU Ray gave it (`ray.get_gpu_ids()` in the trial's process), else the
-CPU (see `trainables.device`). When a trial
+CPU (see `trainables.device`). A study's plug-ins (`base["plugins"]`, their
+records) are imported first, from the copies the job shipped to this node, each
+checked against the source the driver recorded (`trainables.plugins.load_in_trial`).
+When a trial
 raises, the last line of the error goes to `<study>/errors/<trial key>.txt`
 (plain text) for the driver to show, and the error propagates to Tune.
 """
@@ -37,7 +40,7 @@ RUN_KEYS = ("seed", "_trial_key")
 #: keys of a resolved trial configuration that say where, when, by which experiment or with which
 #: seed a trial runs, never what it trains
 NOT_CONFIG = ("study", "stage", "seed", "experiment", "paths", "runtime", "code_version", "export", "config_id",
-              "started_at", "config_ids")
+              "started_at", "config_ids", "plugins")
 #: dataset keys that say where the data lies on this machine
 DATA_LOCATION = ("root", "download")
 #: facts of a model entry that are not its configuration: where its weights lie, which of a
@@ -156,6 +159,10 @@ def tune_trainable(config: dict, base: dict | None = None) -> None:
         fs, path = storage.resolve(error_uri(root, key))
         fs.delete_file(path)
     try:
+        if base.get("plugins"):  # the study's plug-ins, checked against their recorded sources
+            from .plugins import load_in_trial
+
+            load_in_trial(base["plugins"])
         scheme = base.get("config_ids", "content")  # the scheme the study began with (study.folder)
         trial_config = resolve({k: v for k, v in base.items() if k != "config_ids"}, sampled)
         trial_config["config_id"] = config_id(sampled if scheme == "sampled" else trial_config, scheme)

@@ -25,19 +25,21 @@ reported, never used for selection.
 from .batching import CROP_PADDING, DeviceBatches, StreamBatches, batches, random_crop_flip, to_device
 from .registry import (AUGMENT_OPTIONS, COMMON_OPTIONS, DEFAULT_MEMORY_BUDGET_GB, DEFAULT_ROOT, STREAM_OPTIONS,
                        Augmentation, DatasetEntry, DatasetError, DatasetFacts, DatasetInfo, DatasetNotFound, Loaded,
-                       Splits, available_datasets, check_dataset, dataset_facts, dataset_options, describe,
-                       identity_config, load_dataset, register_dataset)
-from .sources import ImageSource, LazyImages
+                       Splits, augmentation_of, available_datasets, check_dataset, dataset_facts, dataset_options,
+                       describe, identity_config, load_dataset, register_dataset, root_of)
+from .sources import ImageSource, LazyImages, channels_of_mode, to_uint8_chw
 
 # the built-in entries register themselves on import, through the same decorator as a plug-in
 from . import mnist1d_data, cifar, synthetic, image_folder, torchvision_classes  # noqa: E402,F401  isort: skip
 from .cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
+from .image_folder import size_option, stats_option  # noqa: E402
 
 __all__ = [
     "AUGMENT_OPTIONS", "Augmentation", "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_MEAN", "CIFAR10_STD",
     "COMMON_OPTIONS", "CROP_PADDING", "DEFAULT_MEMORY_BUDGET_GB", "DEFAULT_ROOT", "DatasetEntry",
     "DatasetError", "DatasetFacts", "DatasetInfo", "DatasetNotFound", "DeviceBatches", "ImageSource", "LazyImages",
-    "Loaded", "STREAM_OPTIONS", "Splits", "StreamBatches", "available_datasets", "batches", "check_dataset",
-    "dataset_facts", "dataset_options", "describe", "identity_config", "load_dataset", "random_crop_flip",
-    "register_dataset", "to_device",
+    "Loaded", "STREAM_OPTIONS", "Splits", "StreamBatches", "augmentation_of", "available_datasets", "batches",
+    "channels_of_mode", "check_dataset", "dataset_facts", "dataset_options", "describe", "identity_config",
+    "load_dataset", "random_crop_flip", "register_dataset", "root_of", "size_option", "stats_option", "to_device",
+    "to_uint8_chw",
 ]

@@ -108,7 +108,8 @@ def list_split(folder: str, classes: list[str] | None = None) -> tuple[list[str]
     return classes, paths, labels
 
 
-def _size_option(value, where: str) -> tuple[int, int] | None:
+def size_option(value, where: str) -> tuple[int, int] | None:
+    """An image-size option (an int or [height, width]) as (H, W); None stays None."""
     if value is None:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
@@ -119,7 +120,9 @@ def _size_option(value, where: str) -> tuple[int, int] | None:
     return int(value[0]), int(value[1])
 
 
-def _stats_option(cfg: dict, channels: int) -> tuple[tuple | None, tuple | None]:
+def stats_option(cfg: dict, channels: int) -> tuple[tuple | None, tuple | None]:
+    """The `mean` / `std` options of an image entry, checked against its channel count (None:
+    computed on the training split)."""
     mean, std = cfg.get("mean"), cfg.get("std")
     if (mean is None) != (std is None):
         raise DatasetError("dataset.mean and dataset.std are given together (or neither)")
@@ -181,7 +184,7 @@ class ImageFolder(DatasetEntry):
         return root, classes, splits
 
     def _geometry(self, cfg: dict, first: str) -> tuple[int, tuple[int, int]]:
-        size = _size_option(cfg.get("image_size"), "image_size")
+        size = size_option(cfg.get("image_size"), "image_size")
         channels = cfg.get("channels")
         if size is None or channels is None:
             from PIL import Image
@@ -199,7 +202,7 @@ class ImageFolder(DatasetEntry):
     def info(self, cfg: dict) -> DatasetInfo:
         root, classes, splits = self._layout(cfg)
         channels, size = self._geometry(cfg, splits["train"][0][0])
-        mean, std = _stats_option(cfg, channels)
+        mean, std = stats_option(cfg, channels)
         shape = (channels, *size)
         has_test = os.path.isdir(os.path.join(root, "test"))
         frac = float(cfg.get("test_fraction", 0.2))

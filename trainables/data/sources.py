@@ -180,6 +180,7 @@ GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 
 
 def channels_of_mode(mode: str) -> int:
+    """Channels a PIL image mode is loaded with: 1 for grey modes, else 3 (RGB)."""
     return 1 if mode in GRAY_MODES else 3
 
 

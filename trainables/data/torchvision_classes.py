@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..options import REQUIRED, Option
-from .image_folder import _size_option, _stats_option
+from .image_folder import size_option, stats_option
 from .registry import (AUGMENT_OPTIONS, STREAM_OPTIONS, DatasetEntry, DatasetError, DatasetInfo, DatasetNotFound,
                        Loaded, augmentation_of, register_dataset, root_of)
 from .sources import ImageSource, channels_of_mode, to_uint8_chw
@@ -235,14 +235,14 @@ class TorchvisionDataset(DatasetEntry):
     streamable = True
 
     def _geometry(self, cfg: dict, opened: dict) -> tuple[int, tuple[int, int]]:
-        size = _size_option(cfg.get("image_size"), "image_size") or opened["first_size"]
+        size = size_option(cfg.get("image_size"), "image_size") or opened["first_size"]
         channels = cfg.get("channels") or channels_of_mode(opened["first_mode"])
         return int(channels), size
 
     def info(self, cfg: dict) -> DatasetInfo:
         opened = _open(cfg)
         channels, size = self._geometry(cfg, opened)
-        mean, std = _stats_option(cfg, channels)
+        mean, std = stats_option(cfg, channels)
         shape = (channels, *size)
         name = opened["cls"].__name__
         split = not _train_style(opened["cls"])

@@ -48,6 +48,7 @@ class TapPoint:
 
 
 def int_option(cfg: dict, key: str, low: int) -> str | None:
+    """A family `check`'s problem with integer option `key` below `low` (None: fine)."""
     v = cfg[key]
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         return f"option {key!r} must be an integer >= {low}, got {v!r}"
@@ -64,6 +65,7 @@ def init_weights(module: nn.Module) -> None:
 
 
 def need_image(family: str, in_shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless a family that needs images got an input shape (C, H, W)."""
     if len(in_shape) != 3:
         raise ValueError(
             f"model family {family!r} needs image inputs of shape (C, H, W), got {in_shape}"
