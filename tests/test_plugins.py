@@ -385,8 +385,7 @@ def test_job_env_ships_kdstudys_packages_and_merges_a_submitted_jobs_env():
 PUBLIC = ("trainables.methods", "trainables.models", "trainables.data", "trainables.losses",
           "trainables.feature_losses", "trainables.connectors", "trainables.crd", "trainables.options")
 #: imports of the built-ins that are not public yet, each with its reason (drop an entry when it is)
-PENDING = {("trainables.methods._feature", "FeatureMethod"):
-           "the feature methods' shared base: exported from trainables.methods when they are wired into the loop"}
+PENDING: dict[tuple[str, str], str] = {}
 
 
 def _public_names(module: str) -> set[str]:

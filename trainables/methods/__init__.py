@@ -13,6 +13,7 @@ from .base import (
     get_method,
     register,
 )
+from ._feature import FeatureMethod
 
-__all__ = ["Context", "Forward", "FrozenTeacherMethod", "HParam", "Method", "Step", "Taps", "available_methods",
+__all__ = ["Context", "FeatureMethod", "Forward", "FrozenTeacherMethod", "HParam", "Method", "Step", "Taps", "available_methods",
            "freeze", "get_method", "register", "tap_shapes"]
