@@ -358,11 +358,17 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from .plan import main as plan_main
 
+    from trainables.imported import WeightsError
+
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
-                     node=args.node)
+    try:
+        return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
+                         node=args.node)
+    except WeightsError as exc:  # an imported teacher's file, whose sha256 names its experiments
+        print(f"kdstudy: teachers.weights: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_dashboard(args) -> int:
