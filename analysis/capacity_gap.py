@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from . import search as search_mod
 from .select import choose_baseline, config_ids, finished, hparams_text, reported_rows
-from .stats import (CANNOT_TELL, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
+from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
 #: methods that are not distillation from a teacher ladder
@@ -81,6 +82,10 @@ class CapacityData:
     baseline_info: dict = field(default_factory=dict)
     epochs: float | None = None
     generations: float | None = None
+    replicate: int = 0  # the search replicate these data are of
+    replicas: list = field(default_factory=list)  # CapacityData of search replicates 1, 2, ... (search.replicates)
+    resolutions: list = field(default_factory=list)  # analysis.search.Resolution of this replicate's searches
+    seeds_per_trial: int = 1  # seeds each search trial trained (search.seeds_per_trial)
     imported: list = field(default_factory=list)  # teacher sizes whose teacher was imported, not trained
 
 
@@ -107,6 +112,7 @@ class Verdict:
     text: str = ""
     delta: float = 0.5
     level: float = 0.95
+    replicates: tuple = ()  # with search replicates: each replicate's own Verdict (this one combines them)
 
     @property
     def diff_points(self) -> float | None:
@@ -206,6 +212,41 @@ def decide(val: np.ndarray, test: np.ndarray, base_test: np.ndarray | None, delt
     return out
 
 
+def decide_replicates(val: np.ndarray, test: np.ndarray, base_test: np.ndarray | None, delta: float = 0.5,
+                      level: float = 0.95) -> dict:
+    """`decide` for a study of R search replicates, vectorised: val, test (..., R, S, C, k), base_test
+    (..., R, k) (each replicate's no-KD student; the same runs when the baseline is not searched).
+
+    Every replicate is decided on its own (`decide`), then combined as `combine` does: a status only
+    where every replicate reaches it (else inconclusive, or cannot tell), each comparison by
+    `analysis.search.across_arrays`, and no claim at all where the study's estimated search luck
+    (`analysis.search.pooled_luck` of the chosen configurations' confirm accuracies) is more than R
+    replicates absorb. Returns {"replicates": decide's output with the R axis, "status": (...,),
+    "gap": (..., S-1) combined outcome codes, "base": (..., S) or None, "luck": (...,), "luck_ok"}.
+    """
+    d = decide(val, test, base_test, delta, level)
+    R = val.shape[-4]
+    st = d["status"]
+    # the study's own estimate of its search luck (the chosen configurations' spread over replicates)
+    chosen = take(test, d["config"], axis=-2)  # (..., R, S, k)
+    luck = search_mod.pooled_luck(chosen) if R > 1 else np.full(st.shape[:-1], np.nan)
+    ok = ~(luck > search_mod.calibrated_luck(R)) if R > 1 else np.ones(st.shape[:-1], dtype=bool)
+    same = (st == st[..., :1]).all(axis=-1)
+    any_cannot = (st == CANNOT_TELL).any(axis=-1)
+    status = np.where(same, st[..., 0], np.where(any_cannot, CANNOT_TELL, INCONCLUSIVE)).astype(object)
+    status = np.where(~ok & np.isin(status, [GAP, NO_GAP, LARGEST_BETTER]), INCONCLUSIVE, status).astype(object)
+    out = {"replicates": d, "status": status, "gap": None, "base": None, "luck": luck, "luck_ok": ok}
+    if d["gap"] is not None:
+        g = d["gap"]
+        out["gap"] = search_mod.across_arrays(g["outcome"], g["estimate"], g["eq_low"], g["eq_high"], delta, axis=-2,
+                                              luck_ok=ok[..., None])
+    if d["base"] is not None:
+        b = d["base"]
+        out["base"] = search_mod.across_arrays(b["outcome"], b["estimate"], b["eq_low"], b["eq_high"], delta,
+                                               axis=-2, luck_ok=ok[..., None])
+    return out
+
+
 def gap_status(gap: dict, head, delta: float) -> np.ndarray:
     """The capacity-gap status per family (vectorised) from `paired_family` output of largest - smaller sizes.
 
@@ -241,7 +282,19 @@ def _percent_grid(runs: pd.DataFrame, sizes, configs, seeds, column: str) -> np.
 
 
 def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
-    """Gather students, teachers, the no-KD student and the budgets of `method` from a trial summary."""
+    """Gather students, teachers, the no-KD student and the budgets of `method` from a trial summary.
+
+    With search replicates (`search.replicates`) the data are replicate 0's, and `replicas` holds
+    each further replicate's, each gathered from the rows a study of that replicate alone would
+    have (`analysis.search.of_replicate`)."""
+    reps = search_mod.replicates(summary)
+    data = _capacity_data(search_mod.of_replicate(summary, reps[0]), method, reps[0])
+    for r in reps[1:]:
+        data.replicas.append(_capacity_data(search_mod.of_replicate(summary, r), method, r))
+    return data
+
+
+def _capacity_data(summary: pd.DataFrame, method: str, replicate: int = 0) -> CapacityData:
     students_all = reported_rows(summary)
     mine_all = students_all[(students_all["method"] == method) & students_all["teacher_size"].notna()]
     mine = finished(mine_all)
@@ -304,7 +357,10 @@ def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
     teachers["teacher_params"] = teachers["teacher_size"].map(params)
 
     search_all = summary[(summary["stage"] == "search") & (summary["method"] == method)]
-    counts = search_all.groupby("teacher_size")["trial_id"].nunique().to_dict()
+    search_trials = search_all["trial_id"].map(search_mod.search_trial_of)
+    counts = search_trials.groupby(search_all["teacher_size"]).nunique().to_dict()
+    runs_per = search_all.groupby(search_trials)["seed"].nunique()
+    seeds_per_trial = int(runs_per.max()) if len(runs_per) else 1
     rows = []
     for i, size in enumerate(sizes):
         chosen_rows = runs[runs["teacher_size"] == size]
@@ -323,6 +379,7 @@ def capacity_data(summary: pd.DataFrame, method: str) -> CapacityData:
         budget_mode=_budget_mode(search_all), sizes=sizes, seeds=seeds, configs=configs, val=val, test=test,
         chosen=chosen, peak_size=peak, config_table=pd.DataFrame(rows), baseline_val=base_val,
         baseline_test=base_test, baseline_info=base_info, epochs=epochs, generations=generations,
+        replicate=replicate, resolutions=search_mod.resolutions(summary, method), seeds_per_trial=seeds_per_trial,
         imported=[z for z in imported_sizes(summary) if z in sizes],
     )
 
@@ -345,7 +402,9 @@ def _budget_text(data: CapacityData) -> str:
     parts = [f"Budgets: {data.method} trains {epochs} epochs x {gens:g} generation{'s' if gens != 1 else ''} "
              f"per model"]
     if counts:
-        parts.append("search trials per teacher size " + ", ".join(f"{k:g}: {v}" for k, v in sorted(counts.items())))
+        each = f" (each trained on {data.seeds_per_trial} seeds)" if data.seeds_per_trial > 1 else ""
+        parts.append("search trials per teacher size " + ", ".join(f"{k:g}: {v}" for k, v in sorted(counts.items()))
+                     + each)
     else:
         parts.append("no search trials recorded")
     if data.source == "confirm" and not data.config_table.empty:
@@ -377,7 +436,24 @@ def verdicts(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> 
 
 
 def verdicts_of(datas: list[CapacityData], delta: float = 0.5, level: float = 0.95) -> list[Verdict]:
-    """As `verdicts`, from CapacityData already built."""
+    """As `verdicts`, from CapacityData already built.
+
+    With search replicates every replicate is decided as a study of its own (its own Holm families:
+    replicate r of every searched method, the shared data of methods without a search), and each
+    method's verdict combines its replicates (`combine`)."""
+    n_rep = max([1 + len(d.replicas) for d in datas] or [1])
+    if n_rep == 1:
+        return _verdicts_one(datas, delta, level)
+    per_rep = []
+    for i in range(n_rep):
+        ds = [d if i == 0 or not d.replicas else d.replicas[i - 1] for d in datas
+              if i == 0 or not d.replicas or len(d.replicas) >= i]
+        per_rep.append({v.method: v for v in _verdicts_one([d for d in ds if not d.students.empty], delta, level)})
+    return [combine(d, [pr[d.method] for pr in per_rep if d.method in pr], delta, level) for d in datas]
+
+
+def _verdicts_one(datas: list[CapacityData], delta: float = 0.5, level: float = 0.95) -> list[Verdict]:
+    """The verdicts of one study (one search replicate): the method-vs-baseline family over all methods."""
     pairs, owner = [], []
     for data in datas:
         for j, v in enumerate(_baseline_pairs(data)):
@@ -401,11 +477,17 @@ def _baseline_pairs(data: CapacityData) -> list:
              pd.Series(t[i], index=data.seeds), base) for i, s in enumerate(data.sizes)]
 
 
+_LEADS = {GAP: "CAPACITY GAP", NO_GAP: "NO CAPACITY GAP (equivalent within delta)",
+          LARGEST_BETTER: "LARGEST TEACHER BETTER (shown)",
+          INCONCLUSIVE: "capacity gap INCONCLUSIVE", CANNOT_TELL: "capacity gap: cannot tell"}
+
+
 def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseline=None) -> Verdict:
     """Decide from the data whether a larger teacher made a worse student, and how the method compares
     with the no-KD student (see the module docstring and README, "How to read a verdict").
 
     Alone, the method-vs-baseline family is this method's teacher sizes; `verdicts` builds it over all methods.
+    These are the data of one search replicate; `combine` joins the verdicts of several.
     """
     budget = _budget_text(data)
     method = data.method
@@ -424,11 +506,12 @@ def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseli
     peak_label = _size_label(data, sizes[peak_i])
     largest_label = _size_label(data, sizes[largest_i])
     vs_base = base_family[peak_i] if len(base_family) == len(sizes) else None
-    base_text = vs_base.text if vs_base is not None else "No no-KD student (stage baseline, finished) to compare with."
+    notes = _notes(data, [data])
     if len(sizes) < 2:
-        text = f"{prefix}cannot tell about a capacity gap: only one teacher size ({largest_label})."
+        text = (f"{prefix}cannot tell about a capacity gap: only one teacher size ({largest_label}). "
+                f"{_baseline_text(method, base_family, vs_base)}{notes} {budget}")
         return Verdict(method, CANNOT_TELL, peak_label, largest_label, None, (), vs_base, tuple(base_family),
-                       f"{text} {base_text} {budget}", delta, level)
+                       text, delta, level)
     largest_series = pd.Series(t[largest_i], index=data.seeds)
     pairs = [(f"{method} student of the largest teacher {largest_label}",
               f"{method} student of teacher {_size_label(data, sizes[i])}", largest_series, pd.Series(t[i], index=data.seeds))
@@ -446,16 +529,155 @@ def verdict(data: CapacityData, delta: float = 0.5, level: float = 0.95, _baseli
     arrays = {"outcome": np.array([OUTCOMES.index(f.outcome) for f in family]),
               "estimate": np.array([f.estimate for f in family]), "eq_low": np.array([f.eq_ci[0] for f in family])}
     status = str(gap_status(arrays, np.array(head_i), delta))
-    lead = {GAP: "CAPACITY GAP", NO_GAP: "NO CAPACITY GAP (equivalent within delta)",
-            LARGEST_BETTER: "LARGEST TEACHER BETTER (shown)",
-            INCONCLUSIVE: "capacity gap INCONCLUSIVE", CANNOT_TELL: "capacity gap: cannot tell"}[status]
-    text = f"{prefix}{lead}: {where} {head.text}"
-    others = [f.text for i, f in enumerate(family) if i != head_i and f.outcome == SHOWN and f.estimate < 0]
-    if others:
-        text += " Also: " + " ".join(others)
-    text += f" {base_text} {budget}"
+    text = _verdict_text(prefix + _LEADS[status], where, head, family, method, base_family, vs_base, notes, budget)
     return Verdict(method, status, peak_label, largest_label, head, tuple(family), vs_base, tuple(base_family),
                    text, delta, level)
+
+
+def _verdict_text(lead: str, where: str, head: PairedVerdict, family, method: str, base_family, vs_base,
+                  notes: str, budget: str) -> str:
+    """Capacity gap (headline, then every other size shown better or worse than the largest), the
+    method-vs-no-KD family summarised and its headline, notes on the searches, the budgets."""
+    text = f"{lead}: {where} {head.text}"
+    others = [f.text for f in family if f is not head and f.outcome == SHOWN]
+    if others:
+        text += " Also: " + " ".join(others)
+    return f"{text} {_baseline_text(method, base_family, vs_base)}{notes} {budget}"
+
+
+def family_summary(method: str, base_family) -> str:
+    """How the method did against the no-KD student at every teacher size, in one sentence."""
+    if not base_family:
+        return ""
+    def sizes_of(sel):
+        return [_size_of(v.a) for v in base_family if sel(v)]
+    groups = [("SHOWN better", lambda v: v.outcome == SHOWN and v.estimate > 0),
+              ("SHOWN worse", lambda v: v.outcome == SHOWN and v.estimate < 0),
+              ("EQUIVALENT", lambda v: v.outcome == EQUIVALENT),
+              ("INCONCLUSIVE", lambda v: v.outcome == INCONCLUSIVE),
+              ("cannot tell", lambda v: v.outcome == CANNOT_TELL)]
+    parts = []
+    for name, sel in groups:
+        found = sizes_of(sel)
+        if found or name != "cannot tell":
+            parts.append(f"{name} at {len(found)}" + (f" ({', '.join(found)})" if found else ""))
+    n = len(base_family)
+    return f"{method} vs the no-KD student at {n} teacher size{'s' if n != 1 else ''}: " + ", ".join(parts) + "."
+
+
+def _size_of(label: str) -> str:
+    """'kd at teacher size 16 (256k params)' -> 'size 16'."""
+    key = " at teacher "
+    return label.split(key, 1)[1].split(" (")[0] if key in label else label
+
+
+def _baseline_text(method: str, base_family, vs_base) -> str:
+    if vs_base is None:
+        return "No no-KD student (stage baseline, finished) to compare with."
+    summary = family_summary(method, base_family)
+    return f"{summary} At the peak: {vs_base.text}" if len(base_family) > 1 else vs_base.text
+
+
+def _notes(data: CapacityData, members: list) -> str:
+    """What the searches behind these verdicts resolved, and (one search) what SHOWN is about."""
+    res = [r for d in members for r in d.resolutions]
+    parts = [search_mod.resolution_note(res)] if res else []
+    if res and len(members) == 1 and data.source == "confirm":
+        parts.append("One search per teacher size: these verdicts are about the configurations it chose; "
+                     "search.replicates: 2 or more tests whether other searches agree.")
+    return "".join(" " + p for p in parts if p)
+
+
+def combine(data: CapacityData, members: list[Verdict], delta: float = 0.5, level: float = 0.95) -> Verdict:
+    """One method's verdict over its search replicates (`members`, replicate 0 first): every comparison
+    combined by `analysis.search.across` (a claim only where every replicate makes it), the
+    capacity-gap status only where every replicate reaches it."""
+    if len(members) == 1:
+        return members[0]
+    datas = [data] + list(data.replicas)
+    ids = [d.replicate for d in datas][:len(members)]
+    method, n = data.method, len(members)
+    luck, per_size = _luck(datas)
+    limit = search_mod.calibrated_luck(n)
+    too_lucky = np.isfinite(luck) and luck > limit
+    statuses = [m.status for m in members]
+    status = search_mod.agree(statuses) or (CANNOT_TELL if CANNOT_TELL in statuses else INCONCLUSIVE)
+    if too_lucky and status in (GAP, NO_GAP, LARGEST_BETTER):
+        status = INCONCLUSIVE
+    family = _aligned([m.sizes for m in members], ids, luck)
+    base_family = _aligned([m.vs_baseline_sizes for m in members], ids, luck)
+    peaks = [m.peak_teacher for m in members]
+    peak = max(dict.fromkeys(peaks), key=peaks.count)  # the most common, ties to replicate 0's
+    vs_base = next((v for v in base_family if peak and v.a.endswith(peak)), None) if base_family else None
+    heads = [m.gap.comparison for m in members if m.gap is not None]
+    head = None
+    if heads:
+        want = max(dict.fromkeys(heads), key=heads.count)
+        head = next((f for f in family if f.comparison == want), None)
+    prefix = f"{method} (from {data.source}, {n} search replicates): "
+    if too_lucky and search_mod.agree(statuses) not in (None, INCONCLUSIVE, CANNOT_TELL):
+        lead = _LEADS[status] + f" (every replicate reaches {statuses[0]}, but search luck is too large to claim it)"
+    elif search_mod.agree(statuses):
+        lead = _LEADS[status] + ("" if status in (INCONCLUSIVE, CANNOT_TELL) else " (in every replicate)")
+    else:
+        lead = _LEADS[status] + " (replicates disagree: " + ", ".join(
+            f"replicate {i} {s}" for s, i in zip(statuses, ids)) + ")"
+    notes = _notes(data, datas) + _luck_note(datas, luck, per_size)
+    budget = _budget_text(data) + f" Each of the {n} search replicates has this budget."
+    if head is None:
+        text = f"{prefix}{lead}. {_baseline_text(method, base_family, vs_base)}{notes} {budget}"
+    else:
+        where = f"peaks (on validation) per replicate: {', '.join(p or '?' for p in peaks)}; headline:"
+        text = _verdict_text(prefix + lead, where, head, family, method, base_family, vs_base, notes, budget)
+    largest = members[0].largest_teacher
+    return Verdict(method, status, peak, largest, head, tuple(family), vs_base, tuple(base_family), text, delta,
+                   level, replicates=tuple(members))
+
+
+def _aligned(families: list, ids: list, luck: float | None = None) -> list[PairedVerdict]:
+    """Comparisons present in every replicate's family (replicate 0's order), combined."""
+    common = [f.comparison for f in families[0] if all(any(g.comparison == f.comparison for g in fam)
+                                                      for fam in families[1:])]
+    out = []
+    for c in common:
+        members = [next(g for g in fam if g.comparison == c) for fam in families]
+        out.append(search_mod.across(members, ids, luck))
+    return out
+
+
+def _luck(datas: list[CapacityData]) -> tuple[float, list]:
+    """The method's search luck estimated from its replicates (`analysis.search.pooled_luck`, per size
+    on the confirm seeds every replicate has): (pooled SD, [(SD, size, seeds)])."""
+    found = []
+    for size in datas[0].sizes:
+        series = []
+        for d in datas:
+            if size not in d.sizes or d.source != "confirm":
+                continue
+            t = take(d.test, choose(d.val, axis=-2), axis=-2)[d.sizes.index(size)]
+            series.append(pd.Series(t, index=d.seeds))
+        sd, n = search_mod.luck_sd(series) if len(series) == len(datas) else (math.nan, 0)
+        if np.isfinite(sd):
+            found.append((sd, size, n))
+    pooled = math.sqrt(float(np.mean([f[0] ** 2 for f in found]))) if found else math.nan
+    return pooled, found
+
+
+def _luck_note(datas: list[CapacityData], sd: float, found: list) -> str:
+    """How far apart the replicates' chosen configurations landed, against what R replicates absorb."""
+    if not found:
+        return ""
+    worst = max(found)
+    limit = search_mod.calibrated_luck(len(datas))
+    text = (f" Search luck: the {len(datas)} replicates' chosen configurations differ by an estimated SD of "
+            f"{sd:.2f} points beyond the confirm seeds' noise (largest at teacher {_size_label(datas[0], worst[1])}: "
+            f"{worst[0]:.2f})")
+    if sd > limit:
+        return text + (f", more than the {limit:g} that {len(datas)} replicates absorb (tests/test_calibration.py), "
+                       f"so no claim is made: raise search.replicates (3 replicates absorb "
+                       f"{search_mod.calibrated_luck(3):g} point), or shrink the luck with more trials or "
+                       f"search.seeds_per_trial.")
+    return text + f", within the {limit:g} that {len(datas)} replicates absorb."
 
 
 def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:

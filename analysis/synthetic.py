@@ -51,11 +51,39 @@ def draw_arms(rng, reps: int, means, seeds: int = 5, seed_sd: float = 1.8, paire
     effect is shared by every arm and configuration of a replicate.
     """
     means = np.asarray(means, dtype=float)
+    return draw_runs(rng, np.broadcast_to(means, (reps,) + means.shape), seeds, seed_sd, paired_sd, val_test_corr)
+
+
+def draw_runs(rng, means, seeds: int = 5, seed_sd: float = 1.8, paired_sd: float = 1.0,
+              val_test_corr: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """As `draw_arms`, with means that differ per simulated study: means (reps, ..., C) -> (val, test)
+    of shape (reps, ..., C, seeds); the seed effect is shared by everything of one study."""
+    means = np.asarray(means, dtype=float)
     run_sd, sp_sd = split_noise(paired_sd, val_test_corr)
-    shape = (reps,) + means.shape + (seeds,)
-    seed = rng.normal(0.0, seed_sd, (reps,) + (1,) * means.ndim + (seeds,))
+    shape = means.shape + (seeds,)
+    seed = rng.normal(0.0, seed_sd, (means.shape[0],) + (1,) * (means.ndim - 1) + (seeds,))
     run = means[..., None] + seed + rng.normal(0.0, run_sd, shape)
     return run + rng.normal(0.0, sp_sd, shape), run + rng.normal(0.0, sp_sd, shape)
+
+
+def search_luck(rng, shape, trials: int = 3, landscape: float = 1.0, search_noise: float = 1.0,
+                top_k: int | None = None) -> np.ndarray:
+    """How far below the best configuration the ones a search chooses are (points, >= 0), vectorised.
+
+    Each of the search's `trials` configurations falls short of the best
+    configuration by an exponential gap of mean `landscape` (most configurations
+    near the best, a few far below: the shape of a KD landscape), is measured once
+    with noise of SD `search_noise` (one seed on the validation split), and the
+    search keeps the configuration measured best (or its `top_k` best, for
+    confirmation). Returns the true gap of the kept one, shape `shape` (with
+    `top_k`: shape + (top_k,), best measured first): the search luck a confirm
+    stage inherits.
+    """
+    gaps = rng.exponential(landscape, tuple(shape) + (trials,))
+    measured = -gaps + rng.normal(0.0, search_noise, gaps.shape)
+    order = np.argsort(-measured, axis=-1)[..., :top_k or 1]
+    kept = np.take_along_axis(gaps, order, axis=-1)
+    return kept if top_k else kept[..., 0]
 
 
 def _curve(final: float, epochs: int, rng, noise: float, final_val: float | None = None,
@@ -247,14 +275,17 @@ def write_study(root, study: str = "synthetic", *, student_means: dict[float, fl
 
 
 def summary_from_arrays(val, test, sizes, base_val=None, base_test=None, method: str = "kd",
-                        epochs: float = 6.0, search_val=None) -> "pd.DataFrame":
+                        epochs: float = 6.0, search_val=None, replicate: int = 0) -> "pd.DataFrame":
     """A trial summary (one row per trial at its best-val epoch, as `load.trial_summary` returns)
     holding given confirm accuracies, for checking the DataFrame path against `capacity_gap.decide`.
 
     val, test: (S, C, k) percent for teacher sizes `sizes` (ascending), C
     configurations (ids c0, c1, ... in that order) and confirm seeds 0..k-1;
     base_val/base_test: (k,) the no-KD student (one configuration). NaN = no
-    finished run (the row is written with status ``failed``).
+    finished run (the row is written with status ``failed``). `replicate`: the
+    search replicate the rows belong to (experiment names as `study.graph` gives
+    them, one search trial per size marking the method as searched); concatenate
+    the summaries of several replicates (the baseline once) for a replicated study.
     """
     import pandas as pd
 
@@ -270,15 +301,20 @@ def summary_from_arrays(val, test, sizes, base_val=None, base_test=None, method:
         r.update(kw)
         return r
 
+    rep = f"-rep{replicate}" if replicate else ""
     for i, size in enumerate(sizes):
+        rows.append(row(stage="search", method=method, trial_id=f"search_{method}_{size:g}{rep}", seed=1000,
+                        teacher_size=float(size), teacher_params=float(1000 * size ** 2), config_id=f"s{rep}",
+                        status="ok", val_acc=0.5, test_acc=0.5, experiment=f"search-{method}-t{size:g}{rep}-0000"))
         for c in range(C):
             for s in range(k):
                 ok = np.isfinite(val[i, c, s])
-                rows.append(row(stage="confirm", method=method, trial_id=f"{method}_{size:g}_c{c}_{s}", seed=s,
+                rows.append(row(stage="confirm", method=method, trial_id=f"{method}_{size:g}{rep}_c{c}_{s}", seed=s,
                                 teacher_size=float(size), teacher_params=float(1000 * size ** 2),
-                                config_id=f"c{c}", status="ok" if ok else "failed",
+                                config_id=f"c{c}{rep}", status="ok" if ok else "failed",
                                 val_acc=val[i, c, s] / 100 if ok else None,
-                                test_acc=test[i, c, s] / 100 if ok else None))
+                                test_acc=test[i, c, s] / 100 if ok else None,
+                                experiment=f"confirm-{method}-t{size:g}{rep}-0000"))
     if base_val is not None:
         for s in range(k):
             rows.append(row(stage="baseline", method="scratch", trial_id=f"base_{s}", seed=s, config_id="b0",

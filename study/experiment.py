@@ -52,7 +52,10 @@ class Launch:
     max_t: int = 1
     scheduler: str = "none"
     grace_period: int = 2
-    search_seed: int = 0
+    search_seed: int = 0            # the study's search.seed (a journal without a recorded sampler used it)
+    sampler: str = "auto"           # search.sampler (study.samplers)
+    sampler_seed: int = 0           # this search's own sampler seed (study.samplers.sampler_seed)
+    search_seeds: list = field(default_factory=lambda: [0])  # seeds each search trial trains (one sub-trial each)
     resources: dict = field(default_factory=lambda: {"cpu": 1})
     max_concurrent: int = 2
     max_failures: int = 2
@@ -62,6 +65,19 @@ class Launch:
     @property
     def results_uri(self) -> str:
         return storage.join(self.root, "results")
+
+    @property
+    def seeds_per_trial(self) -> int:
+        return max(1, len(self.search_seeds))
+
+    def sub_keys(self, key: str) -> list[str]:
+        """The trial keys of a search trial's runs: the key itself with one seed per trial, else
+        one `<key>-k<j>` per seed."""
+        return sub_keys(key, self.seeds_per_trial)
+
+
+def sub_keys(key: str, seeds_per_trial: int) -> list[str]:
+    return [key] if seeds_per_trial <= 1 else [f"{key}-k{j}" for j in range(seeds_per_trial)]
 
 
 # --------------------------------------------------------------------------- Optuna
@@ -172,30 +188,80 @@ def reconcile(study, exp_name: str, recorded=lambda key: True) -> tuple[int, int
     return finished, queued
 
 
+def search_sampler(launch: Launch, journal: Journal) -> tuple:
+    """(Optuna sampler, its record) of a search: the one its journal recorded, else the spec's
+    (`search.sampler`, seeded per experiment), recorded in the journal before the first trial."""
+    from . import samplers
+
+    study = load_study(journal, launch.name)
+    fresh = samplers.record(launch.sampler, launch.sampler_seed, samplers.n_initial(launch.trials))
+    rec = samplers.recorded_sampler(study, fresh, launch.search_seed)
+    if samplers.RECORD_KEY not in study.user_attrs:
+        study.set_user_attr(samplers.RECORD_KEY, rec)
+        journal.sync()
+    return samplers.make_sampler(rec["name"], rec["seed"], launch.trials, launch.space or {},
+                                 initial=rec["initial"]), rec
+
+
 def make_searcher(launch: Launch, journal: Journal):
     """An OptunaSearch that names each trial by a stable key and tells Optuna the truth:
-    a trial stopped early by the scheduler is PRUNED, an errored one FAIL."""
-    from optuna.samplers import TPESampler
+    a trial stopped early by the scheduler is PRUNED, an errored one FAIL.
+
+    With several seeds per search trial (`search.seeds_per_trial: k`) an Optuna trial is
+    a group of k Tune trials: the configuration Optuna proposed, trained on each search
+    seed under its own trial key (`<key>-k<j>`, so their rows never collide and each
+    continues from its own checkpoint). Optuna is told once, when all k have ended: the
+    mean of their values (COMPLETE), PRUNED if the scheduler stopped any of them, FAIL if
+    one failed. With one seed per trial nothing of this applies (the trial key is the key).
+    """
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch
 
     from .spaces import make_space
 
+    k = launch.seeds_per_trial
+    seeds = list(launch.search_seeds)
+
     class KeyedOptunaSearch(OptunaSearch):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self._open = None          # the group still handing out seeds
+            self._member: dict = {}    # Tune trial id -> (group, seed index)
+
         def suggest(self, trial_id):
-            cfg = super().suggest(trial_id)
-            if cfg is None:
-                return None
-            ot = self._ot_trials[trial_id]
-            key = ot.user_attrs.get("trial_key") or f"{launch.name}-s{ot.number}"
-            ot.set_user_attr("trial_key", key)
+            if k > 1 and self._open is not None:
+                group = self._open
+            else:
+                cfg = super().suggest(trial_id)
+                if cfg is None:
+                    return None
+                ot = self._ot_trials.pop(trial_id) if k > 1 else self._ot_trials[trial_id]
+                key = ot.user_attrs.get("trial_key") or f"{launch.name}-s{ot.number}"
+                ot.set_user_attr("trial_key", key)
+                journal.sync()
+                group = {"ot": ot, "key": key, "cfg": cfg, "handed": 0, "ended": {}}
+                if k == 1:
+                    return {**cfg, "_trial_key": key}
+                self._open = group
+            j = group["handed"]
+            group["handed"] += 1
+            if group["handed"] == k:
+                self._open = None
+            self._member[trial_id] = (group, j)
+            return {**group["cfg"], "seed": seeds[j], "_trial_key": launch.sub_keys(group["key"])[j]}
+
+        def on_trial_result(self, trial_id, result):
+            if k == 1:
+                super().on_trial_result(trial_id, result)
+
+        def _tell(self, ot, state, value):
+            try:
+                self._ot_study.tell(ot, value, state=state)
+            except Exception as exc:  # e.g. a value Optuna refuses
+                log.warning("optuna could not record trial %s: %s", ot.number, exc)
             journal.sync()
-            return {**cfg, "_trial_key": key}
 
         def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return
-            ot = self._ot_trials[trial_id]
             from .results import outcome_of
 
             if error or not result or result.get(METRIC) is None:
@@ -204,15 +270,29 @@ def make_searcher(launch: Launch, journal: Journal):
                 state, value = TrialState.PRUNED, None
             else:
                 state, value = TrialState.COMPLETE, float(result[METRIC])
-            try:
-                self._ot_study.tell(ot, value, state=state)
-            except Exception as exc:  # e.g. a value Optuna refuses
-                log.warning("optuna could not record trial %s: %s", trial_id, exc)
+            if k == 1:
+                if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                    return
+                self._completed_trials.add(trial_id)
+                self._tell(self._ot_trials[trial_id], state, value)
+                return
+            if trial_id not in self._member or trial_id in self._completed_trials:
+                return
             self._completed_trials.add(trial_id)
-            journal.sync()
+            group, j = self._member[trial_id]
+            group["ended"][j] = (state, value)
+            if len(group["ended"]) < k:
+                return
+            states = [st for st, _ in group["ended"].values()]
+            if TrialState.FAIL in states:
+                self._tell(group["ot"], TrialState.FAIL, None)
+            elif TrialState.PRUNED in states:
+                self._tell(group["ot"], TrialState.PRUNED, None)
+            else:
+                self._tell(group["ot"], TrialState.COMPLETE,
+                           sum(v for _, v in group["ended"].values()) / k)
 
-    n_startup = max(2, launch.trials // 3)
-    sampler = TPESampler(seed=launch.search_seed, n_startup_trials=n_startup)
+    sampler, _ = search_sampler(launch, journal)
     return KeyedOptunaSearch(space=make_space(launch.space, launch.constants), metric=METRIC, mode=MODE,
                              sampler=sampler, storage=journal.storage(), study_name=launch.name)
 
@@ -302,9 +382,10 @@ def run_launch(launch: Launch) -> dict:
         from .results import is_finished
 
         finished, queued = reconcile(study, launch.name,
-                                     lambda key: is_finished(launch.results_uri, launch.stage, key))
+                                     lambda key: all(is_finished(launch.results_uri, launch.stage, sub)
+                                                     for sub in launch.sub_keys(key)))
         journal.sync()
-        n = max(0, launch.trials - finished)
+        n = max(0, launch.trials - finished) * launch.seeds_per_trial  # Tune trials: one per seed
         if n == 0:
             return {"ran": 0}
         searcher = make_searcher(launch, journal)

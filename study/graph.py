@@ -14,6 +14,20 @@
   confirm-<m>[-t<size>]   the top-k configurations of that search (chosen on validation) on
                           every confirm seed: the same seed list as the baseline (paired)
 
+With `search.replicates: R` every search (and the baseline's search, when there
+is one) is run R times, independently: replicate r >= 1 is `search-<m>[-t<size>]-rep<r>`
+with its own search seeds and sampler seed, and its own confirm,
+`confirm-<m>[-t<size>]-rep<r>`, of its top-k on the same shared confirm seeds (and a
+`baseline-scratch-rep<r>` when the baseline is searched). Replicate 0 is the
+experiment a study without replicates has, under the same name. Teachers, the
+baseline's fixed configurations and methods without a search have no search
+luck and are not replicated. The verdicts then say what holds in every
+replicate (`analysis.search`).
+
+Search trials of replicate r train on the search seeds
+`search.seed + r * seeds_per_trial + j`, j < `search.seeds_per_trial` (each search
+trial trains one seed per j; its value is their mean, see `study.experiment`).
+
 Edges: a frozen-teacher search waits for its teacher sizes only; online-teacher
 and teacher-less searches and the baseline search wait for nothing; a confirm
 waits for its search; the baseline for its search (if any). Everything ready runs
@@ -79,6 +93,14 @@ class Experiment:
     extra_jobs: list[dict] = field(default_factory=list)  # baseline: configs beside the top-k
     scheduler: str = "none"        # asha | none (searches only)
     per_teacher_size: bool = False  # a joint search's confirm: top-k per teacher size
+    replicate: int = 0             # search replicate (0: the study's only search without replicates)
+    seeds_per_trial: int = 1       # a search's seeds per trial (search seeds search_seeds())
+
+    @property
+    def search_seeds(self) -> list[int]:
+        """The seeds every trial of this search trains (one sub-trial each)."""
+        first = int(self.base.get("seed", 0))
+        return [first + j for j in range(self.seeds_per_trial)]
 
     @property
     def kind(self) -> str:
@@ -90,7 +112,10 @@ class Experiment:
                 "space": {k: vars(v) for k, v in (self.space or {}).items()}, "constants": self.constants,
                 "max_t": self.max_t, "zoo": sorted(self.zoo_keys), "from": self.from_search, "top_k": self.top_k,
                 "seeds": self.seeds, "extra": self.extra_jobs, "scheduler": self.scheduler,
-                "per_size": self.per_teacher_size}
+                "per_size": self.per_teacher_size,
+                # at their defaults (replicate 0, one seed per trial) these enter no identity
+                **({"replicate": self.replicate} if self.replicate else {}),
+                **({"seeds_per_trial": self.seeds_per_trial} if self.seeds_per_trial != 1 else {})}
 
     @property
     def name(self) -> str:
@@ -107,8 +132,18 @@ def trial_key(exp_name: str, job: dict) -> str:
     return f"{exp_name}-{digest({k: v for k, v in job.items() if not k.startswith('_')}, 8)}"
 
 
-def common_base(spec: Spec, stage: str, method: str) -> dict:
-    return {"study": spec.name, "stage": stage, "method": method, "seed": spec.search_seed,
+def replicate_label(label: str, replicate: int) -> str:
+    """The label of search replicate `replicate` (replicate 0 keeps the label it always had)."""
+    return label if not replicate else f"{label}-rep{replicate}"
+
+
+def search_seed(spec: Spec, replicate: int = 0) -> int:
+    """The first search seed of a replicate (its trials train search_seed + j, j < seeds_per_trial)."""
+    return spec.search_seed + replicate * spec.seeds_per_trial
+
+
+def common_base(spec: Spec, stage: str, method: str, replicate: int = 0) -> dict:
+    return {"study": spec.name, "stage": stage, "method": method, "seed": search_seed(spec, replicate),
             "dataset": identity_config(spec.dataset),
             "student": spec.student, "train": dict(spec.train), "runtime": {}, "hp": {}}
 
@@ -118,8 +153,8 @@ def method_generations(m: MethodSpec) -> int:
     return int(m.cls.planned_generations(m.fixed))
 
 
-def method_base(spec: Spec, stage: str, m: MethodSpec) -> dict:
-    base = common_base(spec, stage, m.name)
+def method_base(spec: Spec, stage: str, m: MethodSpec, replicate: int = 0) -> dict:
+    base = common_base(spec, stage, m.name, replicate)
     base["hp"] = {k: v for k, v in m.fixed.items() if k not in RECIPE_KEYS}
     if m.cls.needs_teacher or m.cls.online_teacher:
         base["hp"]["budget_mode"] = spec.budget  # recorded in hparams_json for the capacity-gap chart
@@ -210,22 +245,25 @@ def plan(spec: Spec) -> list[Experiment]:
                 old["_seeds"] = max(old.get("_seeds", n), n)
     if spec.confirm_seeds > 0:
         base = common_base(spec, "baseline", "scratch")
-        deps, from_search = [], None
-        if recipe_space:
-            sbase = common_base(spec, "search", "scratch")
-            search = Experiment("search", "baseline", "scratch", sbase, space=recipe_space,
-                                trials=recipe_trials, max_t=int(spec.train["epochs"]),
-                                scheduler=_scheduler(spec, recipe_trials, int(spec.train["epochs"])))
-            exps.append(search)
-            deps, from_search = [search.name], search.name
-        exps.append(Experiment("baseline", "scratch", "scratch", base, deps=deps, from_search=from_search,
-                               top_k=top_k if from_search else 0, seeds=seeds, extra_jobs=[{}] + extra,
-                               max_t=max([int(spec.train["epochs"])] + [int(e["epochs"]) for e in extra
-                                                                       if "epochs" in e])))
+        long_t = max([int(spec.train["epochs"])] + [int(e["epochs"]) for e in extra if "epochs" in e])
+        for r in range(spec.replicates if recipe_space else 1):
+            deps, from_search = [], None
+            if recipe_space:
+                sbase = common_base(spec, "search", "scratch", r)
+                search = Experiment("search", replicate_label("baseline", r), "scratch", sbase, space=recipe_space,
+                                    trials=recipe_trials, max_t=int(spec.train["epochs"]),
+                                    scheduler=_scheduler(spec, recipe_trials, int(spec.train["epochs"])),
+                                    replicate=r, seeds_per_trial=spec.seeds_per_trial)
+                exps.append(search)
+                deps, from_search = [search.name], search.name
+            # every replicate's baseline is complete (its search's top-k beside the fixed recipes), so each
+            # replicate's verdicts are those of a study of its own
+            exps.append(Experiment("baseline", replicate_label("scratch", r), "scratch", base, deps=deps,
+                                   from_search=from_search, top_k=top_k if from_search else 0, seeds=seeds,
+                                   extra_jobs=[{}] + extra, max_t=long_t, replicate=r))
 
     export_epochs = spec.teachers["export_epochs"] if spec.teachers else []
     for m in spec.methods.values():
-        base = method_base(spec, "search", m)
         gens = method_generations(m)
         max_t = int(spec.train["epochs"]) * gens
         frozen = bool(m.cls.needs_teacher)
@@ -238,22 +276,27 @@ def plan(spec: Spec) -> list[Experiment]:
             space = method_params(m, None if constants or not uses_teacher else sizes, export_epochs)
             deps = [teacher_exp[size_key(z)].name for z in sizes] if frozen else []
             zoo = [k for z in sizes for k in keys_by_size.get(size_key(z), [])] if frozen else []
-            cdeps, from_search, fixed_jobs = list(deps), None, []
-            if m.trials > 0:
-                search = Experiment("search", label, m.name, base, space=space, constants=constants,
-                                    trials=m.trials, max_t=max_t, deps=deps, teacher_sizes=sizes if frozen else [],
-                                    zoo_keys=zoo, scheduler=_scheduler(spec, m.trials, max_t))
-                exps.append(search)
-                cdeps, from_search = [search.name] + deps, search.name
-            else:  # no search: the fixed configuration, at every teacher size of this experiment
-                fixed_jobs = [dict(constants)] if constants or not uses_teacher else \
-                    [{"teacher_size": z} for z in sizes]
-            if spec.confirm_seeds > 0:
-                cbase = method_base(spec, "confirm", m)
-                exps.append(Experiment("confirm", label, m.name, cbase, deps=cdeps,
-                                       from_search=from_search, top_k=top_k if from_search else 0,
-                                       extra_jobs=fixed_jobs,
-                                       seeds=seeds[:m.confirm_seeds or len(seeds)], max_t=max_t,
-                                       teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
-                                       per_teacher_size=uses_teacher and not constants))
+            replicates = range(spec.replicates) if m.trials > 0 else range(1)  # no search, no search luck
+            for r in replicates:
+                rlabel = replicate_label(label, r)
+                cdeps, from_search, fixed_jobs = list(deps), None, []
+                if m.trials > 0:
+                    search = Experiment("search", rlabel, m.name, method_base(spec, "search", m, r), space=space,
+                                        constants=constants, trials=m.trials, max_t=max_t, deps=deps,
+                                        teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
+                                        scheduler=_scheduler(spec, m.trials, max_t), replicate=r,
+                                        seeds_per_trial=spec.seeds_per_trial)
+                    exps.append(search)
+                    cdeps, from_search = [search.name] + deps, search.name
+                else:  # no search: the fixed configuration, at every teacher size of this experiment
+                    fixed_jobs = [dict(constants)] if constants or not uses_teacher else \
+                        [{"teacher_size": z} for z in sizes]
+                if spec.confirm_seeds > 0:
+                    cbase = method_base(spec, "confirm", m)
+                    exps.append(Experiment("confirm", rlabel, m.name, cbase, deps=cdeps,
+                                           from_search=from_search, top_k=top_k if from_search else 0,
+                                           extra_jobs=fixed_jobs,
+                                           seeds=seeds[:m.confirm_seeds or len(seeds)], max_t=max_t,
+                                           teacher_sizes=sizes if frozen else [], zoo_keys=zoo,
+                                           per_teacher_size=uses_teacher and not constants, replicate=r))
     return exps

@@ -505,8 +505,8 @@ class DurationModel:
             return Work(trials, self.exp_start_s, self.exp_end_s)
         if e.stage == "search":
             trials = []
-            for i in range(e.trials):
-                z = sizes[i % len(sizes)] if sizes else None  # a joint search samples the sizes evenly
+            for i in range(e.trials * e.seeds_per_trial):  # a search trial of k seeds is k runs
+                z = sizes[(i // e.seeds_per_trial) % len(sizes)] if sizes else None  # a joint search: sizes evenly
                 trials.append(TrialWork(e.max_t, self.epoch_s("search", e.method, spec.student, z, gens), ov))
             grace = spec.grace_period if e.scheduler == "asha" else None
             return Work(trials, self.search_start_s, self.exp_end_s, grace)

@@ -117,6 +117,18 @@ def check_recorded(results_uri: str, stage: str, trial: dict) -> str | None:
     return None
 
 
+def damaged_runs(results_uri: str, stage: str, trial: dict) -> list[tuple[dict, str]]:
+    """The runs of a verified trial whose results files are no longer what was verified, each with why
+    (`check_recorded`). A search trial of k seeds per trial records its k runs under `runs`; any other
+    trial is its own one run."""
+    out = []
+    for run in trial.get("runs") or [trial]:
+        why = check_recorded(results_uri, stage, run)
+        if why is not None:
+            out.append((run, why))
+    return out
+
+
 def teacher_lost(trial: dict, why: str) -> bool:
     """Whether a finished teacher trial lost verified rows (`why` from `check_recorded`): a teacher
     verified from its zoo entry alone, by a marker that did not record its file, may have none."""

@@ -53,8 +53,9 @@ from .folder import StudyFolder  # noqa: E402
 from .lock import StudyLock  # noqa: E402
 from .plan import admits, demand_of  # noqa: E402
 from .progress import Board, Progress  # noqa: E402
-from .results import (check_recorded, damaged_teacher_text, first_line, read_trial,  # noqa: E402
+from .results import (damaged_runs, damaged_teacher_text, first_line, read_trial,  # noqa: E402
                       read_trial_file, results_file, teacher_lost)
+from .samplers import sampler_seed  # noqa: E402
 from .spec import Spec  # noqa: E402
 from .zoo import Zoo, stage_import, teacher_jobs, teacher_table  # noqa: E402
 
@@ -243,12 +244,13 @@ class StudyRunner:
         todo = [(e, t) for e in self.exps if markers.get(e.name) for t in markers[e.name].get("trials", [])
                 if not t.get("lost")]
         with ThreadPoolExecutor(max_workers=16) as pool:  # remote storage: one read per file, in parallel
-            whys = list(pool.map(lambda et: check_recorded(self.results_uri, et[0].stage, et[1]), todo))
-        found: dict[str, list[tuple[dict, str]]] = {}
-        for (e, t), why in zip(todo, whys):
-            if why is not None:
-                found.setdefault(e.name, []).append((t, why))
-        verified = {t.get("trial_key") for m in markers.values() if m for t in m.get("trials", [])}
+            bad = list(pool.map(lambda et: damaged_runs(self.results_uri, et[0].stage, et[1]), todo))
+        found: dict[str, list[tuple[dict, list[tuple[dict, str]]]]] = {}
+        for (e, t), runs in zip(todo, bad):
+            if runs:
+                found.setdefault(e.name, []).append((t, runs))
+        verified = {r.get("trial_key") for m in markers.values() if m for t in m.get("trials", [])
+                    for r in (t.get("runs") or [t])}
         self._set_aside_unreadable(verified)
         lost: dict[str, list[dict]] = {}
         for e in self.exps:
@@ -257,14 +259,16 @@ class StudyRunner:
                 continue
             damaged = found.get(e.name, [])
             if e.stage == "teachers":
-                damaged = [(t, why) for t, why in damaged if teacher_lost(t, why)]
+                damaged = [(t, runs[0][1]) for t, runs in damaged if teacher_lost(t, runs[0][1])]
                 if damaged:
                     t, why = damaged[0]
                     self.preset_failures[e.name] = damaged_teacher_text(e.stage, t["trial_key"], why)
                 continue
-            for t, why in damaged:
-                self._set_aside(e, t["trial_key"], why)
-                t["lost"] = why
+            for t, runs in damaged:
+                for run, why in runs:
+                    self._set_aside(e, run["trial_key"], why)
+                    run["lost"] = why  # (a trial's own flag when it is its one run)
+                t["lost"] = runs[0][1]
             if damaged:
                 self.folder.write_marker(e.name, marker)  # the flags survive an interrupted rerun
             flagged = [t for t in marker.get("trials", []) if t.get("lost")]
@@ -273,7 +277,8 @@ class StudyRunner:
             lost[e.name] = flagged
             if e.kind != "search" or len(marker.get("trials", [])) < e.trials:
                 continue  # a grid reruns its trials without rows; a search that grew (--extend) samples anew
-            unknown = [t for t in flagged if t.get("status") == "stopped" and not t.get("progress")]
+            runs = [(t, r) for t in flagged for r in (t.get("runs") or [t]) if r.get("lost")]
+            unknown = [r for t, r in runs if t.get("status") == "stopped" and not r.get("progress")]
             if unknown:  # a marker of an older kdstudy: where the scheduler stopped it is not recorded
                 self.preset_failures[e.name] = (
                     f"results file results/{e.stage}/{unknown[0]['trial_key']}.parquet of a trial the scheduler "
@@ -281,9 +286,11 @@ class StudyRunner:
                     f"where it stopped: restore the file from a copy of the study")
                 continue
             # those not trained again yet (a rerun cut by an interrupt continues from its checkpoint)
-            self.repairs[e.name] = [{**t["config"], "_trial_key": t["trial_key"],
-                                     **({"_stop_after": t["progress"]} if t.get("progress") else {})}
-                                    for t in flagged if not self._ended(e, t["trial_key"])]
+            # (a damaged run of a k-seed search trial is trained again alone, on its own seed)
+            self.repairs[e.name] = [{**t["config"], **({"seed": r["seed"]} if r is not t else {}),
+                                     "_trial_key": r["trial_key"],
+                                     **({"_stop_after": r["progress"]} if r.get("progress") else {})}
+                                    for t, r in runs if not self._ended(e, r["trial_key"])]
         return lost
 
     def _set_aside_unreadable(self, verified: set) -> None:
@@ -364,7 +371,8 @@ class StudyRunner:
         total = 0.0
         for name, launch in running.values():
             st = self._snapshot.get(name)
-            n = st.owed if st is not None and st.owed else (len(launch.jobs) if launch.kind == "grid" else launch.trials)
+            n = st.owed if st is not None and st.owed else (len(launch.jobs) if launch.kind == "grid"
+                                                               else launch.trials * launch.seeds_per_trial)
             ended = (st.done + st.stopped + st.diverged + st.failed) if st is not None else 0
             running_now = len(st.running) if st is not None else 0
             total += demand_of(n, ended, running_now, self.spec.max_concurrent)
@@ -441,7 +449,8 @@ class StudyRunner:
         return Launch(name=e.name, stage=e.stage, method=e.method, base=base, root=self.root,
                       resources=self.resources(), max_concurrent=s.max_concurrent, max_failures=s.max_failures,
                       max_t=e.max_t, scheduler=e.scheduler, grace_period=s.grace_period, search_seed=s.search_seed,
-                      board=self.board, tracking=self.tracking, **kw)
+                      sampler=s.sampler, sampler_seed=sampler_seed(s.search_seed, e.label),
+                      search_seeds=e.search_seeds, board=self.board, tracking=self.tracking, **kw)
 
     def prepare(self, e: graph.Experiment) -> Launch:
         base = self.base(e)
@@ -558,7 +567,7 @@ class StudyRunner:
     def _verify_search(self, e: graph.Experiment) -> list[dict]:
         from optuna.trial import TrialState
 
-        from .experiment import Journal, latest_trials, load_study
+        from .experiment import Journal, latest_trials, load_study, sub_keys
 
         journal = Journal(self.root, e.name)
         try:
@@ -567,16 +576,28 @@ class StudyRunner:
             journal.close(write_back=False)  # read only; a remote journal's local copy is removed
         trials, problems = [], []
         for key, t in sorted(latest.items(), key=lambda kv: kv[1].number):
-            rows, info = read_trial_file(self.results_uri, e.stage, key)
-            status = rows[-1].get("status") if rows else None
-            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or status not in TERMINAL_OK:
+            # a search trial of k seeds is k runs, each with its rows under its own key
+            subs = sub_keys(key, e.seeds_per_trial)
+            runs = [read_trial_file(self.results_uri, e.stage, sub) for sub in subs]
+            statuses = [rows[-1].get("status") if rows else None for rows, _ in runs]
+            bad = next((i for i, st in enumerate(statuses) if st not in TERMINAL_OK), None)
+            if t.state not in (TrialState.COMPLETE, TrialState.PRUNED) or bad is not None:
+                status = statuses[bad] if bad is not None else statuses[0]
+                rows = runs[bad if bad is not None else 0][0]
                 problems.append((key, "failed" if t.state == TrialState.FAIL or status == "failed" else status,
                                  rows[-1].get("error") if rows else None))
                 continue
+            status = "stopped" if "stopped" in statuses else ("diverged" if "diverged" in statuses else "ok")
             entry = {"trial_key": key, "config": {**t.params, **e.constants}, "status": status,
-                     METRIC: t.value if t.state == TrialState.COMPLETE else None, "file": info}
-            if status == "stopped":  # where the scheduler stopped it: a rerun stops there too
-                entry["progress"] = _progress(rows)
+                     METRIC: t.value if t.state == TrialState.COMPLETE else None}
+            if len(subs) == 1:
+                entry["file"] = runs[0][1]
+                if status == "stopped":  # where the scheduler stopped it: a rerun stops there too
+                    entry["progress"] = _progress(runs[0][0])
+            else:  # each run's file, seed and stop, so that a damaged run is trained again alone
+                entry["runs"] = [{"trial_key": sub, "seed": seed, "file": info,
+                                  **({"progress": _progress(rows)} if st == "stopped" else {})}
+                                 for sub, seed, (rows, info), st in zip(subs, e.search_seeds, runs, statuses)]
             trials.append(entry)
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))

@@ -483,3 +483,21 @@ def test_duckdb_queries_on_v2_columns_and_their_v3_form(plugin_study, tmp_path):
     q = (f"SELECT count(*) FROM read_parquet('{results}/*.parquet', union_by_name = true) "
          f"WHERE hparams['my_margin'] > 1 OR temperature > 4")
     assert con.execute(q).fetchall()[0][0] == 2 + 2  # the margin-1.6 trial and the v2 file's T = 8 trial, 2 epochs each
+
+
+def test_verdict_line_summarises_the_family_and_every_shown_size(tmp_path):
+    # KD worse than the no-KD student (0.70) at sizes 4 and 64, better at 16 and 256; the largest (256)
+    # worse than size 16 and better than sizes 4 and 64
+    means = {4: 0.66, 16: 0.78, 64: 0.66, 256: 0.72}
+    v = _verdicts(write_study(tmp_path, student_means=means, seeds=5, noise=0.002))["kd"]
+    assert v.status == "capacity gap"
+    assert ("kd vs the no-KD student at 4 teacher sizes: SHOWN better at 2 (size 16, size 256), SHOWN worse at 2 "
+            "(size 4, size 64), EQUIVALENT at 0, INCONCLUSIVE at 0.") in v.text
+    head, also = v.text.split(" Also: ", 1)
+    also = also.split(" kd vs the no-KD student")[0]
+    # the headline is the peak (16); "Also" names every other size shown better or worse than the largest
+    assert "teacher size 16" in head.split("Holm-adjusted")[0]
+    assert also.count("SHOWN, kd student of the largest teacher size 256") == 2 and also.count("is better by") == 2
+    assert v.text.index("SHOWN worse at 2") < v.text.index("At the peak: kd at teacher size 16")
+    # one search per size, and what it resolved, next to the verdict
+    assert "Search: " in v.text and "One search per teacher size" in v.text

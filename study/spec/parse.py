@@ -24,7 +24,7 @@ from trainables.models import arch_name, build_model
 from ..ranges import Range
 from .errors import SpecError, join, key_text, problems_of
 from .loading import SpecYAMLError, load_yaml, read_spec_text
-from .model import COMMON_HPARAMS, DatasetBase, SpecModels, short, spec_models, uses_teacher
+from .model import COMMON_HPARAMS, MAX_SEARCH_SEED, DatasetBase, SpecModels, short, spec_models, uses_teacher
 from .view import TEACHER_LADDER_KEYS, MethodSpec, Spec, dataset_shape, teacher_model
 
 #: a model larger than this is surely a typo in its size (and would not fit a GPU anyway)
@@ -156,6 +156,10 @@ class _Validator:
         report = self.section(raw, "report", self.m.sections["report"])
         tracking = self.section(raw, "tracking", self.m.sections["tracking"])
         budget = search.budget if search is not None else "stratified"
+        if search is not None and search.seed + search.replicates * search.seeds_per_trial - 1 > MAX_SEARCH_SEED:
+            self.err("search", f"seed + replicates x seeds_per_trial must stay below {MAX_SEARCH_SEED + 1} (search "
+                     f"seeds are disjoint from the confirm seeds); got {search.seed} + {search.replicates} x "
+                     f"{search.seeds_per_trial}")
         self.cross_method(methods or {}, teachers, shape_of, confirm, budget)
         self.imported_uses(methods or {}, teachers)
         if self.problems:
