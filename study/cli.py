@@ -145,10 +145,15 @@ def _load(path, overrides=None):
 
 
 def cmd_validate(args) -> int:
+    from .preflight import imported_problems
+
     bad = 0
     for path in args.specs:
         spec = _load(path)
-        if spec is None:
+        weights = imported_problems(spec, None) if spec is not None and spec.trains_teachers else []
+        for line in weights:  # an imported teacher's file: read, unpacked and fitted to its architecture
+            print(f"{path}: {line}", file=sys.stderr)
+        if spec is None or weights:
             bad += 1
         else:
             print(f"{path}: ok ({', '.join(spec.methods) or 'no methods'}; storage {spec.storage})")
@@ -356,9 +361,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .plan import main as plan_main
-
     from trainables.imported import WeightsError
+
+    from .plan import main as plan_main
 
     spec = _load(args.spec or _quickstart_path())
     if spec is None:

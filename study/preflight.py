@@ -70,13 +70,15 @@ def preflight(spec: Spec, root: str, local: bool = True) -> list[str]:
 
 
 def preflight_warnings(spec: Spec, local: bool = True) -> list[str]:
-    """Lines worth a user's attention before a run: imported teachers no method uses; on a local run
+    """Lines worth a user's attention before a run: imported teachers no method uses, weights files
+    edited since the study imported them (it goes on with what it imported); on a local run
     (none for a cluster: its nodes are not this machine; `kdstudy plan --node CPUS:GPUS` checks a
     cluster node's shape) GPUs the trials leave idle."""
     out = []
     if imported_weights(spec) and not spec.trains_teachers:
         out.append("teachers.weights: no method of this spec distils from a frozen teacher (online teachers "
                    "train from scratch), so the imported weights are not used")
+    out += changed_imports(spec)
     if not local:
         return out
     from .plan import idle_gpu_warning, this_machine
@@ -85,11 +87,32 @@ def preflight_warnings(spec: Spec, local: bool = True) -> list[str]:
     return out + ([warning] if warning else [])
 
 
-def imported_problems(spec: Spec, zoo: Zoo) -> list[str]:
+def changed_imports(spec: Spec) -> list[str]:
+    """A line per imported teacher whose file is there but is no longer the file the study recorded
+    (sha256): a study resumed after its weights file was edited keeps the teacher it imported (its zoo
+    entry), and says so. (An entry not yet complete needs the file: `imported_problems` refuses it.)"""
+    from trainables.imported import WeightsError, file_sha256
+
+    out = []
+    for size, entry in imported_weights(spec).items():
+        recorded = entry.get("sha256")
+        try:
+            now = file_sha256(entry["path"]) if recorded else None
+        except WeightsError:
+            continue  # gone: the study needs it no more once imported (else the preflight names it)
+        if now is not None and now != recorded:
+            out.append(f"teachers.weights.{size}: {entry['path']} changed since this study imported it (sha256 "
+                       f"{now[:12]}..., imported {recorded[:12]}...): the study goes on with the weights it "
+                       f"imported; to study the edited file, run the spec as a new study (another `name`)")
+    return out
+
+
+def imported_problems(spec: Spec, zoo: Zoo | None) -> list[str]:
     """One line per imported teacher (`teachers.weights.<size>`) that cannot be one: its file missing,
     not the file the study recorded, not a weights-only file, holding no state dict, or a state dict that
     does not fit the architecture (shapes, names, a head for another number of classes). A size whose
-    zoo entry is complete is checked as a zoo entry instead (the study no longer needs the file)."""
+    zoo entry is complete is checked as a zoo entry instead (the study no longer needs the file); with
+    no `zoo` (`kdstudy validate`: no study yet), every file is checked."""
     from trainables.imported import WeightsError, load_teacher_weights
 
     weights = imported_weights(spec)
@@ -104,7 +127,7 @@ def imported_problems(spec: Spec, zoo: Zoo) -> list[str]:
         model = spec.teacher_model(size)
         recorded = entry.get("sha256")
         try:
-            if recorded and storage.exists(storage.join(
+            if zoo is not None and recorded and storage.exists(storage.join(
                     zoo.uri(key_of(imported_content(spec.dataset, model, entry, recorded))), "meta.json")):
                 continue  # imported earlier: its entry is verified with the others
             _, sha, _ = load_teacher_weights(entry, model, in_shape, classes)

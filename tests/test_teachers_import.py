@@ -3,9 +3,10 @@
 One real study on a local Ray (module fixture `imported_study`) serves most tests: a ladder of
 mlp sizes 8 and 32 where 8 is trained and 32 is imported from a checkpoint the test writes (a
 training checkpoint with the state dict under ``state_dict`` and DataParallel's ``module.``
-prefix), distilled from by a real KD search and confirm (five trials in all). The other tests
-need no Ray: the graph and the keys, the preflight's one line per bad file, the checks of an
-imported entry on resume, reading weights files.
+prefix), distilled from by KD's fixed configuration, confirmed on one seed (four trials in all:
+two teachers, the baseline, KD). The other tests need no Ray: the graph and the keys, the
+preflight's one line per bad file, the checks of an imported entry on resume, reading weights
+files.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from study import runner as runner_mod
 from study.cli import main
 from study.folder import StudyFolder
 from study.graph import plan
-from study.preflight import preflight
+from study.preflight import preflight, preflight_warnings
 from study.spec import SpecError, load_spec, parse_spec
 from study.zoo import key_of, teacher_jobs
 from trainables.imported import WeightsError, fit, state_dict_of
@@ -47,13 +48,13 @@ def no_ray(monkeypatch):
 
 
 def _spec_dict(folder: Path, data_root: str, weights: dict | None = None, sizes=(8, 32)) -> dict:
-    """The ladder 8, 32 (trained for 2 epochs unless imported); KD searched and confirmed at 32 only
-    (the fewest trials that distil from an imported teacher beside a trained one: 5 in all)."""
+    """The ladder 8, 32 (trained for 2 epochs unless imported); KD's fixed configuration confirmed at 32
+    only, unsearched (the fewest trials that distil from an imported teacher beside a trained one: 4)."""
     raw = micro_spec(folder, data_root,
                      teachers={"family": "mlp", "sizes": list(sizes), "seeds": 1, "epochs": 2},
                      train={"epochs": 2, "batch_size": 128, "lr": 0.01},
                      search={"budget": "stratified", "scheduler": "none", "max_concurrent": 1},
-                     methods={"kd": {"trials": 1, "teacher_sizes": [max(sizes)]}}, confirm={"seeds": 1, "top_k": 1})
+                     methods={"kd": {"trials": 0, "teacher_sizes": [max(sizes)]}}, confirm={"seeds": 1, "top_k": 1})
     if weights:
         raw["teachers"]["weights"] = weights
     return raw
@@ -178,7 +179,7 @@ def test_the_imported_teacher_is_evaluated_on_the_studys_splits_not_trained(impo
     assert (row["val_acc"], row["test_acc"], row["teacher_size"]) == (meta["val_acc"], meta["acc"], 32.0)
     assert (row["train_loss"] != row["train_loss"]) and row["lr"] != row["lr"]  # nothing trained: no recipe
     trained = df[(df["stage"] == "teachers") & (df["method"] == "scratch")]
-    assert set(trained["teacher_origin"]) == {"trained"} and trained["epoch"].max() == 3
+    assert set(trained["teacher_origin"]) == {"trained"} and trained["epoch"].max() == 2
 
 
 def test_kd_distils_from_the_imported_teacher_and_the_results_say_which_is_which(imported_study):
@@ -186,7 +187,7 @@ def test_kd_distils_from_the_imported_teacher_and_the_results_say_which_is_which
     meta = json.loads((study / "zoo" / {j["size"]: j for j in teacher_jobs(spec)}[32]["key"] / "meta.json").read_text())
     df = _rows(study)
     kd = df[(df["method"] == "kd") & (df["role"] == "student")]
-    assert set(kd["stage"]) == {"search", "confirm"} and set(kd["status"]) == {"ok"}
+    assert set(kd["stage"]) == {"confirm"} and set(kd["status"]) == {"ok"}
     assert set(kd["teacher_size"]) == {32.0} and set(kd["teacher_origin"]) == {"imported"}
     assert set(kd["teacher_acc"]) == {meta["acc"]}
     from analysis import write_report
@@ -201,24 +202,25 @@ def test_kd_distils_from_the_imported_teacher_and_the_results_say_which_is_which
 
 
 def test_bad_weights_are_named_one_line_each_before_ray(imported_study, tmp_path, data_root, capsys, no_ray):
-    """Missing, not weights-only, not torch, no state dict, wrong shapes, another class count."""
+    """Missing, not weights-only, not torch, cut short, no state dict, wrong shapes, another class count."""
     _, _, own, spec = imported_study
 
     (tmp_path / "object.pt").write_bytes(pickle.dumps({"model": _Custom()}))
     (tmp_path / "text.pt").write_text("not weights")
     torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "no_state.pt")
     torch.save(own, tmp_path / "size32.pt")  # a size-32 teacher's weights given for size 16
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "size32.pt").read_bytes()[:-200])  # a copy cut short
     head = {**own, "classifier.weight": torch.zeros(5, 32), "classifier.bias": torch.zeros(5)}  # a 5-class head
     torch.save({"model": head}, tmp_path / "five.pt")
-    sizes = [8, 12, 16, 24, 32, 48, 64]
+    sizes = [8, 12, 16, 24, 32, 48, 64, 96]
     weights = {8: "missing.pt", 12: "object.pt", 16: "size32.pt", 24: "text.pt", 32: "five.pt",
-               48: {"path": "no_state.pt"}, 64: {"path": "size32.pt", "key": "model"}}
+               48: {"path": "no_state.pt"}, 64: {"path": "size32.pt", "key": "model"}, 96: "cut.pt"}
     path = _write(tmp_path, _spec_dict(tmp_path, data_root, weights, sizes=sizes))
     t0 = time.time()
     assert main(["run", str(path), "--no-report"]) == 2
     err = capsys.readouterr().err
     lines = [x for x in err.splitlines() if x.startswith("kdstudy: teachers.weights.")]
-    assert len(lines) == 7 and "Traceback" not in err, err
+    assert len(lines) == 8 and "Traceback" not in err, err
     by = {int(x.split(".")[2].split(":")[0]): x for x in lines}
     assert "no such file" in by[8] and str(tmp_path / "missing.pt") in by[8]
     assert "weights-only load refuses" in by[12]
@@ -227,47 +229,60 @@ def test_bad_weights_are_named_one_line_each_before_ray(imported_study, tmp_path
     assert "classify 5 classes" in by[32] and "the dataset has 10" in by[32] and "fine-tune" in by[32]
     assert "holds no state dict" in by[48] and "epoch, optimizer" in by[48]
     assert "has no entry 'model'" in by[64]
-    print(f"preflight of 7 weights files: {time.time() - t0:.1f} s")
+    assert "cut.pt is damaged or truncated" in by[96]
+    assert main(["validate", str(path)]) == 2  # validate reads and fits the files too, the same lines
+    err = capsys.readouterr().err
+    assert sorted(x.split(": ", 1)[1] for x in err.splitlines()) == sorted(x.split(": ", 1)[1] for x in lines), err
+    print(f"preflight of 8 weights files: {time.time() - t0:.1f} s")
 
 
 def test_imported_entries_are_checked_like_trained_ones(imported_study, tmp_path, capsys, no_ray):
-    """Swapped zoo folders, an edited weights file (run and resume) and a deleted one after the import."""
-    _, path0, own, spec = imported_study
-    folder = tmp_path / "copy"
-    shutil.copytree(path0.parent, folder, ignore=shutil.ignore_patterns("lock.json", "own"))
-    raw = yaml.safe_load((folder / "spec.yaml").read_text())
-    raw["storage"] = str(folder / "results")
-    path = _write(folder, raw)
-    study = folder / "results" / spec.name
+    """Swapped zoo folders, an edited weights file (run and resume) and a deleted one after the import.
+    On the shared study itself (a copy's recorded spec folder would still be the original's), each
+    change undone before the next."""
+    study, path, own, spec = imported_study
     keys = {j["size"]: j["key"] for j in teacher_jobs(spec)}
     imported, trained = study / "zoo" / keys[32], study / "zoo" / keys[8]
-
-    # the weights file deleted after the import: the study's zoo entry stands for it (sha256 recorded)
-    weights = folder / "weights" / "t32.pt"
+    weights = path.parent / "weights" / "t32.pt"
     data = weights.read_bytes()
-    weights.unlink()
-    assert preflight(load_spec(path), str(study)) == [f"teachers.weights.32: no such file: {weights}"]
-    assert preflight(StudyFolder(study).saved_spec(), str(study)) == []  # resume: nothing needs the file
-    weights.write_bytes(data)
+    try:
+        # the weights file deleted after the import: the study's zoo entry stands for it (sha256 recorded)
+        weights.unlink()
+        assert preflight(load_spec(path), str(study)) == [f"teachers.weights.32: no such file: {weights}"]
+        assert preflight(StudyFolder(str(study)).saved_spec(), str(study)) == []  # resume: nothing needs the file
+        weights.write_bytes(data)
 
-    # swapped with the trained teacher's folder (weights and meta together): named before any trial
-    tmp = study / "zoo" / "swap"
-    imported.rename(tmp), trained.rename(imported), tmp.rename(trained)
-    assert main(["resume", str(study), "--no-report"]) == 2
-    err = capsys.readouterr().err
-    assert f"zoo entry {imported}" in err and "renamed or swapped" in err and "Traceback" not in err, err
-    tmp = study / "zoo" / "swap"
-    imported.rename(tmp), trained.rename(imported), tmp.rename(trained)
+        # swapped with the trained teacher's folder (weights and meta together): named before any trial
+        tmp = study / "zoo" / "swap"
+        imported.rename(tmp), trained.rename(imported), tmp.rename(trained)
+        try:
+            assert main(["resume", str(study), "--no-report"]) == 2
+        finally:
+            imported.rename(tmp), trained.rename(imported), tmp.rename(trained)
+        err = capsys.readouterr().err
+        assert f"zoo entry {imported}" in err and "renamed or swapped" in err and "Traceback" not in err, err
 
-    # the weights file edited: `run` of the spec is another study (the sha256 differs), `resume` names the file
-    torch.save({k: v + 1 for k, v in own.items()}, weights)
-    assert main(["run", str(path), "--no-report"]) == 1
-    err = capsys.readouterr().err
-    assert "holds a study with another spec" in err and '"sha256"' in err and "Traceback" not in err, err
-    shutil.rmtree(imported)  # its zoo entry gone too: resume needs the file, and it is not the one imported
-    assert main(["resume", str(study), "--no-report"]) == 2
-    err = capsys.readouterr().err
-    assert "teachers.weights.32:" in err and "is not the file this study imported" in err, err
+        # the weights file edited: `run` of the spec is another study (the sha256 differs) ...
+        torch.save({k: v + 1 for k, v in own.items()}, weights)
+        assert main(["run", str(path), "--no-report"]) == 1
+        err = capsys.readouterr().err
+        assert "holds a study with another spec" in err and '"sha256"' in err and "Traceback" not in err, err
+        # ... `resume` goes on with the teacher the study imported, and says the file changed ...
+        saved = StudyFolder(str(study)).saved_spec()
+        assert preflight(saved, str(study)) == []
+        assert any(w.startswith(f"teachers.weights.32: {weights} changed since this study imported it")
+                   for w in preflight_warnings(saved)), preflight_warnings(saved)
+        # ... and refuses the edited file where the import is not complete (its zoo entry gone)
+        aside = tmp_path / "entry"
+        shutil.move(imported, aside)
+        try:
+            assert main(["resume", str(study), "--no-report"]) == 2
+        finally:
+            shutil.move(aside, imported)
+        err = capsys.readouterr().err
+        assert "teachers.weights.32:" in err and "is not the file this study imported" in err, err
+    finally:
+        weights.write_bytes(data)
 
 
 def test_reading_weights_files():

@@ -107,12 +107,16 @@ def read_weights_file(path: str) -> tuple[object, str]:
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, ...)
-        text = _first_line(exc)
-        if "weights_only" in text or "Unsupported global" in text or "WeightsUnpickler" in text:
+        # torch's own files are zip archives (older ones a pickle stream, as pickle.dump's are); anything
+        # else is no torch file at all, whatever torch's message (it speaks of weights_only all the same)
+        if data[:4] != b"PK\x03\x04" and data[:1] != b"\x80":
+            raise WeightsError(f"{path} is not a file torch.save wrote (neither a zip archive nor a pickle)") from None
+        reason = _unpickler_reason(exc)
+        if reason is not None:
             raise WeightsError(
-                f"{path} holds Python objects that a weights-only load refuses (kdstudy never runs code from a "
-                f"file; {_clip(text)}): save the weights alone, e.g. torch.save(model.state_dict(), path)") from None
-        raise WeightsError(f"{path} is not a file torch.save wrote ({_clip(text)})") from None
+                f"{path} holds what a weights-only load refuses (Python objects: kdstudy never runs code from a "
+                f"file; {_clip(reason)}): save the weights alone, e.g. torch.save(model.state_dict(), path)") from None
+        raise WeightsError(f"{path} is damaged or truncated: torch.load fails ({_clip(_first_line(exc), 120)})") from None
     return obj, sha
 
 
@@ -346,6 +350,21 @@ def _describe(obj) -> str:
     if isinstance(obj, torch.Tensor):
         return f"a single tensor of shape {list(obj.shape)}"
     return f"a {type(obj).__name__}"
+
+
+def _unpickler_reason(exc: BaseException) -> str | None:
+    """What torch's weights-only unpickler refused (``Unsupported global: GLOBAL my.Net ...``), without
+    its general advice; None when the error is not the unpickler's."""
+    text = str(exc)
+    if "WeightsUnpickler" not in text and "Weights only load failed" not in text:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    hit = next((ln for ln in lines if ln.startswith("Unsupported") or "Unsupported global" in ln), None)
+    if hit is None:
+        after = [ln.split("WeightsUnpickler error:", 1)[1].strip() for ln in lines if "WeightsUnpickler error:" in ln]
+        hit = next((a for a in after if a), "an object it does not allow")
+    hit = hit.split("WeightsUnpickler error:", 1)[-1].strip()
+    return hit.split(" was not an allowed global")[0]
 
 
 def _first_line(exc: BaseException) -> str:
