@@ -95,6 +95,15 @@ class CapacityData:
     replicas: list = field(default_factory=list)  # CapacityData of search replicates 1, 2, ... (search.replicates)
     resolutions: list = field(default_factory=list)  # analysis.search.Resolution of this replicate's searches
     seeds_per_trial: int = 1  # seeds each search trial trained (search.seeds_per_trial)
+    imported: list = field(default_factory=list)  # teacher sizes whose teacher was imported, not trained
+
+
+def imported_sizes(rows: pd.DataFrame) -> list[float]:
+    """Teacher sizes whose teacher was imported from a weights file (`teacher_origin`), not trained."""
+    if "teacher_origin" not in rows or rows.empty:
+        return []
+    mine = rows[(rows["teacher_origin"] == "imported") & rows["teacher_size"].notna()]
+    return sorted(float(s) for s in mine["teacher_size"].unique())
 
 
 @dataclass(frozen=True)
@@ -368,6 +377,7 @@ def _capacity_data(summary: pd.DataFrame, method: str, replicate: int = 0) -> Ca
         chosen=chosen, peak_size=peak, config_table=pd.DataFrame(rows), baseline_val=base_val,
         baseline_test=base_test, baseline_info=base_info, epochs=epochs, generations=generations,
         replicate=replicate, resolutions=search_mod.resolutions(summary, method), seeds_per_trial=seeds_per_trial,
+        imported=[z for z in imported_sizes(summary) if z in sizes],
     )
 
 
@@ -746,9 +756,10 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
                     arrayminus=100 * (frame["mean"] - frame["low"]).fillna(0), visible=True, thickness=1.5)
 
     def tick(size, params):
+        mark = " (imported)" if float(size) in data.imported else ""
         if use_params and params == params and params is not None:
-            return f"size {size:g}<br>{_fmt_params(params)} params"
-        return f"size {size:g}"
+            return f"size {size:g}{mark}<br>{_fmt_params(params)} params"
+        return f"size {size:g}{mark}"
 
     base = mean_ci(data.baseline)
     extra = []
@@ -795,6 +806,9 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
     if xs:  # room for the outermost point labels
         fig.update_xaxes(range=[math.log10(min(xs)) - 0.3, math.log10(max(xs)) + 0.3])
     subtitle = f"verdict: {result.status}" if result is not None else None
+    if data.imported:  # whose teachers this study did not train
+        subtitle = "; ".join(filter(None, [subtitle, "imported teacher (weights from a file, not trained here): "
+                                           "size " + ", ".join(f"{z:g}" for z in data.imported)]))
     return finish(fig, f"Capacity gap — {data.method}: student test accuracy vs teacher size (source: {data.source})",
                   subtitle,
                   legend_rows=2)

@@ -235,6 +235,7 @@ def header_facts(df: pd.DataFrame, spec: dict | None, dataset: dict | None = Non
     if not teachers.empty:
         facts.append(("teachers", ", ".join(
             f"{r.teacher_arch or ''} size {r.teacher_size:g} ({_params(r.teacher_params)})"
+            + (", imported" if getattr(r, "teacher_origin", None) == "imported" else "")
             for r in teachers.itertuples())
             + (f" — spec: {_kv(spec['teachers'])}" if isinstance(spec.get("teachers"), dict) else "")))
     if isinstance(spec.get("train"), dict):

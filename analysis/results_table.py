@@ -31,7 +31,7 @@ DEFAULT_DELTA = 0.5
 DEFAULT_LEVEL = 0.95
 
 METHOD_COLUMNS = [
-    "method", "teacher_size", "teacher_params", "peak", "hyperparameters", "config_id", "source", "k",
+    "method", "teacher_size", "teacher_origin", "teacher_params", "peak", "hyperparameters", "config_id", "source", "k",
     "test_acc", "test_low", "test_high", "val_acc", "teacher_acc",
     "diff_vs_no_kd", "diff_low", "diff_high", "diff_level", "outcome_vs_no_kd", "sd_vs_no_kd", "seeds_needed_vs_no_kd",
     "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this", "largest_minus_level",
@@ -122,6 +122,7 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
             gens = cfg_row["generations"] or 1.0
             rows.append({
                 "method": data.method, "teacher_size": size,
+                "teacher_origin": "imported" if size in data.imported else "trained",
                 "teacher_params": runs["teacher_params"].iloc[0] if len(runs) else math.nan,
                 "peak": bool(cfg_row["peak"]), "hyperparameters": cfg_row["hyperparameters"],
                 "config_id": cfg_row["config_id"], "source": data.source, "k": int(cfg_row["k"]),
@@ -299,7 +300,8 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
             if r.generations and r.generations != 1:
                 budget += f" × {r.generations:g} generations"
             rows.append({
-                "method": r.method, "teacher size": _size_text(r.teacher_size),
+                "method": r.method,
+                "teacher size": _size_text(r.teacher_size) + (" (imported)" if r.teacher_origin == "imported" else ""),
                 "teacher params": _num(r.teacher_params, "{:,.0f}"),
                 "chosen hyperparameters": " ".join(x for x in (hp, "(peak on val)" if r.peak else "") if x) or "—",
                 "test % (mean ± 95% CI)": f"{r.test_acc:.2f} ± {(r.test_high - r.test_low) / 2:.2f}"

@@ -19,7 +19,8 @@ Identity
   generation       int32   curriculum generation (TriKD); 0 for other methods
   exit             int32   exit index of a multi-exit model; null otherwise
   exit_flops       float64 cumulative forward FLOPs per sample up to that exit
-  epoch            int32   1-based epoch within the generation
+  epoch            int32   1-based epoch within the generation (0: an imported teacher's evaluation,
+                           nothing trained)
   status           string  the trial's outcome, the same on every row of a trial:
                            ok        trained every epoch it owes (completed)
                            stopped   stopped early by the search's scheduler (ASHA); its
@@ -45,6 +46,10 @@ Models
   teacher_family, teacher_arch (string), teacher_params (int64), teacher_flops (float64)
   teacher_size     float64 the teacher's size knob (ladder position)
   teacher_size_name string the teacher's size as the ladder writes it ("16", "resnet18")
+  teacher_origin   string  where the teacher's weights come from: trained (by this study: the
+                           teachers stage, or online by the method) | imported (a weights file named
+                           by the spec's teachers.weights, evaluated here, never trained); null
+                           where the row has no teacher
   teacher_acc      float64 the (frozen or online) teacher's own test accuracy
   assistant_arch   string  TAKD teacher assistant
   teacher_epoch    int32   ESKD: epoch of the teacher checkpoint distilled from
@@ -87,6 +92,9 @@ Versions
    `config_id` covers the whole configuration (see above).
    Later in v3: `connector_params` and `connector_flops` (the training cost beyond the deployed
    models, for the feature methods' connectors); v3 files written before them read them as null.
+   Later in v3 (no version change: a column added, null when absent): `teacher_origin`, and
+   stage `teachers` rows of method `import` (an imported teacher's evaluation, epoch 0). v3
+   files written before it read with `teacher_origin` null (their teachers were all trained).
    Reading: `analysis.load` expands the hyperparameters of every version (from `hparams_json`,
    which every version has) into one DataFrame column each, as before (`df["temperature"]`,
    `df["my_margin"]`); the map itself is not a DataFrame column. v1 and v2 files read with the
@@ -143,6 +151,7 @@ _MODELS = [
     ("teacher_flops", pa.float64()),
     ("teacher_size", pa.float64()),
     ("teacher_size_name", pa.string()),
+    ("teacher_origin", pa.string()),
     ("teacher_acc", pa.float64()),
     ("assistant_arch", pa.string()),
     ("teacher_epoch", pa.int32()),
@@ -184,7 +193,9 @@ ROW_KEY = ["study", "stage", "trial_id", "generation", "role", "exit", "epoch"]
 #: columns added in version 2 (null when reading a version-1 file)
 ADDED_IN_V2 = ["experiment", "config_id", "error", "setup_time_s", "eval_time_s"]
 #: columns added in version 3 (null when reading an older file)
-ADDED_IN_V3 = ["hparams", "teacher_size_name", "connector_params", "connector_flops"]
+ADDED_IN_V3 = ["hparams", "teacher_size_name", "connector_params", "connector_flops", "teacher_origin"]
+#: `teacher_origin` values (see Columns)
+TEACHER_ORIGINS = ("trained", "imported")
 #: the columns that are not hyperparameters: a hyperparameter may not be called so
 FIXED_COLUMNS = [n for n in COLUMNS if n not in HPARAM_COLUMNS and n not in ("hparams", "hparams_json")]
 #: fixed columns that are also a searched parameter of some method (ESKD searches the teacher's epoch)

@@ -56,7 +56,9 @@ def status_frame(df: pd.DataFrame) -> pd.DataFrame:
 
     Outcomes: ``ok`` (trained every epoch), ``stopped early`` (by the
     search's scheduler), ``diverged``, ``failed`` (raised an error) and
-    ``running`` (unfinished). The result is the configuration with the best
+    ``running`` (unfinished); ``teacher`` (only when some teacher was imported)
+    says whether the teacher of the row was trained here or imported from a
+    weights file. The result is the configuration with the best
     mean val accuracy (the best trial in a search; the seeds of one
     configuration in baseline, teachers and confirm), its mean val accuracy
     and the mean test accuracy at the same epochs. ``last error`` is the last
@@ -65,14 +67,20 @@ def status_frame(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return pd.DataFrame()
     outcomes = trial_outcomes(df)
-    sizes = df.drop_duplicates(["stage", "trial_id"]).set_index(["stage", "trial_id"])["teacher_size"]
+    firsts = df.drop_duplicates(["stage", "trial_id"]).set_index(["stage", "trial_id"])
+    sizes = firsts["teacher_size"]
     outcomes["teacher size"] = [sizes.get((st, t)) for st, t in zip(outcomes["stage"], outcomes["trial_id"])]
+    origin = firsts["teacher_origin"] if "teacher_origin" in firsts else pd.Series(dtype=object)
+    imported = {k for k, v in origin.items() if v == "imported"}  # (stage, trial) of an imported teacher
     models = final_models(trial_summary(df))
     out = []
     keys = ["stage", "method", "teacher size"]
     for (stage, method, size), grp in outcomes.groupby(keys, sort=False, dropna=False):
-        row = {"stage": stage, "method": method, "teacher size": None if pd.isna(size) else f"{size:g}",
-               "trials": int(len(grp))}
+        row = {"stage": stage, "method": method, "teacher size": None if pd.isna(size) else f"{size:g}"}
+        if imported:  # a column only when some teacher was imported from a weights file
+            row["teacher"] = None if pd.isna(size) else "imported" if any(
+                (st, t) in imported for st, t in zip(grp["stage"], grp["trial_id"])) else "trained"
+        row["trials"] = int(len(grp))
         for key, label in OUTCOMES:
             row[label] = int((grp["outcome"] == key).sum())
         mine = models[(models["stage"] == stage) & models["trial_id"].isin(grp["trial_id"])]

@@ -145,10 +145,15 @@ def _load(path, overrides=None):
 
 
 def cmd_validate(args) -> int:
+    from .preflight import imported_problems
+
     bad = 0
     for path in args.specs:
         spec = _load(path)
-        if spec is None:
+        weights = imported_problems(spec, None) if spec is not None and spec.trains_teachers else []
+        for line in weights:  # an imported teacher's file: read, unpacked and fitted to its architecture
+            print(f"{path}: {line}", file=sys.stderr)
+        if spec is None or weights:
             bad += 1
         else:
             print(f"{path}: ok ({', '.join(spec.methods) or 'no methods'}; storage {spec.storage})")
@@ -360,13 +365,19 @@ def cmd_status(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from trainables.imported import WeightsError
+
     from .plan import main as plan_main
 
     spec = _load(args.spec or _quickstart_path())
     if spec is None:
         return 2
-    return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
-                     node=args.node)
+    try:
+        return plan_main(spec, args.slots, args.epoch_seconds, args.trial_overhead, from_results=args.from_results,
+                         node=args.node)
+    except WeightsError as exc:  # an imported teacher's file, whose sha256 names its experiments
+        print(f"kdstudy: teachers.weights: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_dashboard(args) -> int:

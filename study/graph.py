@@ -2,7 +2,9 @@
 
 `plan(spec)` turns a validated spec into experiments (no Ray, no storage):
 
-  teachers-<size>         one `scratch` trial per seed of one teacher size (into the zoo)
+  teachers-<size>         one `scratch` trial per seed of one teacher size (into the zoo); for a
+                          size the spec imports (`teachers.weights`), one `import` trial instead:
+                          the weights file evaluated on this study's splits, nothing trained
   search-scratch          the no-KD student's own search, when a method searches the recipe
                           (lr, weight_decay): the baseline is held to the same bar
   baseline                the no-KD student on every confirm seed; its configurations are the
@@ -51,6 +53,9 @@ from trainables.data import identity_config
 from .spaces import method_params
 from .spec import MethodSpec, Range, Spec
 from .zoo import teacher_jobs
+
+#: the teachers stage's method of an imported teacher (`trainables.imported`; the loop's IMPORT_METHOD)
+IMPORT = "import"
 
 #: confirm (and baseline) seeds start here: disjoint from search seeds (`search.seed` < this)
 CONFIRM_SEED0 = 10_000
@@ -188,15 +193,27 @@ def plan(spec: Spec) -> list[Experiment]:
     teacher_exp: dict[str, Experiment] = {}
     keys_by_size: dict[str, list[str]] = {}
     if uses_frozen:
-        for job in teacher_jobs(spec):
+        all_jobs = teacher_jobs(spec)
+        for job in all_jobs:
             keys_by_size.setdefault(size_key(job["size"]), []).append(job["key"])
         for size in spec.teacher_sizes:
             sk = size_key(size)
+            imported = [j for j in all_jobs if size_key(j["size"]) == sk and j.get("imported")]
+            if imported:  # evaluated, not trained: no recipe, one entry whatever teachers.seeds
+                base = common_base(spec, "teachers", IMPORT)
+                base["role"] = "teacher"
+                base["train"] = {}
+                base.pop("student")
+                jobs = [{"seed": j["seed"], "student": j["model"], "_zoo_key": j["key"]} for j in imported]
+                exp = Experiment("teachers", f"t{sk}", IMPORT, base, jobs=jobs, max_t=1, zoo_keys=keys_by_size[sk])
+                teacher_exp[sk] = exp
+                exps.append(exp)
+                continue
             base = common_base(spec, "teachers", "scratch")
             base["role"] = "teacher"
             base["train"]["epochs"] = spec.teachers["epochs"]
             jobs = [{"seed": j["seed"], "student": j["model"], "_zoo_key": j["key"]}
-                    for j in teacher_jobs(spec) if size_key(j["size"]) == sk]
+                    for j in all_jobs if size_key(j["size"]) == sk]
             exp = Experiment("teachers", f"t{sk}", "scratch", base, jobs=jobs, max_t=spec.teachers["epochs"],
                              zoo_keys=keys_by_size[sk])
             teacher_exp[sk] = exp

@@ -58,7 +58,7 @@ from .results import (damaged_runs, damaged_teacher_text, first_line, read_trial
                       read_trial_file, results_file, teacher_lost)
 from .samplers import sampler_seed  # noqa: E402
 from .spec import Spec  # noqa: E402
-from .zoo import Zoo, teacher_jobs, teacher_table  # noqa: E402
+from .zoo import Zoo, stage_import, teacher_jobs, teacher_table  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,8 @@ class StudyRunner:
         self.exps = graph.plan(spec)
         self.by_name = {e.name: e for e in self.exps}
         self.board = None
-        self.zoo_content = {j["key"]: j["content"] for j in teacher_jobs(spec)}
+        self.zoo_jobs = {j["key"]: j for j in teacher_jobs(spec)}
+        self.zoo_content = {k: j["content"] for k, j in self.zoo_jobs.items()}
         self.repairs: dict[str, list[dict]] = {}  # search experiment -> its lost trials to train again
         self.preset_failures: dict[str, str] = {}  # experiment -> why it cannot run (found before it started)
         self.config_ids = self.folder.config_ids()  # "sampled" in a study begun by an older kdstudy
@@ -471,6 +472,11 @@ class StudyRunner:
                                owed=e.trials)
         jobs = self.grid_jobs(e)
         todo = [j for j in jobs if not self._done(e, j)]
+        if e.method == graph.IMPORT:  # the weights file, fitted, into the zoo entry its trial evaluates
+            in_shape, classes = self.spec.shape
+            for job in todo:
+                job["export"]["staged_sha256"], job["export"]["meta"]["source"] = stage_import(
+                    self.zoo, self.zoo_jobs[job["_zoo_key"]], in_shape, classes)
         return self.launch(e, base, kind="grid", jobs=todo, owed=len(jobs))
 
     def grid_jobs(self, e: graph.Experiment) -> list[dict]:
@@ -480,7 +486,7 @@ class StudyRunner:
             for j in e.jobs:
                 job = {k: v for k, v in j.items() if k != "_zoo_key"}
                 job["export"] = {"uri": self.zoo.uri(j["_zoo_key"]),
-                                 "epochs": self.spec.teachers["export_epochs"],
+                                 "epochs": [] if e.method == graph.IMPORT else self.spec.teachers["export_epochs"],
                                  # meta.json records what its key hashes (the entry proves which it is)
                                  "meta": {"key_content": self.zoo_content[j["_zoo_key"]]}}
                 job["_trial_key"] = graph.trial_key(e.name, {k: v for k, v in j.items() if k != "export"})
@@ -534,6 +540,12 @@ class StudyRunner:
         for job in self.grid_jobs(e):
             key = job["_trial_key"]
             if e.stage == "teachers" and self.zoo.get(job["_zoo_key"]) is not None:
+                if e.method == graph.IMPORT:  # its weights, architecture and identity, before any use
+                    try:
+                        self.check_imported(job)
+                    except Exception as exc:
+                        problems.append((key, "failed", str(exc)))
+                        continue
                 trials.append({"trial_key": key, "config": _public(job), "status": "ok",
                                "file": _file_of(self.results_uri, e.stage, key)})
                 continue
@@ -545,6 +557,7 @@ class StudyRunner:
             if e.stage == "teachers":  # it ended, yet there is no complete zoo entry
                 problems.append((key, "failed", "its loss diverged (NaN): no weights for the zoo; lower the "
                                  "teachers' learning rate" if status == "diverged"
+                                 else "evaluated, but its zoo entry is incomplete" if e.method == graph.IMPORT
                                  else "trained, but its zoo entry is incomplete"))
                 continue
             trials.append({"trial_key": key, "config": _public(job), "status": status,
@@ -552,6 +565,16 @@ class StudyRunner:
         if problems:
             raise ExperimentFailed(_problem_text(problems, len(trials) + len(problems)))
         return trials
+
+    def check_imported(self, job: dict) -> None:
+        """An imported teacher's completed entry: the entry of its key (sha256 of its weights, their fit
+        to its architecture), with the accuracies its evaluation measured."""
+        meta = self.zoo.get(job["_zoo_key"])
+        in_shape, classes = self.spec.shape
+        self.zoo.verify(meta, in_shape, classes, job=self.zoo_jobs[job["_zoo_key"]])
+        if meta.get("acc") is None or meta.get("origin") != "imported":
+            raise ExperimentFailed(f"zoo entry {self.zoo.uri(job['_zoo_key'])} holds no evaluation of the "
+                                   f"imported teacher")
 
     def _verify_search(self, e: graph.Experiment) -> list[dict]:
         from optuna.trial import TrialState

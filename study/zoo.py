@@ -18,6 +18,17 @@ entry works so (an imported teacher keyed by the hash of its weights file
 records what it hashed). Entries written before `key_content` existed are
 compared with what the spec expects of their key instead: family, size,
 options, seed and epochs.
+
+Imported teachers (the spec's `teachers.weights`, see `trainables.imported`)
+are entries too, one per imported size whatever `teachers.seeds`: their key
+hashes the dataset's identity, the teacher's model config and the weights
+file's sha256 (with the `key` and `format` it is read by), never the file's
+path, so the same file anywhere is the same teacher and an edited file is a new
+one. The driver stages the file's state dict, fitted to the architecture, as
+the entry's `model.pt` (`stage_import`); the evaluation trial of the teachers
+stage measures it on the study's own validation and test splits and writes
+meta.json (`origin: imported`, the source file's name and sha256, `key_content`),
+which completes the entry as it does for a trained teacher.
 """
 
 from __future__ import annotations
@@ -52,6 +63,32 @@ def teacher_content(dataset: dict, model_cfg: dict, train: dict, seed: int, expo
 
 def teacher_key(dataset: dict, model_cfg: dict, train: dict, seed: int, export_epochs=()) -> str:
     return key_of(teacher_content(dataset, model_cfg, train, seed, export_epochs))
+
+
+def imported_content(dataset: dict, model_cfg: dict, weights: dict, sha256: str) -> dict:
+    """What decides an imported teacher (its key hashes this): the dataset, the model and the weights
+    file's sha256 with how it is read (`key`, `format`) -- never where the file lies."""
+    read = {"sha256": sha256, "format": weights.get("format", "auto")}
+    if weights.get("key") is not None:
+        read["key"] = weights["key"]
+    payload = {"dataset": identity_config(dataset), "model": model_cfg, "imported": read}
+    return json.loads(json.dumps(payload, sort_keys=True, default=str))
+
+
+def imported_weights(spec) -> dict:
+    """{size key: the spec's weights entry {path, key, format, sha256}} of the imported sizes."""
+    t = spec.teachers or {}
+    return {size_key(z): w for z, w in (t.get("weights") or {}).items()}
+
+
+def weights_sha256(entry: dict) -> str:
+    """The sha256 of an imported teacher's file: as the spec (or the study's spec.json) records it,
+    else read from the file (raises `trainables.imported.WeightsError` naming it)."""
+    if entry.get("sha256"):
+        return entry["sha256"]
+    from trainables.imported import file_sha256
+
+    return file_sha256(entry["path"])
 
 
 def _name(ref: str | None, default: str) -> str:
@@ -164,13 +201,22 @@ def _describe(meta: dict) -> str:
 
 def teacher_jobs(spec) -> list[dict]:
     """One job per teacher size x seed: {size, seed, model, epochs, content, key} (`content` is what
-    `key` hashes, recorded in the entry's meta.json)."""
+    `key` hashes, recorded in the entry's meta.json); an imported size has one job, with `imported`
+    (the spec's weights entry) and `epochs` None."""
     t = spec.teachers
     if not t:
         return []
     recipe = {**spec.train, "epochs": t["epochs"]}
+    weights = imported_weights(spec)
     jobs = []
     for size in t["sizes"]:
+        entry = weights.get(size_key(size))
+        if entry is not None:
+            model = spec.teacher_model(size)
+            content = imported_content(spec.dataset, model, entry, weights_sha256(entry))
+            jobs.append({"size": size, "seed": 0, "model": model, "epochs": None, "content": content,
+                         "key": key_of(content), "imported": entry})
+            continue
         for seed in range(t["seeds"]):
             model = spec.teacher_model(size)
             content = teacher_content(spec.dataset, model, recipe, seed, t["export_epochs"])
@@ -193,5 +239,38 @@ def teacher_table(spec, zoo: Zoo, sizes=None, verify: bool = True, in_shape=None
             zoo.verify(meta, in_shape, num_classes, job=job)
         entry = {**job["model"], "checkpoint": meta["checkpoint"], "arch": meta["arch"], "params": meta["params"],
                  "flops": meta["flops"], "acc": meta["acc"], "epoch_checkpoints": meta.get("epoch_checkpoints", {})}
+        if meta.get("origin") == "imported":  # recorded in the rows (`teacher_origin`)
+            entry["origin"] = "imported"
         table.setdefault(size_key(job["size"]), []).append(entry)
     return table
+
+
+def stage_import(zoo: Zoo, job: dict, in_shape, num_classes) -> tuple[str, dict]:
+    """Write an imported teacher's weights into its zoo entry as `model.pt` (the file read, its state
+    dict extracted and fitted to the architecture; see `trainables.imported`), before its evaluation
+    trial completes the entry. Returns (the sha256 of model.pt, the source file's record for meta.json).
+    Raises `trainables.imported.WeightsError` (the file changed since the spec recorded its sha256,
+    or does not fit)."""
+    import io
+
+    import torch
+
+    from trainables.imported import WeightsError, load_teacher_weights, source_record
+
+    entry = job["imported"]
+    state, sha, how = load_teacher_weights(entry, job["model"], in_shape, num_classes)
+    want = job["content"]["imported"]["sha256"]
+    if sha != want:
+        raise WeightsError(changed_text(entry, want, sha))
+    buf = io.BytesIO()
+    torch.save({"model": state}, buf)
+    data = buf.getvalue()
+    storage.write_bytes(storage.join(zoo.uri(job["key"]), "model.pt"), data)
+    return hashlib.sha256(data).hexdigest(), source_record(entry, sha, how)
+
+
+def changed_text(entry: dict, recorded: str, now: str) -> str:
+    """An imported teacher's file that is not the one the study recorded (one line)."""
+    return (f"{entry['path']} is not the file this study imported (sha256 {now[:12]}..., the study recorded "
+            f"{recorded[:12]}...): an edited weights file is another teacher; put the file back, or run the "
+            f"spec as a new study (another `name`)")

@@ -270,7 +270,7 @@ def test_new_fields_validate_and_never_enter_an_identity(tmp_path):
     spec = parse_spec({**raw, "teachers": weights}, spec_dir=str(tmp_path))
     assert spec.teachers["weights"] == {8: {"path": str(tmp_path / "w" / "t8.pt"), "format": "auto"},
                                         32: {"path": "/abs/t32.pt", "format": "state_dict"}}
-    assert [j["key"] for j in teacher_jobs(spec)] == names[1]  # (imported teachers: the zoo's owner decides)
+    # (what an imported teacher's key hashes, and that the other sizes keep theirs: tests/test_teachers_import.py)
     bad = {**raw, "search": {"sampler": "cmaes", "replicates": 0, "seeds_per_trial": 1.5},
            "runtime": {"precision": "fp16"}, "tracking": {"mlflow": {}, "wandb": {"project": "p", "mode": "on"},
                                                           "tensorboard": {"dri": "x"}, "neptune": {}},

@@ -103,7 +103,9 @@ class LocalHooks:
 #: and process (an actor reused for many trials counts each architecture once)
 _FACTS_CACHE: dict[str, dict] = {}
 #: keys the study adds to a model config that are not part of the architecture
-_BOOKKEEPING = ("checkpoint", "acc", "epoch_checkpoints", "sha256", "arch", "params", "flops")
+_BOOKKEEPING = ("checkpoint", "acc", "epoch_checkpoints", "sha256", "arch", "params", "flops", "origin")
+#: the teachers stage's method of an imported teacher (`trainables.imported.run_import`): evaluated only
+IMPORT_METHOD = "import"
 
 
 #: models up to this many parameters are counted on the CPU (a real forward of a few MFLOPs costs less
@@ -201,6 +203,10 @@ def run_trial(config: dict, hooks: Hooks | None = None) -> Hooks:
     the device plan (`trainables.device.plan_device`).
     """
     hooks = hooks or LocalHooks()
+    if config.get("method") == IMPORT_METHOD and config.get("role") == "teacher":
+        from .imported import run_import  # an imported teacher: evaluated, never trained
+
+        return run_import(config, hooks)
     try:
         return _run_trial(config, hooks)
     except Exception as exc:
@@ -473,6 +479,7 @@ def _model_cols(prefix: str, facts: dict, size: float | None = None) -> dict:
     if prefix == "teacher":
         cols["teacher_size"] = size
         cols["teacher_size_name"] = str(facts["size"]) if facts.get("size") is not None else None
+        cols["teacher_origin"] = facts.get("origin") or "trained"  # "imported": weights from a file
     return cols
 
 

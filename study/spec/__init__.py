@@ -22,7 +22,11 @@ the fields are:
              e.g. RepDistiller's) — choose it knowingly; rows show `selection: last_epoch`
     student: {family, size, ...the family's options}
     teachers: {family, sizes: [..], seeds, epochs, export_epochs: [..], weights: {size: path |
-               {path, key, format}}, ...the family's options}
+               {path, key, format, sha256}}, ...the family's options}
+              weights: imported teachers (`trainables.imported`): those sizes are read from
+              local weights files (relative to the spec's folder) and evaluated, not trained;
+              the study records each file's sha256 (added to its spec.json), which keys the
+              teacher's zoo entry
     train: {epochs, batch_size, optimizer, lr, weight_decay, momentum, nesterov,
             schedule, milestones, gamma, grad_clip, augment}
             augment: random crop + flip of image training batches (default true; the

@@ -20,6 +20,7 @@ integer is expected, and a field given as null counts as not given.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Optional, Union
 
@@ -256,8 +257,8 @@ def _weights_entry(size, value) -> dict:
     if not isinstance(value, dict):
         fail(f"must be a path or a mapping {{path, key, format}}; got {short(value)}", size)
     for key in value:
-        if key not in ("path", "key", "format"):
-            fail("unknown field; allowed: format, key, path", size, key)
+        if key not in ("path", "key", "format", "sha256"):
+            fail("unknown field; allowed: format, key, path, sha256", size, key)
     path = value.get("path")
     if not isinstance(path, str) or not path:
         fail("is required (the weights file)" if path is None else f"must be a non-empty path, got {short(path)}",
@@ -272,6 +273,11 @@ def _weights_entry(size, value) -> dict:
     if fmt not in WEIGHT_FORMATS:
         fail(f"must be one of {', '.join(WEIGHT_FORMATS)}; got {short(fmt)}", size, "format")
     out["format"] = fmt
+    sha = value.get("sha256")
+    if sha is not None:
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            fail(f"must be the file's sha256 (64 lowercase hex digits), got {short(sha)}", size, "sha256")
+        out["sha256"] = sha
     return out
 
 
@@ -283,7 +289,8 @@ _WEIGHTS_SCHEMA = {"type": "object", "additionalProperties": {"anyOf": [
     {"type": "string", "minLength": 1},
     {"type": "object", "additionalProperties": False, "required": ["path"],
      "properties": {"path": {"type": "string", "minLength": 1}, "key": {"type": "string", "minLength": 1},
-                    "format": {"enum": list(WEIGHT_FORMATS)}}}]}}
+                    "format": {"enum": list(WEIGHT_FORMATS)},
+                    "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}}}]}}
 
 
 class TeachersBase(Section):
@@ -294,7 +301,9 @@ class TeachersBase(Section):
     epochs: Optional[Annotated[Int, Field(ge=1)]] = Field(None, description="teacher epochs (default: train.epochs)")
     export_epochs: list[Int] = Field([], description="epochs whose weights are kept (ESKD's early teachers)")
     weights: Optional[Annotated[dict[Any, Any], AfterValidator(_weights), WithJsonSchema(_WEIGHTS_SCHEMA)]] = Field(
-        None, description="imported teachers: {size: path | {path, key, format}}, local files")
+        None, description="imported teachers, not trained: {size: path | {path, key, format, sha256}}; "
+                          "a state dict saved by torch.save or a torchvision weights file, relative to the "
+                          "spec's folder (the study records its sha256)")
 
 
 class MethodBase(Section):

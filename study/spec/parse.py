@@ -161,6 +161,7 @@ class _Validator:
                      f"seeds are disjoint from the confirm seeds); got {search.seed} + {search.replicates} x "
                      f"{search.seeds_per_trial}")
         self.cross_method(methods or {}, teachers, shape_of, confirm, budget)
+        self.imported_uses(methods or {}, teachers)
         if self.problems:
             return None
         storage = head.storage
@@ -176,7 +177,7 @@ class _Validator:
             resources={"cpu": resources.cpu, "gpu": resources.gpu, "max_experiments": resources.max_experiments},
             runtime={"device": runtime.device, "precision": runtime.precision, "compile": runtime.compile,
                      "channels_last": runtime.channels_last, "checkpoint_every_s": runtime.checkpoint_every_s},
-            max_failures=failure.max_failures, report_png=report.png, raw=raw,
+            max_failures=failure.max_failures, report_png=report.png, raw=self.recorded_raw(raw, teachers),
             sampler=search.sampler, replicates=search.replicates, seeds_per_trial=search.seeds_per_trial,
             tracking=self.tracking_view(tracking), plugins=list(head.plugins), plugin_sources=sources,
             spec_dir=self.spec_dir,
@@ -358,6 +359,11 @@ class _Validator:
         return out
 
     def weights(self, weights: dict, sizes: list) -> dict:
+        """The imported teachers: each path resolved against the spec's folder, and the file's sha256
+        where the spec does not give it and the file can be read now (what the study records of it,
+        see `recorded_raw`; a file that cannot be read is named by the preflight, before Ray starts)."""
+        from trainables.imported import WeightsError, file_sha256
+
         by_text = {str(s): s for s in sizes}
         out = {}
         for size, entry in weights.items():
@@ -367,8 +373,46 @@ class _Validator:
             path = entry["path"]
             if "://" not in path and not os.path.isabs(os.path.expanduser(path)):
                 path = os.path.join(self.spec_dir, path)
-            out[by_text[str(size)]] = {**entry, "path": os.path.expanduser(path) if "://" not in path else path}
+            entry = {**entry, "path": os.path.expanduser(path) if "://" not in path else path}
+            if "sha256" not in entry:
+                try:
+                    entry["sha256"] = file_sha256(entry["path"])
+                except WeightsError:
+                    pass
+            out[by_text[str(size)]] = entry
         return out
+
+    @staticmethod
+    def recorded_raw(raw: dict, teachers: dict | None) -> dict:
+        """The spec as the study records it: as written, with each imported teacher's sha256 added
+        (a study names its imported teachers by their files' content, so an edited file is another
+        study's teacher; a spec without `teachers.weights` is returned as it is)."""
+        weights = (teachers or {}).get("weights") or {}
+        given = (raw.get("teachers") or {}).get("weights") if isinstance(raw.get("teachers"), dict) else None
+        if not weights or not isinstance(given, dict):
+            return raw
+        by_text = {str(z): w for z, w in weights.items()}
+        out = {}
+        for size, value in given.items():
+            entry = value if isinstance(value, dict) else {"path": value}
+            sha = (by_text.get(str(size)) or {}).get("sha256")
+            out[size] = {**entry, "sha256": sha} if sha and "sha256" not in entry else value
+        return {**raw, "teachers": {**raw["teachers"], "weights": out}}
+
+    def imported_uses(self, methods: dict, teachers: dict | None) -> None:
+        """A method that reads the teacher's early epochs (ESKD's `teacher_epoch`) cannot use an
+        imported teacher: it has no such checkpoints."""
+        imported = {str(z) for z in ((teachers or {}).get("weights") or {})}
+        if not imported:
+            return
+        for name, m in methods.items():
+            early = "teacher_epoch" in m.search or "teacher_epoch" in m.fixed or name == "eskd"
+            if early and m.cls is not None and m.cls.needs_teacher:
+                hit = [z for z in (m.teacher_sizes or teachers["sizes"]) if str(z) in imported]
+                if hit:
+                    self.err(f"methods.{name}.teacher_sizes", f"the teacher of size {hit[0]} is imported "
+                             f"(teachers.weights): it has no early-epoch checkpoints (teachers.export_epochs) to "
+                             f"distil from; leave it out of this method's teacher_sizes")
 
     # ------------------------------------------------------------------ the recipe and trackers
     @staticmethod
