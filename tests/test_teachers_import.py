@@ -144,9 +144,17 @@ def test_a_ladder_mixes_trained_and_imported_teachers(tmp_path, data_root):
     shutil.copy(weights, elsewhere)
     moved = parse_spec(_spec_dict(tmp_path, data_root, {32: str(elsewhere)}))
     assert {j["size"]: j["key"] for j in teacher_jobs(moved)}[32] == keys[32]["key"]
+    def named(s):
+        return {e.name.rsplit("-", 1)[0]: e.name for e in plan(s)}
+
+    names = named(spec)
+    assert named(moved) == names  # the same experiments (the path is no identity)
     torch.save({"fc.weight": torch.zeros(2)}, elsewhere)  # edited: another teacher
     edited = parse_spec(_spec_dict(tmp_path, data_root, {32: str(elsewhere)}))
     assert {j["size"]: j["key"] for j in teacher_jobs(edited)}[32] != keys[32]["key"]
+    renamed = named(edited)
+    assert renamed.keys() == names.keys() and renamed["teachers-t8"] == names["teachers-t8"]
+    assert {k for k in names if renamed[k] != names[k]} == {"teachers-t32", "confirm-kd-t32"}, names  # and its users
     # a method that distils from early teacher epochs cannot use an imported teacher
     raw = _spec_dict(tmp_path, data_root, {32: str(weights)})
     raw["teachers"]["export_epochs"] = [1]
