@@ -13,7 +13,7 @@ from .base import (
     get_method,
     register,
 )
-from ._feature import FeatureMethod
+from ._feature import FeatureMethod, levels_text
 
 __all__ = ["Context", "FeatureMethod", "Forward", "FrozenTeacherMethod", "HParam", "Method", "Step", "Taps", "available_methods",
-           "freeze", "get_method", "register", "tap_shapes"]
+           "freeze", "get_method", "levels_text", "register", "tap_shapes"]
