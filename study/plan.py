@@ -171,24 +171,24 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
     else:
         order = exps
     cap = 1 if policy == "serial" else (max_experiments or len(exps) or 1)
+    names = [e.name for e in exps]
     if policy == "serial":
-        pos = {e.name: i for i, e in enumerate(exps)}
-        deps = {e.name: [exps[pos[e.name] - 1].name] if pos[e.name] else [] for e in exps}
+        deps = {n: [names[i - 1]] if i else [] for i, n in enumerate(names)}
     else:
-        deps = {e.name: list(e.deps) for e in exps}
-    quality = {e.name: qualities(seed, e.name, len(durations[e.name].trials)) for e in exps}
-    state = {e.name: "todo" for e in exps}
+        deps = {n: list(e.deps) for n, e in zip(names, exps)}
+    quality = {n: qualities(seed, n, len(durations[n].trials)) for n in names}
+    state = {n: "todo" for n in names}
     res = SimResult(0.0, {}, {}, 0.0, slots)
     events: list = []
     seq = 0
     free = slots
     queue: list[tuple[str, int]] = []          # FIFO of trial requests waiting for a slot
     qhead = 0
-    nxt = {e.name: 0 for e in exps}            # next trial to request
-    inflight = {e.name: 0 for e in exps}       # requested and not ended
-    ended = {e.name: 0 for e in exps}
-    rungs = {e.name: durations[e.name].rungs() for e in exps}
-    recorded = {e.name: [[] for _ in rungs[e.name]] for e in exps}
+    nxt = {n: 0 for n in names}                # next trial to request
+    inflight = {n: 0 for n in names}           # requested and not ended
+    ended = {n: 0 for n in names}
+    rungs = {n: durations[n].rungs() for n in names}
+    recorded = {n: [[] for _ in rungs[n]] for n in names}
     running = 0
     now = 0.0
 
@@ -201,16 +201,21 @@ def simulate(exps, slots: float, durations: dict[str, Work], policy: str = "grap
         return sum(demand_of(len(durations[n].trials), ended[n], inflight[n] if nxt[n] else 0, max_concurrent)
                    for n, st in state.items() if st == "running")
 
+    order_names = [e.name for e in order]  # a name is a digest of the experiment: computed once here
+
     def launch_ready():
         nonlocal running
-        for e in order:
-            if running >= cap or (policy == "graph" and not admits(demand(), slots, running, max_experiments)):
+        wanted = demand() if policy == "graph" else 0.0  # changes only when an experiment starts
+        for n in order_names:
+            if running >= cap or (policy == "graph" and not admits(wanted, slots, running, max_experiments)):
                 return
-            if state[e.name] == "todo" and all(state[d] == "done" for d in deps[e.name]):
-                state[e.name] = "running"
+            if state[n] == "todo" and all(state[d] == "done" for d in deps[n]):
+                state[n] = "running"
                 running += 1
-                res.start[e.name] = now
-                push(now + durations[e.name].start_s, "ready", e.name)
+                res.start[n] = now
+                push(now + durations[n].start_s, "ready", n)
+                if policy == "graph":
+                    wanted = demand()
 
     def request(name):
         w = durations[name]
