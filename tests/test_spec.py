@@ -360,3 +360,17 @@ def test_the_schema_rejects_misspelled_fields():
         bad = json.loads(json.dumps(good))
         bad.setdefault(path[0], {})[path[1]] = value
         assert not validator.is_valid(bad), path
+
+
+def test_validating_a_spec_imports_no_library_just_to_list_its_names():
+    """The schema lists torchvision's models by name, read only when a JSON Schema is written:
+    validating (and so running) a spec of other families never imports torchvision, and a
+    model on the meta device draws nothing (torch's slow reference kernels stay unloaded)."""
+    code = ("import sys; from study.spec import load_spec; load_spec(sys.argv[1]); "
+            "print('IMPORTED', [m for m in ('torchvision', 'torch._dynamo') if m in sys.modules])")
+    for spec in ("quickstart.yaml", "cifar100_resnet_ladder.yaml"):
+        p = subprocess.run([sys.executable, "-c", code, str(REPO / "studies" / spec)], cwd=REPO, capture_output=True,
+                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert "IMPORTED []" in p.stdout, (spec, p.stdout[-1000:], p.stderr[-2000:])
+    text = SCHEMA_FILE.read_text()  # (equal to what `kdstudy schema` prints: the test above)
+    assert '"resnet18"' in text and '"vit_b_16"' in text  # the torchvision family's sizes are still an enum

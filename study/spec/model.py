@@ -536,6 +536,21 @@ def size_schema(family: str) -> dict:
     return out
 
 
+class _SizeSchema:
+    """A family's size schema, computed when a JSON Schema is written (`kdstudy schema`), not when
+    the spec models are built: a closed list of names (torchvision's models) is read only then,
+    so validating or running a spec never imports a library just to list its names."""
+
+    def __init__(self, family: str):
+        self.family = family
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        return size_schema(self.family)
+
+    def __repr__(self) -> str:
+        return f"_SizeSchema({self.family!r})"
+
+
 def _union(models: list, tag: str):
     if len(models) == 1:
         return models[0]
@@ -554,12 +569,12 @@ def _build(fingerprint) -> SpecModels:
         students[fam] = create_model(
             f"Model_{_safe(fam)}", __base__=ModelBase, __doc__=f"a {fam} model",
             family=(Literal[fam], Field(...)),
-            size=(Annotated[Any, WithJsonSchema(size_schema(fam))], Field(..., description=hint)),
+            size=(Annotated[Any, _SizeSchema(fam)], Field(..., description=hint)),
             **option_fields(opts, taken={"family", "size"}))
         teachers[fam] = create_model(
             f"Teachers_{_safe(fam)}", __base__=TeachersBase, __doc__=f"a ladder of {fam} teachers ({hint})",
             family=(Literal[fam], Field(...)),
-            sizes=(list[Annotated[Any, WithJsonSchema(size_schema(fam))]],
+            sizes=(list[Annotated[Any, _SizeSchema(fam)]],
                    Field(..., description="the ladder: one teacher per size")),
             **option_fields(opts, taken=set(TeachersBase.model_fields) | {"family", "size"}))
     classes = available_methods()

@@ -56,9 +56,12 @@ def int_option(cfg: dict, key: str, low: int) -> str | None:
 
 
 def init_weights(module: nn.Module) -> None:
-    """Kaiming-normal convolutions (He et al. 2015); BN and Linear keep nn defaults."""
+    """Kaiming-normal convolutions (He et al. 2015); BN and Linear keep nn defaults.
+
+    A model on the meta device (shapes only: counts, checks) holds no values to draw: it is left
+    as built (drawing on meta runs torch's slow reference kernels, seconds for a ResNet ladder)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and not m.weight.is_meta:
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
