@@ -40,7 +40,9 @@ def micro_spec(tmp_path, data_root, **over) -> dict:
         "student": {"family": "mlp", "size": 16},
         "teachers": {"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 3},
         "train": {"epochs": 3, "batch_size": 128, "lr": 0.01},
-        "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 2},
+        # one trial at a time per experiment: Tune reuses the experiment's one actor for all its trials,
+        # so each experiment pays a trial process's start-up (Ray, Tune, torch: most of a tiny trial) once
+        "search": {"budget": "joint", "scheduler": "none", "max_concurrent": 1},
         "methods": {"kd": {"trials": 2}},
         "confirm": {"seeds": 1, "top_k": 1},
         "report": {"png": False},

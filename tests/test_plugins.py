@@ -99,7 +99,9 @@ def example(tmp_path_factory):
     imports = root / "imports.txt"
     copy_example(specs, imports)
     spec = specs / "spec.yaml"
-    spec.write_text(yaml.safe_dump(example_doc(root / "results"), sort_keys=False))
+    doc = example_doc(root / "results")
+    doc["search"] = {**doc["search"], "max_concurrent": 1}  # one reused trial process per experiment
+    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
     cwd = shadowing_dir(root / "cwd")
     t0 = time.time()
     p = kdstudy("run", spec, cwd=cwd)

@@ -203,7 +203,7 @@ def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path
 # --------------------------------------------------------------------------- a failing trial
 
 
-def test_failed_trial_is_recorded_shown_and_retried(tmp_path, data_root):
+def test_failed_trial_is_recorded_shown_and_retried(tmp_path, data_root, ray_local, capsys):
     spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 1, "top_k": 1},
                       failure={"max_failures": 0})
     spec_path = write_spec(tmp_path / "spec.yaml", spec)
@@ -215,10 +215,10 @@ def test_failed_trial_is_recorded_shown_and_retried(tmp_path, data_root):
     df = read_rows(study)
     assert set(df["status"]) == {"failed"} and df["error"].str.contains("injected fault").all()
     assert not list((study / "stages").glob("*.json"))
-    # the next run retries it (it is not skipped) and finishes it under the same trial key
-    log = tmp_path / "retry.log"
-    code, out = wait(cli("resume", str(study), "--no-report", log=log), log, 200)
-    assert code == 0, out
+    # the next run (in this process, on the session's Ray: no fault injected there) retries it (it is
+    # not skipped) and finishes it under the same trial key
+    code = main(["resume", str(study), "--no-report"])
+    assert code == 0, "".join(capsys.readouterr())
     again = read_rows(study)
     assert set(again["trial_id"]) == set(df["trial_id"]) and (again["status"] == "ok").all()
     assert again["error"].isna().all()
@@ -471,27 +471,6 @@ def test_a_pickled_checkpoint_is_refused(tmp_path):
     assert not marker.exists()
 
 
-def test_file_uri_storage_end_to_end(tmp_path, data_root, ray_local, capsys):
-    """With `storage: file://...` everything (spec, zoo, Optuna, results, markers) lives under the URI."""
-    uri = f"file://{tmp_path}/remote"
-    spec = parse_spec(micro_spec(tmp_path, data_root, storage=uri, confirm={"seeds": 1, "top_k": 1},
-                                 teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
-                                 train={"epochs": 2, "batch_size": 128, "lr": 0.01}, methods={"kd": {"trials": 1}}))
-    root, outcome = run_study(spec)
-    assert root == f"{uri}/micro" and not outcome.failed
-    study = tmp_path / "remote" / "micro"
-    assert {p.name for p in study.iterdir()} >= {"spec.json", "zoo", "optuna", "results", "stages", "checkpoints"}
-    assert not (tmp_path / "results").exists()  # nothing beside the URI
-    df = read_rows(study)
-    assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"}
-    assert_rows_exactly_once(df, 2)
-    load = pytest.importorskip("analysis.load")
-    assert len(load.load(root)) == len(df)  # readable through the URI too
-    capsys.readouterr()
-    run_study(spec)  # a second run finds every experiment finished, through the URI
-    assert "finished earlier (verified), skipped" in capsys.readouterr().out
-
-
 # --------------------------------------------------------------------------- records that were changed
 #
 # One small study, finished once for the module; each test below damages a copy of it.
@@ -499,16 +478,35 @@ def test_file_uri_storage_end_to_end(tmp_path, data_root, ray_local, capsys):
 
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory, data_root, ray_local):
-    """A finished micro study (two teachers, a joint KD search, confirm on two seeds): (folder, spec dict)."""
+    """A finished micro study (two teachers, a joint KD search, confirm on two seeds), stored through a
+    file:// URI: (its local folder, spec dict)."""
     base = tmp_path_factory.mktemp("finished")
     raw = micro_spec(base, data_root, teachers={"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 2},
                      train={"epochs": 2, "batch_size": 128, "lr": 0.005}, methods={"kd": {"trials": 2}},
-                     confirm={"seeds": 2, "top_k": 1})
+                     confirm={"seeds": 2, "top_k": 1}, storage=f"file://{base}/remote")
     t0 = time.time()
     root, outcome = run_study(parse_spec(raw))
     assert not outcome.failed and not outcome.blocked, outcome
+    assert root == f"file://{base}/remote/micro"
     print(f"finished_study built in {time.time() - t0:.1f} s")
-    return Path(root), raw
+    return base / "remote" / "micro", raw
+
+
+def test_file_uri_storage_end_to_end(finished_study, capsys):
+    """The finished study was run through a file:// URI: everything lands under it, nothing beside it,
+    it reads back through the URI, and a second run finds every experiment finished through it."""
+    study, raw = finished_study
+    base = study.parent.parent
+    assert {p.name for p in study.iterdir()} >= {"spec.json", "zoo", "optuna", "results", "stages", "checkpoints"}
+    assert sorted(p.name for p in base.iterdir()) == ["remote"]  # nothing beside the URI
+    df = read_rows(study)
+    assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"}
+    assert_rows_exactly_once(df, 2)
+    load = pytest.importorskip("analysis.load")
+    assert len(load.load(raw["storage"] + "/micro")) == len(df)  # readable through the URI too
+    capsys.readouterr()
+    run_study(parse_spec(raw))  # a second run finds every experiment finished, through the URI
+    assert "finished earlier (verified), skipped" in capsys.readouterr().out
 
 
 def _copy(finished_study, tmp_path) -> tuple[Path, dict, Path]:
@@ -628,8 +626,8 @@ def test_damaged_results_of_finished_experiments_are_trained_again(finished_stud
     capsys.readouterr()
 
     t0 = time.time()
-    log = tmp_path / "resume.log"
-    code, out = wait(cli("resume", str(study), log=log), log, 300)
+    code = main(["resume", str(study)])  # in this process, on the session's Ray
+    out = "".join(capsys.readouterr())
     print(f"resume (2 trials again) took {time.time() - t0:.1f} s")
     assert code == 0 and "Traceback" not in out, out
     assert out.count("is not what was verified") == 2 and "its trial is trained again" in out, out
