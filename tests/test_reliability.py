@@ -116,7 +116,7 @@ def _no_duplicates(df) -> None:
 
 def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path, data_root):
     # small batches: every epoch takes a while, so each interrupt surely lands mid-trial
-    epochs, teacher_epochs = 6, 20
+    epochs, teacher_epochs = 4, 14
     spec = micro_spec(tmp_path, data_root, dataset={"name": "mnist1d", "num_samples": 3000, "root": data_root},
                       student={"family": "cnn1d", "size": 16},
                       teachers={"family": "cnn1d", "sizes": [8], "seeds": 1, "epochs": teacher_epochs},
@@ -130,7 +130,7 @@ def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path
     log = tmp_path / "run1.log"
     code, out = interrupt_when(cli("run", str(spec_path), "--no-report", log=log), log, study,
                                lambda df: ((df.stage == "teachers") & (df.epoch >= 1)).any()
-                               and df[df.stage == "teachers"]["epoch"].max() <= teacher_epochs - 10)
+                               and df[df.stage == "teachers"]["epoch"].max() <= teacher_epochs - 8)
     assert code == 130, out
     assert f"interrupted; continue with `kdstudy resume {study}`" in out and "Traceback" not in out
     # the teacher was cut mid-training: no zoo entry, and no marker for its experiment
