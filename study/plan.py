@@ -486,8 +486,9 @@ class DurationModel:
             return statistics.fmean(other)
         return self.estimate_epoch_s(method, student, teacher_size, generations, stage)
 
-    def work(self, e) -> Work:
-        """The trials of one `study.graph.Experiment` known at plan time."""
+    def work(self, e, search_trials: int | None = None) -> Work:
+        """The trials of one `study.graph.Experiment` known at plan time (`search_trials`: for a
+        confirm, how many trials the search it confirms runs, when known)."""
         spec = self.spec
         ov = self.trial_overhead_s
         epochs = int(spec.train["epochs"])
@@ -510,10 +511,16 @@ class DurationModel:
                 trials.append(TrialWork(e.max_t, self.epoch_s("search", e.method, spec.student, z, gens), ov))
             grace = spec.grace_period if e.scheduler == "asha" else None
             return Work(trials, self.search_start_s, self.exp_end_s, grace)
-        # confirm: the top_k configurations (per teacher size for a joint search) x the confirm seeds
+        # confirm: the top_k configurations (per teacher size for a joint search) x the confirm seeds;
+        # a size has no more configurations than search trials (a joint search spreads them evenly)
         groups = sizes if (e.per_teacher_size and sizes) else [sizes[0] if sizes else None]
-        trials = [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student, z, gens), ov)
-                  for z in groups for _ in range(e.top_k) for _ in e.seeds]
+        trials = []
+        for i, z in enumerate(groups):
+            k = e.top_k
+            if search_trials is not None:
+                k = min(k, search_trials // len(groups) + (i < search_trials % len(groups)))
+            trials += [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student, z, gens), ov)
+                       for _ in range(k) for _ in e.seeds]
         trials += [TrialWork(e.max_t, self.epoch_s("confirm", e.method, spec.student,
                                                    c.get("teacher_size", sizes[0] if sizes else None), gens), ov)
                    for c in e.extra_jobs for _ in e.seeds]  # a method confirmed without a search
@@ -530,7 +537,9 @@ class DurationModel:
         return []
 
     def works(self, exps) -> dict[str, Work]:
-        return {e.name: self.work(e) for e in exps}
+        searched = {e.name: e.trials for e in exps if e.stage == "search"}
+        return {e.name: self.work(e, searched.get(e.from_search) if e.stage == "confirm" else None)
+                for e in exps}
 
 
 # --------------------------------------------------------------------------- calibration

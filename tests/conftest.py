@@ -49,3 +49,43 @@ def micro_spec(tmp_path, data_root, **over) -> dict:
     }
     spec.update(over)
     return spec
+
+
+@pytest.fixture(scope="session")
+def finished_micro(tmp_path_factory, data_root, ray_local):
+    """One finished micro study, run once for the session and stored through a file:// URI: two
+    teachers (sizes 8 and 32), the baseline, a joint KD search of two trials, both configurations
+    confirmed on two paired seeds. Tests that only read it use `folder`; tests that change it work
+    on a copy (`copy_study`). `output` is what the run printed, `took` its wall seconds."""
+    import contextlib
+    import io
+    import time
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    base = tmp_path_factory.mktemp("finished")
+    raw = micro_spec(base, data_root, teachers={"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 2},
+                     train={"epochs": 2, "batch_size": 128, "lr": 0.005}, methods={"kd": {"trials": 2}},
+                     confirm={"seeds": 2, "top_k": 2}, storage=f"file://{base}/remote")
+    out, t0 = io.StringIO(), time.time()
+    with contextlib.redirect_stdout(out):
+        root, outcome = run_study(parse_spec(raw))
+    took = time.time() - t0
+    assert not outcome.failed and not outcome.blocked, (outcome, out.getvalue()[-3000:])
+    assert root == f"file://{base}/remote/micro"
+    return SimpleNamespace(folder=Path(base) / "remote" / "micro", uri=root, raw=raw, output=out.getvalue(),
+                           took=took)
+
+
+def copy_study(finished, dest) -> tuple:
+    """A copy of a finished study under `dest` (its spec's storage moved there): (folder, spec dict)."""
+    import shutil
+    from pathlib import Path
+
+    raw = {**finished.raw, "storage": str(Path(dest) / "results")}
+    copy = Path(dest) / "results" / raw["name"]
+    shutil.copytree(finished.folder, copy, ignore=shutil.ignore_patterns("lock.json"))
+    return copy, raw

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -36,7 +37,7 @@ from study.spec import SpecError, parse_spec
 from study.zoo import teacher_jobs
 from trainables.loop import LocalHooks, run_trial
 
-from .conftest import micro_spec
+from .conftest import copy_study, micro_spec
 from .test_cluster import REPO, assert_rows_exactly_once, read_rows, write_spec
 
 
@@ -292,36 +293,34 @@ def test_edited_spec_is_refused_with_the_difference(tmp_path, data_root, capsys)
         folder.adopt(parse_spec(edited), extend=True)
 
 
-def test_extended_study_runs_only_its_new_trials(tmp_path, data_root, ray_local):
-    """`run --extend` with more confirm seeds and search trials: the finished experiments' markers no
-    longer cover what they owe, so the new trials run, and nothing that finished runs again."""
-    raw = micro_spec(tmp_path, data_root, teachers={"family": "mlp", "sizes": [8], "seeds": 1, "epochs": 2},
-                     train={"epochs": 2, "batch_size": 128, "lr": 0.01},
-                     methods={"kd": {"trials": 2}}, confirm={"seeds": 1, "top_k": 1})
-    root, outcome = run_study(parse_spec(raw))
-    assert not outcome.failed and not outcome.blocked
-    before = read_rows(Path(root))
-    wider = {**raw, "methods": {"kd": {"trials": 3}}, "confirm": {"seeds": 2, "top_k": 1}}
+def test_extended_study_runs_only_its_new_trials(finished_micro, tmp_path, ray_local):
+    """`run --extend` with more confirm seeds and search trials, on a copy of the session's finished
+    micro study: the finished experiments' markers no longer cover what they owe, so the new trials
+    run, and nothing that finished runs again."""
+    study, raw = copy_study(finished_micro, tmp_path)
+    before = read_rows(study)
+    wider = {**raw, "methods": {"kd": {"trials": 3}}, "confirm": {**raw["confirm"], "seeds": 3}}
     with pytest.raises(Exception, match="--extend"):
         run_study(parse_spec(wider))
     root, outcome = run_study(parse_spec(wider), extend=True)
     assert not outcome.failed and not outcome.blocked
-    after = read_rows(Path(root))
+    assert Path(root) == study
+    after = read_rows(study)
     _no_duplicates(after)
     # every row of the first run is still there, unchanged (nothing ran again)
     old = after.merge(before[["trial_id", "epoch", "role", "timestamp"]], on=["trial_id", "epoch", "role"],
                       suffixes=("", "_before"))
     assert len(old) == len(before) and (old["timestamp"] == old["timestamp_before"]).all()
-    # the search has its third trial, the baseline and the confirm their second seed
+    # the search has its third trial, the baseline and the confirm their third seed
     assert after.loc[after.stage == "search", "trial_id"].nunique() == 3
     for stage in ("baseline", "confirm"):
         part = after[after.stage == stage].drop_duplicates("trial_id")
         assert not part.duplicated(["config_id", "seed"]).any(), part
-        assert part.groupby("config_id")["seed"].nunique().max() == 2, part  # a search that grew may pick anew
-    assert after.loc[after.stage == "teachers", "trial_id"].nunique() == 1
+        assert part.groupby("config_id")["seed"].nunique().max() == 3, part  # a search that grew may pick anew
+    assert after.loc[after.stage == "teachers", "trial_id"].nunique() == 2  # no teacher trained again
     # and a plain resume now has nothing left to do
     _, outcome = run_study(parse_spec(wider))
-    assert not outcome.failed and len(read_rows(Path(root))) == len(after)
+    assert not outcome.failed and len(read_rows(study)) == len(after)
 
 
 # --------------------------------------------------------------------------- preflight: before Ray starts
@@ -476,20 +475,11 @@ def test_a_pickled_checkpoint_is_refused(tmp_path):
 # One small study, finished once for the module; each test below damages a copy of it.
 
 
-@pytest.fixture(scope="module")
-def finished_study(tmp_path_factory, data_root, ray_local):
-    """A finished micro study (two teachers, a joint KD search, confirm on two seeds), stored through a
-    file:// URI: (its local folder, spec dict)."""
-    base = tmp_path_factory.mktemp("finished")
-    raw = micro_spec(base, data_root, teachers={"family": "mlp", "sizes": [8, 32], "seeds": 1, "epochs": 2},
-                     train={"epochs": 2, "batch_size": 128, "lr": 0.005}, methods={"kd": {"trials": 2}},
-                     confirm={"seeds": 2, "top_k": 1}, storage=f"file://{base}/remote")
-    t0 = time.time()
-    root, outcome = run_study(parse_spec(raw))
-    assert not outcome.failed and not outcome.blocked, outcome
-    assert root == f"file://{base}/remote/micro"
-    print(f"finished_study built in {time.time() - t0:.1f} s")
-    return base / "remote" / "micro", raw
+@pytest.fixture
+def finished_study(finished_micro):
+    """The session's finished micro study (conftest's `finished_micro`, stored through a file:// URI):
+    (its local folder, spec dict)."""
+    return finished_micro.folder, finished_micro.raw
 
 
 def test_file_uri_storage_end_to_end(finished_study, capsys):
@@ -512,9 +502,7 @@ def test_file_uri_storage_end_to_end(finished_study, capsys):
 def _copy(finished_study, tmp_path) -> tuple[Path, dict, Path]:
     """A copy of the finished study under tmp_path (storage moved there), its spec and a spec file for it."""
     study, raw = finished_study
-    raw = {**raw, "storage": str(tmp_path / "results")}
-    copy = tmp_path / "results" / raw["name"]
-    shutil.copytree(study, copy, ignore=shutil.ignore_patterns("lock.json"))
+    copy, raw = copy_study(SimpleNamespace(folder=study, raw=raw), tmp_path)
     return copy, raw, write_spec(tmp_path / "spec.yaml", raw)
 
 

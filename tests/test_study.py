@@ -19,13 +19,11 @@ def _files(root: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
-def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a relative storage path, as in the README
-    spec = parse_spec(micro_spec(tmp_path, data_root, confirm={"seeds": 2, "top_k": 2}, storage="./results"))
-    root, outcome = run_study(spec)
-    root = Path(root)
-    assert not outcome.failed and not outcome.blocked
-    out = capsys.readouterr().out
+def test_micro_study_end_to_end(finished_micro, capsys):
+    """The session's finished micro study (conftest: two teachers, baseline, a joint KD search of two
+    trials, both confirmed on two seeds, through a file:// URI) has every record the design promises."""
+    root, spec = finished_micro.folder, parse_spec(finished_micro.raw)
+    out = finished_micro.output
     assert "teachers t8: started" in out and "search kd: finished" in out
 
     # the Parquet dataset opens with plain pyarrow and has exactly the documented schema
@@ -74,6 +72,7 @@ def test_micro_study_end_to_end(tmp_path, data_root, ray_local, capsys, monkeypa
 
     # running again redoes nothing: no teacher retrained, no trial rerun
     before = _files(root / "zoo") | _files(root / "results")
+    capsys.readouterr()
     run_study(spec)
     assert "finished earlier" in capsys.readouterr().out
     assert (_files(root / "zoo") | _files(root / "results")) == before
