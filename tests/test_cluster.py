@@ -10,22 +10,29 @@ touched. Teardown kills exactly the process groups these tests started (never
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pandas as pd
 import pytest
 import yaml
 
 from analysis.schema import ROW_KEY
 
+from trainables import plugins
+
 from .conftest import micro_spec
+from .test_plugins import env_with_repo, kdstudy, shadow_marks
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -233,36 +240,160 @@ def cluster(tmp_path_factory):
 # --------------------------------------------------------------------------- plug-ins and the user's files
 
 
-def test_plugin_beside_the_spec_reaches_both_workers_from_a_directory_of_users_files(cluster, tmp_path):
-    """The example's plug-in (a package folder beside the spec, on the driver's disk only as far as
-    Ray knows) is shipped with the job and imported from the shipped copy by every trial on both
-    worker nodes; the driver runs `kdstudy` from a working directory holding the user's own study.py,
-    analysis.py and trainables.py, which no process imports (issue 17 item 1, issue 19 item 3).
-    The study spreads over the nodes: the `node` column names both workers and never the CPU-less head."""
-    from .test_plugins import copy_example, example_doc, kdstudy_command, shadow_marks, shadowing_dir
+@pytest.fixture(scope="module")
+def example(cluster, tmp_path_factory):
+    """The worked plug-in example (examples/plugin, smaller: one teacher, four searched TTM trials,
+    one confirm seed), run once with its report on the loopback cluster: `kdstudy` from a working
+    directory holding the user's own study.py, analysis.py and trainables.py, the plug-in package
+    beside the spec (on the driver's disk only, as far as Ray knows)."""
+    from .test_plugins import copy_example, example_doc, kdstudy_command, shadowing_dir
 
     while sum(w.poll() is None for w in cluster.workers) < 2:  # an earlier test may have killed one
         cluster.add_worker(cpus=1)
-    specs, imports = tmp_path / "specs", tmp_path / "imports.txt"
+    root = tmp_path_factory.mktemp("example")
+    specs, imports = root / "specs", root / "imports.txt"
     copy_example(specs, imports)
-    doc = example_doc(tmp_path / "results")
-    doc["methods"]["ttm"]["trials"] = 2  # two concurrent trials: one per worker
-    spec = write_spec(specs / "spec.yaml", doc)
-    cwd = shadowing_dir(tmp_path / "cwd")
-    log = tmp_path / "driver.log"
-    p = driver(cluster, "run", str(spec), "--address", cluster.address, "--no-report", log=log, cwd=cwd,
-               command=kdstudy_command())
-    finish(p, log, timeout=240)
-    assert shadow_marks(cwd) == []
-    df = read_rows(tmp_path / "results" / "plugin_test")
+    spec = write_spec(specs / "spec.yaml", example_doc(root / "results"))
+    cwd = shadowing_dir(root / "cwd")
+    log = root / "driver.log"
+    t0 = time.time()
+    p = driver(cluster, "run", str(spec), "--address", cluster.address, log=log, cwd=cwd, command=kdstudy_command())
+    try:
+        p.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        pytest.fail(f"driver did not finish in 300 s:\n{log.read_text()[-4000:]}")
+    proc = SimpleNamespace(returncode=p.returncode, stdout=log.read_text(), stderr="")  # one log, both streams
+    return SimpleNamespace(root=root, specs=specs, spec=spec, cwd=cwd, imports=imports, proc=proc,
+                           took=time.time() - t0, study=root / "results" / "plugin_test",
+                           workers={cluster.node_id(w)[:12] for w in cluster.workers if w.poll() is None})
+
+
+def test_plugin_beside_the_spec_reaches_both_workers_from_a_directory_of_users_files(example):
+    """The example's plug-in is shipped with the job and imported from the shipped copy by every
+    trial on both worker nodes; no process imports the user's own study.py, analysis.py or
+    trainables.py of the driver's working directory (issue 17 item 1, issue 19 item 3). The study
+    spreads over the nodes: the `node` column names both workers and never the CPU-less head."""
+    from .test_plugins import shadow_marks
+
+    assert example.proc.returncode == 0, example.proc.stdout[-4000:]
+    assert shadow_marks(example.cwd) == []
+    df = read_rows(example.study)
     assert set(df["stage"]) == {"teachers", "baseline", "search", "confirm"} and set(df["dataset"]) == {"waveform"}
-    worker_ids = {cluster.node_id(w)[:12] for w in cluster.workers if w.poll() is None}
     # every trial trains the plug-in's family on the plug-in's dataset: it imported the plug-in
-    assert {n.split("/")[-1] for n in df["node"]} == worker_ids  # both workers trained, the head none
+    assert {n.split("/")[-1] for n in df["node"]} == example.workers  # both workers trained, the head none
     assert df["node"].str.fullmatch(r"[0-9.]+/[0-9a-f]{12}").all()  # "<ip>/<node id prefix>"
-    imported = [line.split(" ", 1)[1] for line in imports.read_text().splitlines()]
-    shipped = [f for f in imported if not f.startswith(str(specs))]
+
+
+def test_example_runs_from_a_directory_that_shadows_kdstudys_packages(example):
+    """19.3 on a real Ray (the loopback cluster): every trial imports kdstudy's packages (and the plug-in from the
+    copy the job shipped), never the user's study.py / analysis.py / trainables.py."""
+    p = example.proc
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert shadow_marks(example.cwd) == []  # not imported by the driver, any experiment task or trial
+    assert "FAILED" not in p.stdout + p.stderr
+    imported = [line.split(" ", 1) for line in example.imports.read_text().splitlines()]
+    driver = [f for _, f in imported if f.startswith(str(example.specs))]
+    shipped = [f for _, f in imported if not f.startswith(str(example.specs))]
+    assert driver, imported  # the driver imported it from beside the spec...
     assert shipped and all("runtime_resources" in f and "py_modules_files" in f for f in shipped), imported
+    # ...every other process (experiment tasks, trials) from the copy shipped with the job
+    assert len({pid for pid, _ in imported}) >= 3
+
+
+def test_plugin_method_searched_and_confirmed_with_its_hyperparameters(example):
+    """The plug-in's method, model family and dataset end to end: TTM's own hyperparameters in the
+    Parquet map column, as columns of analysis.load, in the results table and the importance chart."""
+    from analysis import load, trial_summary
+    from analysis.landscape import importances
+    from analysis.results_table import method_table
+
+    assert example.proc.returncode == 0, example.proc.stderr[-3000:]
+    study = example.study
+    raw = pq.read_table(next((study / "results" / "search").glob("*.parquet")))
+    hp = dict(raw.column("hparams")[0].as_py())
+    assert {"gamma", "beta"} <= set(hp) and 0.05 <= hp["gamma"] <= 1.0 and 1.0 <= hp["beta"] <= 60.0
+    df = load(study)
+    students = df[df["stage"] != "teachers"]
+    assert set(df["dataset"]) == {"waveform"} and students["student_arch"].str.startswith("residual_mlp-").all()
+    ttm = df[df["method"] == "ttm"]
+    assert set(ttm["stage"]) == {"search", "confirm"}
+    assert ttm[ttm.stage == "search"]["trial_id"].nunique() == 4
+    assert ttm["gamma"].notna().all() and ttm["beta"].notna().all()  # expanded, as any hyperparameter
+    summary = trial_summary(df)
+    confirm = summary[(summary.stage == "confirm") & (summary.method == "ttm")]
+    assert (confirm["val_acc"] > 0.6).all()  # three classes: it learned (chance is 1/3)
+    table = method_table(summary)
+    row = table[table["method"] == "ttm"].iloc[0]
+    assert "gamma=" in row["hyperparameters"] and "beta=" in row["hyperparameters"]
+    imp, note = importances(summary, "ttm")
+    assert note is None and set(imp) == {"gamma", "beta"}
+    html = (study / "report" / "report.html").read_text()
+    assert "ttm" in html and "gamma" in html and "beta" in html
+
+
+def test_status_and_report_import_no_plugin(example):
+    """status and report read Parquet and JSON only: the plug-in (which records every import) and
+    the shadowing files of the working directory are never imported."""
+    assert example.proc.returncode == 0
+    example.imports.unlink()
+    code = ("import sys; from study.cli import main; a = main(['status', sys.argv[1]]); "
+            "b = main(['report', sys.argv[1], '--no-png']); "
+            "print('CODES', a, b, [m for m in sys.modules if m.startswith(('kdstudy_plugin_', 'ray'))][:3])")
+    p = subprocess.run([sys.executable, "-P", "-c", code, str(example.study)], cwd=example.cwd, env=env_with_repo(),
+                       capture_output=True, text=True, timeout=180)
+    assert "CODES 0 0 []" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
+    assert not example.imports.exists() and shadow_marks(example.cwd) == []
+
+
+def test_api_runs_a_dict_spec_and_loads_its_results(example):
+    """`study.api.run` with the spec as a dict (plug-in paths relative to spec_dir) continues the
+    same study (every experiment verified, nothing trained again) and returns its folder."""
+    assert example.proc.returncode == 0
+    code = textwrap.dedent(f"""
+        import json, sys, yaml
+        from study import api, run, load
+        doc = yaml.safe_load(open({str(example.spec)!r}))
+        folder = run(doc, spec_dir={str(example.specs)!r}, report=False)
+        df = load(folder)
+        import ray
+        print("API", json.dumps({{"folder": folder, "rows": len(df), "methods": sorted(set(df["method"])),
+                                 "ray_left": ray.is_initialized(), "same": api.run is run}}))
+    """)
+    p = subprocess.run([sys.executable, "-P", "-c", code], cwd=example.cwd, env=env_with_repo(),
+                       capture_output=True, text=True, timeout=240)
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("API ")), None)
+    assert line, p.stdout[-2000:] + p.stderr[-3000:]
+    out = json.loads(line[4:])
+    assert out["folder"] == str(example.study) and out["rows"] > 0 and "ttm" in out["methods"]
+    assert out["same"] and not out["ray_left"]  # the Ray it started is shut down
+    assert "finished earlier (verified), skipped" in p.stdout + p.stderr
+    assert shadow_marks(example.cwd) == []
+
+
+def test_an_edited_plugin_is_refused_on_resume_and_rerun(example):
+    """A plug-in's source is part of the study's identity: after editing it, resume and run stop
+    before Ray starts, naming the plug-in, both sha256 and the diff of its source."""
+    assert example.proc.returncode == 0
+    ttm = example.specs / "lab" / "ttm.py"
+    original = ttm.read_text()
+    ran = plugins.source_sha256(example.specs / "lab")
+    ttm.write_text(original.replace('HParam(45.0, "float"', 'HParam(30.0, "float"'))
+    now = plugins.source_sha256(example.specs / "lab")
+    try:
+        for args in (("resume", example.study), ("run", example.spec)):
+            p = kdstudy(*args, "--no-report", cwd=example.cwd)
+            assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
+            err = p.stderr
+            assert "plug-in ./lab/" in err and ran[:12] in err and now[:12] in err, err
+            assert "-        \"beta\": HParam(45.0" in err and "+        \"beta\": HParam(30.0" in err, err
+            assert "ttm.py (what the study ran)" in err and "Traceback" not in err
+            assert ": started" not in p.stdout  # refused before any experiment (and before Ray)
+    finally:
+        ttm.write_text(original)
+    # the copy the study kept is JSON, for the diff only: nothing in the study folder is importable
+    kept = json.loads((example.study / "record" / "plugins" / f"{ran}.json").read_text())
+    assert kept["files"]["ttm.py"] == original and not list(example.study.rglob("*.py"))
 
 
 # --------------------------------------------------------------------------- lost worker

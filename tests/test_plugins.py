@@ -4,9 +4,10 @@ them; the plug-in imported in every trial from the copy the job shipped; its hyp
 Parquet, the results table and the importance chart; status and report importing no plug-in;
 an edited plug-in refused on resume and re-run; the Python API.
 
-One study is run (module fixture, about 30 s on 2 cores) and shared by the tests that read it.
-Everything that imports a plug-in runs in a process of its own: a plug-in registers for good, and
-this session's registries stay the built-in ones. The loopback-cluster run is in test_cluster.py.
+The example's study runs once, on test_cluster.py's loopback cluster (two worker nodes), and the
+tests that read it live there beside the cluster: one run serves both. Everything that imports a
+plug-in runs in a process of its own: a plug-in registers for good, and this session's registries
+stay the built-in ones.
 """
 
 from __future__ import annotations
@@ -17,16 +18,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from study import jobenv
-from trainables import plugins
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "plugin"
@@ -90,135 +87,6 @@ def example_doc(storage: Path, **over) -> dict:
                 "confirm": {"seeds": 1, "top_k": 1}})
     doc.update(over)
     return doc
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    root = tmp_path_factory.mktemp("example")
-    specs = root / "specs"
-    imports = root / "imports.txt"
-    copy_example(specs, imports)
-    spec = specs / "spec.yaml"
-    doc = example_doc(root / "results")
-    doc["search"] = {**doc["search"], "max_concurrent": 1}  # one reused trial process per experiment
-    spec.write_text(yaml.safe_dump(doc, sort_keys=False))
-    cwd = shadowing_dir(root / "cwd")
-    t0 = time.time()
-    p = kdstudy("run", spec, cwd=cwd)
-    took = time.time() - t0
-    return SimpleNamespace(root=root, specs=specs, spec=spec, cwd=cwd, imports=imports, proc=p, took=took,
-                           study=root / "results" / "plugin_test")
-
-
-def test_example_runs_from_a_directory_that_shadows_kdstudys_packages(example):
-    """19.3 on a real local Ray: every trial imports kdstudy's packages (and the plug-in from the
-    copy the job shipped), never the user's study.py / analysis.py / trainables.py."""
-    p = example.proc
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert shadow_marks(example.cwd) == []  # not imported by the driver, any experiment task or trial
-    assert "FAILED" not in p.stdout + p.stderr
-    imported = [line.split(" ", 1) for line in example.imports.read_text().splitlines()]
-    driver = [f for _, f in imported if f.startswith(str(example.specs))]
-    shipped = [f for _, f in imported if not f.startswith(str(example.specs))]
-    assert driver, imported  # the driver imported it from beside the spec...
-    assert shipped and all("runtime_resources" in f and "py_modules_files" in f for f in shipped), imported
-    # ...every other process (experiment tasks, trials) from the copy shipped with the job
-    assert len({pid for pid, _ in imported}) >= 3
-
-
-def test_plugin_method_searched_and_confirmed_with_its_hyperparameters(example):
-    """The plug-in's method, model family and dataset end to end: TTM's own hyperparameters in the
-    Parquet map column, as columns of analysis.load, in the results table and the importance chart."""
-    from analysis import load, trial_summary
-    from analysis.landscape import importances
-    from analysis.results_table import method_table
-
-    assert example.proc.returncode == 0, example.proc.stderr[-3000:]
-    study = example.study
-    raw = pq.read_table(next((study / "results" / "search").glob("*.parquet")))
-    hp = dict(raw.column("hparams")[0].as_py())
-    assert {"gamma", "beta"} <= set(hp) and 0.05 <= hp["gamma"] <= 1.0 and 1.0 <= hp["beta"] <= 60.0
-    df = load(study)
-    students = df[df["stage"] != "teachers"]
-    assert set(df["dataset"]) == {"waveform"} and students["student_arch"].str.startswith("residual_mlp-").all()
-    ttm = df[df["method"] == "ttm"]
-    assert set(ttm["stage"]) == {"search", "confirm"}
-    assert ttm[ttm.stage == "search"]["trial_id"].nunique() == 4
-    assert ttm["gamma"].notna().all() and ttm["beta"].notna().all()  # expanded, as any hyperparameter
-    summary = trial_summary(df)
-    confirm = summary[(summary.stage == "confirm") & (summary.method == "ttm")]
-    assert (confirm["val_acc"] > 0.6).all()  # three classes: it learned (chance is 1/3)
-    table = method_table(summary)
-    row = table[table["method"] == "ttm"].iloc[0]
-    assert "gamma=" in row["hyperparameters"] and "beta=" in row["hyperparameters"]
-    imp, note = importances(summary, "ttm")
-    assert note is None and set(imp) == {"gamma", "beta"}
-    html = (study / "report" / "report.html").read_text()
-    assert "ttm" in html and "gamma" in html and "beta" in html
-
-
-def test_status_and_report_import_no_plugin(example):
-    """status and report read Parquet and JSON only: the plug-in (which records every import) and
-    the shadowing files of the working directory are never imported."""
-    assert example.proc.returncode == 0
-    example.imports.unlink()
-    code = ("import sys; from study.cli import main; a = main(['status', sys.argv[1]]); "
-            "b = main(['report', sys.argv[1], '--no-png']); "
-            "print('CODES', a, b, [m for m in sys.modules if m.startswith(('kdstudy_plugin_', 'ray'))][:3])")
-    p = subprocess.run([sys.executable, "-P", "-c", code, str(example.study)], cwd=example.cwd, env=env_with_repo(),
-                       capture_output=True, text=True, timeout=180)
-    assert "CODES 0 0 []" in p.stdout, p.stdout[-2000:] + p.stderr[-2000:]
-    assert not example.imports.exists() and shadow_marks(example.cwd) == []
-
-
-def test_api_runs_a_dict_spec_and_loads_its_results(example):
-    """`study.api.run` with the spec as a dict (plug-in paths relative to spec_dir) continues the
-    same study (every experiment verified, nothing trained again) and returns its folder."""
-    assert example.proc.returncode == 0
-    code = textwrap.dedent(f"""
-        import json, sys, yaml
-        from study import api, run, load
-        doc = yaml.safe_load(open({str(example.spec)!r}))
-        folder = run(doc, spec_dir={str(example.specs)!r}, report=False)
-        df = load(folder)
-        import ray
-        print("API", json.dumps({{"folder": folder, "rows": len(df), "methods": sorted(set(df["method"])),
-                                 "ray_left": ray.is_initialized(), "same": api.run is run}}))
-    """)
-    p = subprocess.run([sys.executable, "-P", "-c", code], cwd=example.cwd, env=env_with_repo(),
-                       capture_output=True, text=True, timeout=240)
-    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("API ")), None)
-    assert line, p.stdout[-2000:] + p.stderr[-3000:]
-    out = json.loads(line[4:])
-    assert out["folder"] == str(example.study) and out["rows"] > 0 and "ttm" in out["methods"]
-    assert out["same"] and not out["ray_left"]  # the Ray it started is shut down
-    assert "finished earlier (verified), skipped" in p.stdout + p.stderr
-    assert shadow_marks(example.cwd) == []
-
-
-def test_an_edited_plugin_is_refused_on_resume_and_rerun(example):
-    """A plug-in's source is part of the study's identity: after editing it, resume and run stop
-    before Ray starts, naming the plug-in, both sha256 and the diff of its source."""
-    assert example.proc.returncode == 0
-    ttm = example.specs / "lab" / "ttm.py"
-    original = ttm.read_text()
-    ran = plugins.source_sha256(example.specs / "lab")
-    ttm.write_text(original.replace('HParam(45.0, "float"', 'HParam(30.0, "float"'))
-    now = plugins.source_sha256(example.specs / "lab")
-    try:
-        for args in (("resume", example.study), ("run", example.spec)):
-            p = kdstudy(*args, "--no-report", cwd=example.cwd)
-            assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-2000:]
-            err = p.stderr
-            assert "plug-in ./lab/" in err and ran[:12] in err and now[:12] in err, err
-            assert "-        \"beta\": HParam(45.0" in err and "+        \"beta\": HParam(30.0" in err, err
-            assert "ttm.py (what the study ran)" in err and "Traceback" not in err
-            assert ": started" not in p.stdout  # refused before any experiment (and before Ray)
-    finally:
-        ttm.write_text(original)
-    # the copy the study kept is JSON, for the diff only: nothing in the study folder is importable
-    kept = json.loads((example.study / "record" / "plugins" / f"{ran}.json").read_text())
-    assert kept["files"]["ttm.py"] == original and not list(example.study.rglob("*.py"))
 
 
 def test_example_import_error_is_one_line_before_ray(tmp_path):
