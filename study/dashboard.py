@@ -206,6 +206,7 @@ def make_server(root: str, host: str = "127.0.0.1", port: int = 8080, refresh: f
 
     class Threaded(socketserver.ThreadingMixIn, WSGIServer):
         daemon_threads = True
+        block_on_close = False  # Ctrl-C stops at once: a request still being answered is not waited for
 
     store = searches(root, refresh)
     server = wsgi_server(host, port, read_only(wsgi(store)), server_class=Threaded, handler_class=Quiet)
@@ -240,7 +241,16 @@ def main(path: str, host: str = "127.0.0.1", port: int = 8080, refresh: float = 
     print(f"kdstudy dashboard: {n} search(es) of {root}{note}, read-only", flush=True)
     for problem in store.skipped:
         print(f"kdstudy: skipped {problem}", file=sys.stderr)
-    print(f"  http://{shown}:{bound_port}/dashboard   (Ctrl-C stops)", flush=True)
+    print(f"  http://{shown}:{bound_port}/dashboard   (Ctrl-C or SIGTERM stops)", flush=True)
+    import signal
+
+    def stop(signum, frame):  # `kill`, a service manager or `timeout` stop it as Ctrl-C does
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (called from a notebook's thread): Ctrl-C only
+        pass
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:

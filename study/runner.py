@@ -145,6 +145,8 @@ class StudyRunner:
         skipped = sum(1 for v in state.values() if v == "done")
         if skipped:
             self.progress.say(f"{skipped} of {len(self.exps)} experiments finished earlier (verified), skipped")
+        if self.tracking and skipped < len(self.exps):  # what the experiments' trackers share, made once here
+            tracking.prepare(self.tracking)
         self.board = Board.options(**self._on_this_node()).remote()
         running: dict = {}  # ObjectRef -> (experiment name, its Launch)
         order = self.priority_order()

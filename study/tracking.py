@@ -296,6 +296,33 @@ class _Trials:
         self._guard(self._end, trial, "failed", self.sink.error_line(self.sink.trial_key(trial)))
 
 
+def prepare(settings: dict) -> None:
+    """In the study driver, before any experiment starts: create what all the experiments' trackers
+    share, once. Experiments start at the same time, each in a process of its own, and two processes
+    that both find no MLflow experiment of the study's name both create one (a file store then holds
+    two experiments of one name, each with part of the runs; a server refuses the second, and that
+    experiment's tracking goes off). A tracker that cannot be prepared never stops the study: its
+    experiments try again on their own, as before."""
+    m = (settings or {}).get("mlflow")
+    if not m:
+        return
+    try:
+        if m.get("file_store"):  # MLflow 3 keeps its file store only on request
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(m["uri"])
+        if client.get_experiment_by_name(m["experiment"]) is None:
+            try:
+                client.create_experiment(m["experiment"])
+            except Exception:  # another driver created it meanwhile
+                if client.get_experiment_by_name(m["experiment"]) is None:
+                    raise
+    except Exception as exc:  # a tracker never fails the study
+        log.warning("mlflow tracking: could not prepare experiment %r at %s (each experiment tries on its own; "
+                    "the study goes on): %s", m["experiment"], m["uri"], exc)
+
+
 def _mlflow_callback(settings: dict, context: dict, sink):
     from ray.air.integrations.mlflow import MLflowLoggerCallback
 

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -57,7 +58,7 @@ def study(tmp_path):
 def _start(folder: Path, *extra: str):
     proc = subprocess.Popen([sys.executable, "-m", "study.cli", "dashboard", str(folder), "--port", "0", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"})
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -70,6 +71,16 @@ def _start(folder: Path, *extra: str):
             return proc, m[1], "".join(lines)
     proc.kill()
     raise AssertionError("no URL printed: " + "".join(lines) + proc.stderr.read())
+
+
+def _stopped(proc, timeout: float = 30) -> int:
+    """Its exit code once stopped; if it does not stop, every thread's stack (faulthandler, on SIGABRT)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        proc.wait(timeout=30)
+        pytest.fail(f"the dashboard did not stop in {timeout} s; its threads:\n{proc.stderr.read()[-8000:]}")
 
 
 def test_dashboard_lists_every_search_read_only(study):
@@ -105,8 +116,21 @@ def test_dashboard_lists_every_search_read_only(study):
         assert len(trials) == 5
     finally:
         proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
+        code = _stopped(proc)
     assert code == 0 and "Traceback" not in proc.stderr.read()
+
+
+def test_dashboard_stops_cleanly_on_sigterm(study):
+    """`kill`, a service manager or `timeout` stop it as Ctrl-C does: exit 0, its scratch folder removed."""
+    scratch = Path(tempfile.gettempdir())
+    before = set(scratch.glob("kdstudy-dashboard-*"))
+    proc, base, out = _start(study)
+    assert _get(f"{base}/api/studies")["study_summaries"]
+    mine = set(scratch.glob("kdstudy-dashboard-*")) - before
+    assert len(mine) == 1, mine  # its in-memory copy's scratch folder
+    proc.send_signal(signal.SIGTERM)
+    assert _stopped(proc) == 0 and "Traceback" not in proc.stderr.read()
+    assert not next(iter(mine)).exists()
 
 
 def test_dashboard_bad_input_is_one_line(tmp_path):

@@ -312,6 +312,34 @@ def test_each_outcome_reaches_the_trackers(tmp_path, ray_local):
         assert info.hparams["outcome"].string_value == m and info.hparams["temperature"].number_value == 4.0
 
 
+def test_the_driver_creates_the_mlflow_experiment_once_before_experiments_start(tmp_path, caplog):
+    """Experiments start at once, each in its own process; had each created the study's MLflow
+    experiment, two of them would race (a file store then holds two experiments of one name, each
+    with part of the runs). The driver creates it first (`tracking.prepare`), once, and a tracker
+    that cannot be prepared only warns."""
+    from mlflow.tracking import MlflowClient
+
+    from study import tracking
+
+    os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
+    settings = tracking.resolve({"mlflow": {"uri": str(tmp_path / "mlruns")}}, str(tmp_path / "study"), "race")
+    tracking.prepare(settings)
+    tracking.prepare(settings)  # a resumed study finds it
+    client = MlflowClient(str(tmp_path / "mlruns"))
+    assert [e.name for e in client.search_experiments()].count("race") == 1
+    # what each experiment's callback then does finds the one experiment instead of creating another
+    from ray.air._internal.mlflow import _MLflowLoggerUtil
+
+    util = _MLflowLoggerUtil()
+    util.setup_mlflow(tracking_uri=str(tmp_path / "mlruns"), experiment_name="race")
+    assert util.experiment_id == client.get_experiment_by_name("race").experiment_id
+    blocked = tmp_path / "a-file"  # where the store's folder would be: nothing can be created there
+    blocked.write_text("")
+    with caplog.at_level("WARNING"):
+        tracking.prepare({"mlflow": {"uri": str(blocked / "mlruns"), "experiment": "x", "file_store": True}})
+    assert "could not prepare experiment 'x'" in caplog.text
+
+
 def test_a_failing_tracker_never_fails_the_study(tmp_path, caplog):
     """A tracker that cannot write warns once and is off for the experiment; the results sink is untouched."""
     from types import SimpleNamespace
