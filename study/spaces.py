@@ -36,7 +36,8 @@ def method_params(method: "MethodSpec", teacher_sizes: list | None, export_epoch
     params = dict(method.search)
     if teacher_sizes:
         params["teacher_size"] = Range("categorical", choices=tuple(teacher_sizes))
-    if method.name == "eskd" and "teacher_epoch" not in params and "teacher_epoch" not in method.fixed:
+    early = method.cls is not None and method.cls.early_teacher  # its teacher's epoch is searched
+    if early and "teacher_epoch" not in params and "teacher_epoch" not in method.fixed:
         params["teacher_epoch"] = Range("categorical", choices=tuple(export_epochs))
     if method.assistant_sizes and "assistant_size" not in method.fixed:
         params["assistant_size"] = Range("categorical", choices=tuple(method.assistant_sizes))

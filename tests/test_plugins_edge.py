@@ -254,3 +254,49 @@ def test_plugin_sources_are_hashed_without_importing(lab, tmp_path):
     assert f"plugins[0]: no such file or folder: {specs / 'nothing.py'}" in msgs
     assert "plugins[1]: no module named 'no_such_module_xyz'" in msgs
     assert "plugins[2]: is not a module name" in msgs
+
+
+EARLY_PLUGIN = '''\
+from trainables.methods import register
+from trainables.methods.kd import HintonKD
+
+
+@register("my_early_kd")
+class MyEarlyKD(HintonKD):
+    early_teacher = True  # distils from an early teacher epoch, as ESKD does
+'''
+
+
+def test_a_plugin_method_declaring_an_early_teacher_gets_what_eskd_gets(tmp_path):
+    """What the study does for ESKD it does for any method declaring `early_teacher` (no name is
+    special): `teachers.export_epochs` is required and `teacher_epoch` is searched over it. (The
+    refusal of an imported teacher reads the same flag; ESKD's case is in test_teachers_import.py.)"""
+    (tmp_path / "early.py").write_text(EARLY_PLUGIN)
+    code = textwrap.dedent(f"""
+        import json
+        from study.spec import SpecError, parse_spec
+        from study.spaces import method_params
+        from trainables.plugins import load_plugins
+        load_plugins([{str(tmp_path / "early.py")!r}])  # as validate, plan and run do before parsing
+        doc = {{"name": "e", "storage": {str(tmp_path / "r")!r}, "plugins": [{str(tmp_path / "early.py")!r}],
+               "dataset": {{"name": "mnist1d", "num_samples": 1000}}, "student": {{"family": "mlp", "size": 8}},
+               "teachers": {{"family": "mlp", "sizes": [16], "epochs": 4}},
+               "methods": {{"my_early_kd": {{"trials": 2}}}}}}
+        out = {{}}
+        try:
+            parse_spec(doc)
+        except SpecError as exc:
+            out["missing"] = str(exc)
+        doc["teachers"]["export_epochs"] = [2, 4]
+        spec = parse_spec(doc)
+        m = spec.methods["my_early_kd"]
+        out["searched"] = list(method_params(m, None, spec.teachers["export_epochs"])["teacher_epoch"].choices)
+        print("OUT", json.dumps(out))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("OUT ")), None)
+    assert line, p.stdout[-2000:] + p.stderr[-3000:]
+    out = json.loads(line[4:])
+    assert "teachers.export_epochs: method my_early_kd needs the teacher epochs to keep" in out["missing"]
+    assert out["searched"] == [2, 4]

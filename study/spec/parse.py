@@ -351,8 +351,9 @@ class _Validator:
             self.err("teachers.export_epochs", f"must be a list of epochs between 1 and {epochs}; got {short(ee)}")
             ee = []
         out["export_epochs"] = sorted(set(ee))
-        if "eskd" in methods and not out["export_epochs"]:
-            self.err("teachers.export_epochs", "method eskd needs the teacher epochs to keep (e.g. [5, 10])")
+        early = [n for n in methods if self.m.method_classes[n].early_teacher]
+        if early and not out["export_epochs"]:
+            self.err("teachers.export_epochs", f"method {early[0]} needs the teacher epochs to keep (e.g. [5, 10])")
         weights = self.weights(obj.weights or {}, sizes)
         if weights:  # only when given: a ladder without imported teachers keeps its dict (and hashes)
             out["weights"] = weights
@@ -406,7 +407,8 @@ class _Validator:
         if not imported:
             return
         for name, m in methods.items():
-            early = "teacher_epoch" in m.search or "teacher_epoch" in m.fixed or name == "eskd"
+            early = ("teacher_epoch" in m.search or "teacher_epoch" in m.fixed
+                     or (m.cls is not None and m.cls.early_teacher))
             if early and m.cls is not None and m.cls.needs_teacher:
                 hit = [z for z in (m.teacher_sizes or teachers["sizes"]) if str(z) in imported]
                 if hit:

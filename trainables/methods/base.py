@@ -120,6 +120,10 @@ class Method(nn.Module):
     #: True if the method trains its own teacher alongside the student (DML, TriKD);
     #: the study then passes a teacher config without a checkpoint
     online_teacher: ClassVar[bool] = False
+    #: True if the method distils from an early epoch of its frozen teacher (ESKD): the study then
+    #: searches `teacher_epoch` over the teacher checkpoints it keeps (`teachers.export_epochs`,
+    #: required) unless the spec fixes it, and refuses an imported teacher (it has no such epochs)
+    early_teacher: ClassVar[bool] = False
     #: True if the method trains a multi-exit student (reports one row per exit)
     multi_exit: ClassVar[bool] = False
     #: True if `training_step(x, y, index)` wants each sample's row in the training split

@@ -22,3 +22,4 @@ from .kd import HintonKD
 @register("eskd")
 class EarlyStoppedKD(HintonKD):
     hparams = dict(HintonKD.hparams)
+    early_teacher = True  # `teacher_epoch` is searched over teachers.export_epochs
