@@ -248,8 +248,12 @@ def main(path: str, host: str = "127.0.0.1", port: int = 8080, refresh: float = 
         raise KeyboardInterrupt
 
     try:
+        # Ctrl-C stops it even when it was started with SIGINT ignored (a background job, or a parent
+        # that ignores it): a full fresh-clone test run saw it sit in select() after SIGINT, while the
+        # same run's SIGTERM stopped it
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread (called from a notebook's thread): Ctrl-C only
+    except ValueError:  # not the main thread (called from a notebook's thread): Ctrl-C as Python has it
         pass
     try:
         server.serve_forever(poll_interval=0.5)

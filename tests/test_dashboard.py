@@ -55,10 +55,17 @@ def study(tmp_path):
     return folder
 
 
-def _start(folder: Path, *extra: str):
+def _ignoring_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _start(folder: Path, *extra: str, sigint_ignored: bool = False):
+    """The dashboard as its own process; `sigint_ignored`: started as a shell's background job is
+    (SIGINT ignored, inherited), which must not keep Ctrl-C from stopping it."""
     proc = subprocess.Popen([sys.executable, "-m", "study.cli", "dashboard", str(folder), "--port", "0", *extra],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"})
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONFAULTHANDLER": "1"},
+                            preexec_fn=_ignoring_sigint if sigint_ignored else None)
     lines = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -85,7 +92,7 @@ def _stopped(proc, timeout: float = 30) -> int:
 
 def test_dashboard_lists_every_search_read_only(study):
     before = _snapshot(study)
-    proc, base, out = _start(study, "--refresh", "0.5")
+    proc, base, out = _start(study, "--refresh", "0.5", sigint_ignored=True)
     try:
         assert "2 search(es)" in out and "read-only" in out
         summaries = _get(f"{base}/api/studies")["study_summaries"]
