@@ -328,11 +328,12 @@ def test_the_driver_creates_the_mlflow_experiment_once_before_experiments_start(
     client = MlflowClient(str(tmp_path / "mlruns"))
     assert [e.name for e in client.search_experiments()].count("race") == 1
     # what each experiment's callback then does finds the one experiment instead of creating another
-    from ray.air._internal.mlflow import _MLflowLoggerUtil
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
 
-    util = _MLflowLoggerUtil()
-    util.setup_mlflow(tracking_uri=str(tmp_path / "mlruns"), experiment_name="race")
-    assert util.experiment_id == client.get_experiment_by_name("race").experiment_id
+    callback = MLflowLoggerCallback(tracking_uri=str(tmp_path / "mlruns"), experiment_name="race")
+    callback.setup()
+    assert callback.mlflow_util.experiment_id == client.get_experiment_by_name("race").experiment_id
+    assert [e.name for e in client.search_experiments()].count("race") == 1
     blocked = tmp_path / "a-file"  # where the store's folder would be: nothing can be created there
     blocked.write_text("")
     with caplog.at_level("WARNING"):
