@@ -12,7 +12,7 @@ from .status import status_table
 def __getattr__(name: str):
     # the report and its charts (plotly, scipy's statistics, the search analysis) load when a report
     # is written, not in every process that only writes or reads rows (each experiment's driver task
-    # imports analysis.schema: half a CPU-second saved there)
+    # imports analysis.schema: about a CPU-second saved there)
     if name == "write_report":
         from .report import write_report
 

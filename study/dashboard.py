@@ -248,9 +248,8 @@ def main(path: str, host: str = "127.0.0.1", port: int = 8080, refresh: float = 
         raise KeyboardInterrupt
 
     try:
-        # Ctrl-C stops it even when it was started with SIGINT ignored (a background job, or a parent
-        # that ignores it): a full fresh-clone test run saw it sit in select() after SIGINT, while the
-        # same run's SIGTERM stopped it
+        # Ctrl-C stops it even when it was started with SIGINT ignored (as a background job, or the
+        # child of a parent that ignores it, inherits it); without this it would sit in select()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, stop)
     except ValueError:  # not the main thread (called from a notebook's thread): Ctrl-C as Python has it
