@@ -36,8 +36,6 @@ from .select import choose, choose_baseline, config_ids, finished, hparams_text,
 from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
-#: methods that are not distillation from a teacher ladder
-NON_LADDER_METHODS = {"scratch", "multiexit", "multiexit_const", "multiexit_ce"}
 #: capacity-gap statuses
 GAP, NO_GAP, LARGEST_BETTER = "capacity gap", "no capacity gap", "largest teacher better"
 #: the modern remedies for the capacity gap, with the label the comparison chart gives them
@@ -133,12 +131,18 @@ class Verdict:
 
 
 def capacity_methods(summary: pd.DataFrame) -> list[str]:
-    """Distillation methods with student rows and a teacher size in search or confirm."""
+    """Distillation methods with student rows and a teacher size in search or confirm.
+
+    Told from the rows, not from method names, so a plug-in method is treated as a built-in one
+    would be: rows without a teacher size (training from scratch, self-distillation) distil from
+    no ladder, and a multi-exit student (rows with an exit index, charted per exit by the
+    multi-exit figures) is no single student to put on the ladder chart."""
+    exits = summary["exit"] if "exit" in summary.columns else pd.Series(pd.NA, index=summary.index)
     rows = summary[
         summary["stage"].isin(["search", "confirm"])
         & (summary["role"] == "student")
         & summary["teacher_size"].notna()
-        & ~summary["method"].isin(NON_LADDER_METHODS)
+        & exits.isna()
     ]
     return sorted(rows["method"].dropna().unique())
 

@@ -314,6 +314,21 @@ def test_verdict_settings_from_spec_json(tmp_path):
     assert verdict_settings(study) == (1.0, 0.9)
 
 
+def test_ladder_methods_are_told_from_rows_not_names(tmp_path):
+    """A plug-in's method name counts as a built-in's would: charted when its student rows have a
+    teacher size; a multi-exit student (exit index set) is not put on the ladder chart, whatever its name."""
+    import pandas as pd
+
+    summary = trial_summary(load(write_study(tmp_path, student_means=GAP, seeds=2)))
+    kd = summary[summary["method"] == "kd"]
+    mine = kd.assign(method="lab_kd", trial_id="lab_" + kd["trial_id"].astype(str))
+    exits = pd.concat([kd.assign(method="lab_exits", trial_id="ex_" + kd["trial_id"].astype(str), exit=x)
+                       for x in (0, 1)], ignore_index=True)
+    both = pd.concat([summary, mine, exits], ignore_index=True)
+    assert cg.capacity_methods(both) == ["kd", "lab_kd"]
+    assert cg.verdict(cg.capacity_data(both, "lab_kd")).status == cg.verdict(cg.capacity_data(both, "kd")).status
+
+
 def test_remedies_share_one_capacity_gap_chart(tmp_path):
     import pandas as pd
 
