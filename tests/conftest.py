@@ -13,6 +13,18 @@ os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="kdray-"))
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+#: module fixtures that run a multi-minute scenario (a loopback cluster, a private SLURM, a local Ray of
+#: the test's own, several studies): every test using one is marked `long`, so that `-m "not long"`
+#: never builds them
+LONG_FIXTURES = {"cluster", "example", "slurm", "two_studies", "tracked", "local_run", "feature_study"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if LONG_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.long)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
     """A dataset cache shared by the session's tests (MNIST-1D is generated once)."""

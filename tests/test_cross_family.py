@@ -95,6 +95,7 @@ def test_the_mobilenet_student_learns_from_the_resnet_teacher(resnet_teacher, me
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+@pytest.mark.long
 def test_a_study_with_a_torchvision_teacher_ladder(tmp_path, ray_local):
     """One lean real run: teachers named by torchvision model, a CIFAR ResNet student, KD per teacher size;
     the ladder's names flow through identity, zoo, search and the results."""

@@ -20,7 +20,7 @@ TERMS = {"fitnet": ({"hint"}, True), "at": ({"at"}, False), "sp": ({"sp"}, False
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, data_root, ray_local):
+def feature_study(tmp_path_factory, data_root, ray_local):
     """The spec as shipped, made tiny: 1,000 samples, a 1-epoch teacher, 2 student epochs (ReviewKD's
     1-epoch warm-up ends, so its review loss trains in epoch 2), one confirm seed."""
     from study.runner import run_study
@@ -41,8 +41,8 @@ def study(tmp_path_factory, data_root, ray_local):
     return root, outcome, df
 
 
-def test_every_feature_method_ends_ok_with_rows_in_parquet(study):
-    _, outcome, df = study
+def test_every_feature_method_ends_ok_with_rows_in_parquet(feature_study):
+    _, outcome, df = feature_study
     assert not outcome.failed and not outcome.blocked
     assert (df["status"] == "ok").all(), df[df.status != "ok"][["experiment", "error"]]
     confirm = df[df.stage == "confirm"]
@@ -63,10 +63,10 @@ def test_every_feature_method_ends_ok_with_rows_in_parquet(study):
     assert json.loads(review.loc[2, "loss_terms_json"])["review"] > 0.0
 
 
-def test_the_report_renders_the_feature_methods(study):
+def test_the_report_renders_the_feature_methods(feature_study):
     from study.cli import main as cli_main
 
-    root, _, _ = study
+    root, _, _ = feature_study
     assert cli_main(["report", root, "--no-png"]) == 0
     html = pathlib.Path(root, "report", "report.html").read_text()
     for method in FEATURE_METHODS:

@@ -115,6 +115,7 @@ def _no_duplicates(df) -> None:
 # --------------------------------------------------------------------------- interrupts and resume
 
 
+@pytest.mark.long
 def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path, data_root):
     # small batches: every epoch takes a while, so each interrupt surely lands mid-trial
     epochs, teacher_epochs = 4, 14
@@ -204,6 +205,7 @@ def test_interrupts_then_resume_from_a_moved_folder_and_a_relative_path(tmp_path
 # --------------------------------------------------------------------------- a failing trial
 
 
+@pytest.mark.long
 def test_failed_trial_is_recorded_shown_and_retried(tmp_path, data_root, ray_local, capsys):
     spec = micro_spec(tmp_path, data_root, teachers=None, methods={}, confirm={"seeds": 1, "top_k": 1},
                       failure={"max_failures": 0})
@@ -293,6 +295,7 @@ def test_edited_spec_is_refused_with_the_difference(tmp_path, data_root, capsys)
         folder.adopt(parse_spec(edited), extend=True)
 
 
+@pytest.mark.long
 def test_extended_study_runs_only_its_new_trials(finished_micro, tmp_path, ray_local):
     """`run --extend` with more confirm seeds and search trials, on a copy of the session's finished
     micro study: the finished experiments' markers no longer cover what they owe, so the new trials
@@ -406,6 +409,7 @@ def test_bad_input_is_reported_before_ray_starts(tmp_path, data_root, capsys, no
 # --------------------------------------------------------------------------- a diverging trial
 
 
+@pytest.mark.long
 def test_diverging_trial_is_an_outcome_and_the_study_goes_on(tmp_path, data_root, ray_local):
     """`scratch` searched at lr=10 with SGD diverges (NaN loss); it is recorded as such, not retried as an error."""
     raw = micro_spec(tmp_path, data_root, student={"family": "cnn1d", "size": 16}, teachers=None,
@@ -590,6 +594,7 @@ def test_swapped_zoo_folders_are_named_before_any_trial(finished_study, tmp_path
     assert "renamed or swapped" in err and "differs in size" in err and "Traceback" not in err, err
 
 
+@pytest.mark.long
 def test_damaged_results_of_finished_experiments_are_trained_again(finished_study, tmp_path, capsys):
     """A truncated search and a truncated confirm file: `status` and `report` name the file in one line;
     `resume` trains those two trials again (nothing else), keeping the damaged files aside; a truncated
