@@ -37,6 +37,7 @@ METHOD_COLUMNS = [
     "largest_minus_this", "largest_minus_low", "largest_minus_high", "outcome_largest_vs_this", "largest_minus_level",
     "no_kd_test_acc", "epochs", "generations", "total_epochs", "search_trials", "configs_confirmed",
     "no_kd_config", "no_kd_epochs", "no_kd_configs", "no_kd_search_trials", "no_kd_rule",
+    "search_replicates", "test_acc_by_replicate",
 ]
 
 
@@ -94,6 +95,11 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
     seeds needed to resolve delta; largest_minus_this: the largest teacher's
     student minus this size's, with its interval and outcome (the capacity-gap
     family; empty on the largest size; largest_minus_level its Holm-adjusted confidence);
+    With search replicates (`search.replicates`: R > 1, `search_replicates`), the configuration, its
+    test and validation means and the budgets are search replicate 0's; test_acc_by_replicate holds
+    every replicate's own mean (replicate order), and the differences and outcomes are the
+    replicates' combined ones (`capacity_gap.combine`: the mean of their estimates, the union of
+    their intervals, a claim only where every replicate makes it).
     peak = chosen on validation; the budgets
     (epochs, generations, total_epochs per model, search trials at that size,
     configurations confirmed) beside the no-KD student's (config, epochs,
@@ -113,6 +119,7 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
             base_by_size = [None] * len(data.sizes)
         info = data.baseline_info or {}
         base_mean = float(np.nanmean(data.baseline_test)) if np.isfinite(data.baseline_test).any() else math.nan
+        reps = [data, *data.replicas]
         for i, size in enumerate(data.sizes):
             cfg_row = data.config_table.iloc[i]
             runs = data.students[data.students["teacher_size"] == size]
@@ -142,6 +149,9 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
                 "no_kd_config": info.get("config_id"), "no_kd_epochs": info.get("epochs"),
                 "no_kd_configs": info.get("n_configs"), "no_kd_search_trials": info.get("search_trials"),
                 "no_kd_rule": info.get("rule"),
+                "search_replicates": len(reps),
+                "test_acc_by_replicate": [_pct_ci(d.students.loc[d.students["teacher_size"] == size, "test_acc"]
+                                                  .dropna())[0] for d in reps],
             })
     return pd.DataFrame(rows, columns=METHOD_COLUMNS)
 
@@ -294,6 +304,7 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
     mt = method_table(summary, delta, level)
     if not mt.empty:
         shown, fixed = _shown_hparams(summary, mt)
+        replicated = int(mt["search_replicates"].max()) > 1
         rows = []
         for r, hp in zip(mt.itertuples(index=False), shown):
             budget = f"{_num(r.epochs, '{:g}')} epochs"
@@ -318,12 +329,19 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
                 "no-KD budget": f"{_num(r.no_kd_epochs, '{:g}')} epochs, best of {r.no_kd_configs or 1} config(s)"
                                 + (f", {r.no_kd_search_trials} search trials" if r.no_kd_search_trials else ""),
             })
+            if replicated:
+                rows[-1]["test % per search replicate"] = " · ".join(
+                    f"r{i} {_num(t)}" for i, t in enumerate(r.test_acc_by_replicate))
         out.append(("Results per method and teacher size", pd.DataFrame(rows),
                     f"Test accuracy (%) of the configuration chosen on validation, mean over the confirm seeds "
                     f"± the {level:.0%} t-interval half-width. Differences are in points, paired by seed, "
                     f"Holm-adjusted within their family: {_HOLM}; outcomes: shown / equivalent (within "
                     f"δ = {delta:g}) / inconclusive (with the seeds needed to resolve δ) / cannot tell (fewer than "
-                    f"3 pairs). Hyperparameters: those searched or that differ between rows.",
+                    f"3 pairs). Hyperparameters: those searched or that differ between rows."
+                    + (f" With {int(mt['search_replicates'].max())} search replicates, the configuration, its test "
+                       f"% and the budgets are search replicate 0's (each replicate's own test % beside them); the "
+                       f"differences combine every replicate: the mean of their estimates, the union of their "
+                       f"intervals, and a claim only where every replicate makes it." if replicated else ""),
                     "results", f"Same in every row: {fixed}." if fixed else ""))
     me = multiexit_table(summary, delta, level)
     if not me.empty:

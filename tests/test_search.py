@@ -295,3 +295,34 @@ def test_luck_is_estimated_beyond_the_seed_noise():
     assert srch.luck_sd(no_luck)[0] < 0.2
     assert srch.luck_sd(luck)[0] == pytest.approx(1.5 / math.sqrt(2), abs=0.25)
     assert math.isnan(srch.luck_sd(luck[:1])[0])
+
+
+def test_results_table_says_which_replicate_its_numbers_are_and_shows_each():
+    """With two search replicates the table's configuration and test % are replicate 0's, each replicate's own
+    test % stands beside them, the differences are the combined ones, and the caption says so."""
+    from analysis import capacity_gap as cg
+    from analysis import results_table as rt
+
+    from .synthetic import summary_from_arrays
+
+    sizes, k = [4, 16], 4
+    planted = {0: np.array([[76.0, 77, 78, 79], [80, 81, 82, 83]]), 1: np.array([[70.0, 71, 72, 73], [74, 75, 76, 77]])}
+    base = np.array([60.0, 61, 62, 63])
+    parts = [summary_from_arrays(planted[r][:, None, :], planted[r][:, None, :], sizes, base, base, replicate=r)
+             for r in (0, 1)]
+    summary = pd.concat([parts[0], parts[1][parts[1]["stage"] != "baseline"]], ignore_index=True)
+    mt = rt.method_table(summary)
+    assert list(mt["search_replicates"]) == [2, 2]
+    for i in range(len(sizes)):
+        assert mt["test_acc_by_replicate"].iloc[i] == pytest.approx([planted[0][i].mean(), planted[1][i].mean()])
+        assert mt["test_acc"].iloc[i] == pytest.approx(planted[0][i].mean())  # replicate 0's
+    v, = cg.verdicts(summary)
+    combined = [p.estimate for p in v.vs_baseline_sizes]
+    assert list(mt["diff_vs_no_kd"]) == pytest.approx(combined)  # the mean of the two replicates' estimates
+    assert combined == pytest.approx([(planted[0][i] + planted[1][i]).mean() / 2 - base.mean() for i in range(2)])
+    title, frame, caption, *_ = next(t for t in rt.tables(summary) if t[3] == "results")
+    assert list(frame["test % per search replicate"]) == ["r0 77.50 · r1 71.50", "r0 81.50 · r1 75.50"]
+    assert "search replicate 0's" in caption and "union of their intervals" in caption
+    one = rt.tables(parts[0])  # one replicate: no such column, no such sentence
+    _, frame1, caption1, *_ = next(t for t in one if t[3] == "results")
+    assert "test % per search replicate" not in frame1.columns and "replicate" not in caption1
