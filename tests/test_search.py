@@ -305,7 +305,7 @@ def test_results_table_says_which_replicate_its_numbers_are_and_shows_each():
 
     from .synthetic import summary_from_arrays
 
-    sizes, k = [4, 16], 4
+    sizes = [4, 16]
     planted = {0: np.array([[76.0, 77, 78, 79], [80, 81, 82, 83]]), 1: np.array([[70.0, 71, 72, 73], [74, 75, 76, 77]])}
     base = np.array([60.0, 61, 62, 63])
     parts = [summary_from_arrays(planted[r][:, None, :], planted[r][:, None, :], sizes, base, base, replicate=r)
@@ -320,7 +320,7 @@ def test_results_table_says_which_replicate_its_numbers_are_and_shows_each():
     combined = [p.estimate for p in v.vs_baseline_sizes]
     assert list(mt["diff_vs_no_kd"]) == pytest.approx(combined)  # the mean of the two replicates' estimates
     assert combined == pytest.approx([(planted[0][i] + planted[1][i]).mean() / 2 - base.mean() for i in range(2)])
-    title, frame, caption, *_ = next(t for t in rt.tables(summary) if t[3] == "results")
+    _, frame, caption, *_ = next(t for t in rt.tables(summary) if t[3] == "results")
     assert list(frame["test % per search replicate"]) == ["r0 77.50 · r1 71.50", "r0 81.50 · r1 75.50"]
     assert "search replicate 0's" in caption and "union of their intervals" in caption
     one = rt.tables(parts[0])  # one replicate: no such column, no such sentence
