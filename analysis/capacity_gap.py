@@ -137,12 +137,11 @@ def capacity_methods(summary: pd.DataFrame) -> list[str]:
     would be: rows without a teacher size (training from scratch, self-distillation) distil from
     no ladder, and a multi-exit student (rows with an exit index, charted per exit by the
     multi-exit figures) is no single student to put on the ladder chart."""
-    exits = summary["exit"] if "exit" in summary.columns else pd.Series(pd.NA, index=summary.index)
     rows = summary[
         summary["stage"].isin(["search", "confirm"])
         & (summary["role"] == "student")
         & summary["teacher_size"].notna()
-        & exits.isna()
+        & summary["exit"].isna()
     ]
     return sorted(rows["method"].dropna().unique())
 

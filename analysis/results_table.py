@@ -119,7 +119,6 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
             base_by_size = [None] * len(data.sizes)
         info = data.baseline_info or {}
         base_mean = float(np.nanmean(data.baseline_test)) if np.isfinite(data.baseline_test).any() else math.nan
-        reps = [data, *data.replicas]
         for i, size in enumerate(data.sizes):
             cfg_row = data.config_table.iloc[i]
             runs = data.students[data.students["teacher_size"] == size]
@@ -149,9 +148,10 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
                 "no_kd_config": info.get("config_id"), "no_kd_epochs": info.get("epochs"),
                 "no_kd_configs": info.get("n_configs"), "no_kd_search_trials": info.get("search_trials"),
                 "no_kd_rule": info.get("rule"),
-                "search_replicates": len(reps),
-                "test_acc_by_replicate": [_pct_ci(d.students.loc[d.students["teacher_size"] == size, "test_acc"]
-                                                  .dropna())[0] for d in reps],
+                "search_replicates": 1 + len(data.replicas),
+                "test_acc_by_replicate": [mean] + [  # replicate 0's is this row's own
+                    _pct_ci(d.students.loc[d.students["teacher_size"] == size, "test_acc"].dropna())[0]
+                    for d in data.replicas],
             })
     return pd.DataFrame(rows, columns=METHOD_COLUMNS)
 
@@ -304,7 +304,8 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
     mt = method_table(summary, delta, level)
     if not mt.empty:
         shown, fixed = _shown_hparams(summary, mt)
-        replicated = int(mt["search_replicates"].max()) > 1
+        n_reps = int(mt["search_replicates"].max())
+        replicated = n_reps > 1
         rows = []
         for r, hp in zip(mt.itertuples(index=False), shown):
             budget = f"{_num(r.epochs, '{:g}')} epochs"
@@ -338,7 +339,7 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
                     f"Holm-adjusted within their family: {_HOLM}; outcomes: shown / equivalent (within "
                     f"δ = {delta:g}) / inconclusive (with the seeds needed to resolve δ) / cannot tell (fewer than "
                     f"3 pairs). Hyperparameters: those searched or that differ between rows."
-                    + (f" With {int(mt['search_replicates'].max())} search replicates, the configuration, its test "
+                    + (f" With {n_reps} search replicates, the configuration, its test "
                        f"% and the budgets are search replicate 0's (each replicate's own test % beside them); the "
                        f"differences combine every replicate: the mean of their estimates, the union of their "
                        f"intervals, and a claim only where every replicate makes it." if replicated else ""),
