@@ -3,6 +3,7 @@
     <study>/spec.json             the spec as first run (never overwritten)
     <study>/spec-extend-N.json    a later spec that extended the study (`run --extend`)
     <study>/dataset.json          the dataset's facts the study ran with (shape, classes, splits)
+    <study>/methods.json          its methods' facts (label, kind, flags) the report names and groups them by
     <study>/record/               a second record of each spec file as it was written
     <study>/lock.json             the running driver's lease (study.lock)
     <study>/stages/<exp>.json     an experiment verified finished, with its trials (and their results
@@ -426,7 +427,17 @@ class StudyFolder:
         sizes, normalisation; `trainables.data.DatasetFacts.to_json`), which the report's header
         reads (`analysis` never imports `trainables`). Descriptive, not identity: rewritten only
         when the facts changed (a folder that gained images, say)."""
-        uri = self.uri("dataset.json")
+        self._record_description("dataset.json", facts)
+
+    def record_methods(self, facts: dict) -> None:
+        """Write ``methods.json``: {method: its facts} (`trainables.methods.Method.facts`: the label
+        and kind the report names and groups it by, and the flags that shape its rows), for every
+        method the study runs and its no-KD baseline. Descriptive, like ``dataset.json``: rewritten
+        only when the facts changed (a relabelled method, an extended study)."""
+        self._record_description("methods.json", facts)
+
+    def _record_description(self, name: str, facts: dict) -> None:
+        uri = self.uri(name)
         data = json.dumps(facts, indent=1, sort_keys=True, default=str).encode()
         if storage.exists(uri) and storage.read_bytes(uri) == data:
             return

@@ -701,6 +701,17 @@ def _record_dataset(folder: StudyFolder, spec: Spec) -> None:
         log.warning("dataset facts not recorded: %s", exc)
 
 
+def _record_methods(folder: StudyFolder, spec: Spec) -> None:
+    """The facts of the study's methods (and of its no-KD baseline) beside the spec, for the report:
+    what it names and groups them by, read from their registry entries, plug-ins' as built-ins'."""
+    from trainables.methods import get_method
+
+    try:
+        folder.record_methods({name: get_method(name).facts() for name in ["scratch", *spec.methods]})
+    except Exception as exc:  # a description only: never the reason a study does not run
+        log.warning("method facts not recorded: %s", exc)
+
+
 def run_study(spec: Spec, root: str | None = None, address: str | None = None, progress: Progress | None = None,
               extend: bool = False, num_cpus: int | None = None) -> tuple[str, Outcome]:
     """Run (or continue) the study at `root` (default: the spec's storage/name)."""
@@ -710,6 +721,7 @@ def run_study(spec: Spec, root: str | None = None, address: str | None = None, p
     try:
         folder.adopt(spec, extend=extend, version=code_version())
         _record_dataset(folder, spec)
+        _record_methods(folder, spec)
         local = storage.local_path(folder.root)
         logs = None if local is None else os.path.join(local, "logs", "ray")
         init_ray(address, num_cpus=num_cpus, log_dir=logs, plugin_sources=spec.plugin_sources)

@@ -63,6 +63,35 @@ MLP8, MLP16, CNN8 = {"family": "mlp", "size": 8}, {"family": "mlp", "size": 16},
 # --------------------------------------------------------------------------- declarations
 
 
+def test_method_facts_for_the_report_are_declared_not_inherited():
+    """Each method declares how the report names and groups it (`label`, `kind`): the facts the
+    study records in methods.json. A subclass (a plug-in's variant of a built-in) does not take
+    its base's label, which names another method; a kind outside KINDS is refused at register."""
+    from trainables.methods import HParam, register
+    from trainables.methods.base import KINDS, _REGISTRY
+
+    methods = available_methods()
+    for name, cls in methods.items():
+        facts = cls.facts()
+        assert facts["kind"] in KINDS and isinstance(facts["label"], str) and facts["label"], name
+    remedies = {n for n, c in methods.items() if c.kind == "remedy"}
+    assert {"dist", "lskd", "dkd", "takd", "eskd"} <= remedies and "kd" not in remedies
+    assert {"fitnet", "at", "sp", "pkt", "crd", "reviewkd"} <= {n for n, c in methods.items() if c.kind == "feature"}
+    assert methods["dkd"].facts()["label"] == "DKD (Zhao et al. 2022)"
+    assert methods["trikd"].facts() == {"label": "TriKD (Wang et al. 2023)", "kind": "kd", "needs_teacher": False,
+                                        "online_teacher": True, "early_teacher": False, "multi_exit": False,
+                                        "generations": 3}
+    try:
+        variant = register("test_kd_variant")(type("KDVariant", (methods["kd"],), {}))
+        assert variant.facts()["label"] == "test_kd_variant" and variant.facts()["kind"] == "kd"
+        with pytest.raises(ValueError, match="kind 'logits' is not one of"):
+            register("test_bad_kind")(type("BadKind", (methods["kd"],), {"kind": "logits",
+                                                                         "hparams": {"t": HParam(1.0)}}))
+        assert "test_bad_kind" not in _REGISTRY
+    finally:
+        _REGISTRY.pop("test_kd_variant", None)
+
+
 def test_registered_with_recordable_hparams():
     methods = available_methods()
     for name in MINE:

@@ -69,6 +69,10 @@ def test_micro_study_end_to_end(finished_micro, capsys):
     # the dataset's facts, recorded for the report (which never imports trainables)
     recorded = json.loads((root / "dataset.json").read_text())
     assert recorded["splits"] == {"train": 720, "val": 80, "test": 200} and recorded["input_shape"] == [1, 40]
+    # and its methods' facts (label, kind, flags), by which the report names and groups them
+    methods = json.loads((root / "methods.json").read_text())
+    assert set(methods) == {"scratch", *spec.methods}
+    assert methods["kd"]["label"] == "Hinton KD (Hinton et al. 2015)" and methods["kd"]["needs_teacher"] is True
 
     # running again redoes nothing: no teacher retrained, no trial rerun
     before = _files(root / "zoo") | _files(root / "results")

@@ -62,6 +62,7 @@ class _ConnectorRun(nn.Module):
 
 class FeatureMethod(FrozenTeacherMethod):
     """A frozen-teacher method distilling tapped features, through trainable connectors if it has any."""
+    kind = "feature"
 
     def __init__(self, ctx, hp: dict):
         super().__init__(ctx, hp)  # the student, the frozen teacher and their taps

@@ -31,6 +31,7 @@ from .base import HParam, Step, register
 
 @register("at")
 class AttentionTransfer(FeatureMethod):
+    label = "AT (Zagoruyko & Komodakis 2017)"
     hparams = {
         "at_weight": HParam(AT_WEIGHT, "float", 100.0, 10000.0, log=True, help="weight β of the attention loss"),
         "at_p": HParam(float(AT_P), "float", 1.0, 4.0, searched=False, help="exponent p of the attention map"),

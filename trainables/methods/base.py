@@ -133,6 +133,23 @@ class Method(nn.Module):
     #: (`trainables.options.Option`s, e.g. TAKD's assistant_sizes): validated by the spec, in its
     #: JSON Schema, and given to the study as `MethodSpec.options`
     spec_options: ClassVar[dict[str, Any]] = {}
+    #: how the report names the method (chart legends, comparisons), e.g. "DIST (Huang et al. 2022)";
+    #: empty: its registered name. Not inherited (a subclass is another method: it names itself or
+    #: goes by its registered name). Recorded with the study (``methods.json``) for the report
+    label: ClassVar[str] = ""
+    #: the method's group on the report's capacity-gap comparison chart (one of `KINDS`): "kd"
+    #: (distillation from logits or relations, the default), "remedy" (a remedy for the capacity
+    #: gap, drawn bold) or "feature" (feature distillation, dash-dot; `FeatureMethod`'s default)
+    kind: ClassVar[str] = "kd"
+
+    @classmethod
+    def facts(cls) -> dict:
+        """What the study records of the method for the report (``methods.json``; `analysis`
+        never imports `trainables`): its label and kind and the flags that shape its rows."""
+        return {"label": cls.__dict__.get("label") or cls.name, "kind": cls.kind, "needs_teacher": bool(cls.needs_teacher),
+                "online_teacher": bool(cls.online_teacher), "early_teacher": bool(cls.early_teacher),
+                "multi_exit": bool(cls.multi_exit), "generations": cls.planned_generations()}
+
     def __init__(self, ctx: Context, hp: dict):
         super().__init__()
         self.ctx = ctx
@@ -289,6 +306,8 @@ class FrozenTeacherMethod(Method):
 
 
 _REGISTRY: dict[str, type[Method]] = {}
+#: the groups of `Method.kind`
+KINDS = ("kd", "remedy", "feature")
 #: keys a trial's configuration routes elsewhere (`trainables.config.resolve`): never a hyperparameter
 ROUTED_KEYS = ("seed", "student", "teacher", "assistant", "export", "role", "teacher_size", "assistant_size",
                "teacher_epoch")
@@ -312,6 +331,10 @@ def register(name: str):
         if name in _REGISTRY and _REGISTRY[name] is not cls:
             raise ValueError(f"method {name!r} is registered twice")
         bad = [why for why in map(hparam_name_problem, cls.hparams) if why]
+        if cls.kind not in KINDS:
+            bad.append(f"kind {cls.kind!r} is not one of {list(KINDS)}")
+        if not isinstance(cls.label, str):
+            bad.append(f"label must be a string, got {cls.label!r}")
         if bad:
             raise ValueError(f"method {name!r} ({cls.__module__}.{cls.__qualname__}): {bad[0]}")
         cls.name = name

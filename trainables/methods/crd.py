@@ -53,6 +53,7 @@ NEGATIVES_FROM = ("other_classes", "uniform")
 
 @register("crd")
 class ContrastiveRD(FeatureMethod):
+    label = "CRD (Tian et al. 2020)"
     needs_sample_index = True
     hparams = {
         "crd_weight": HParam(CRD_WEIGHT, "float", 0.1, 8.0, log=True, help="weight β of the contrastive loss"),

@@ -28,6 +28,8 @@ from .base import FrozenTeacherMethod, HParam, Step, register
 
 @register("dist")
 class DIST(FrozenTeacherMethod):
+    label = "DIST (Huang et al. 2022)"
+    kind = "remedy"
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 8.0, log=True, help="softening temperature T"),
         "dist_beta": HParam(1.0, "float", 0.1, 10.0, log=True, help="weight β of the inter-class relation"),

@@ -27,6 +27,8 @@ from .base import FrozenTeacherMethod, HParam, Step, register
 
 @register("dkd")
 class DecoupledKD(FrozenTeacherMethod):
+    label = "DKD (Zhao et al. 2022)"
+    kind = "remedy"
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 8.0, log=True, help="softening temperature T"),
         "dkd_alpha": HParam(1.0, "float", 0.1, 4.0, log=True, searched=False, help="weight α of TCKD"),

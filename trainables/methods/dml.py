@@ -29,6 +29,7 @@ from .base import HParam, Method, Step, register
 
 @register("dml")
 class DeepMutualLearning(Method):
+    label = "DML (Zhang et al. 2018)"
     hparams = {
         "mutual_weight": HParam(1.0, "float", 0.1, 10.0, log=True, help="weight of each mutual KL term"),
         "temperature": HParam(1.0, "float", 1.0, 8.0, log=True, searched=False,

@@ -21,5 +21,7 @@ from .kd import HintonKD
 
 @register("eskd")
 class EarlyStoppedKD(HintonKD):
+    label = "ESKD (Cho & Hariharan 2019)"
+    kind = "remedy"
     hparams = dict(HintonKD.hparams)
     early_teacher = True  # `teacher_epoch` is searched over teachers.export_epochs

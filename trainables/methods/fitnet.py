@@ -41,6 +41,7 @@ HINT_STAGE = 1
 
 @register("fitnet")
 class FitNet(FeatureMethod):
+    label = "FitNets (Romero et al. 2015)"
     hparams = {
         "hint_weight": HParam(FITNET_WEIGHT, "float", 10.0, 1000.0, log=True, help="weight λ of the hint loss"),
         "hint_stage": HParam(HINT_STAGE, "int", -16, 15, searched=False,

@@ -17,6 +17,7 @@ from .base import FrozenTeacherMethod, HParam, Step, register
 
 @register("kd")
 class HintonKD(FrozenTeacherMethod):
+    label = "Hinton KD (Hinton et al. 2015)"
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, help="softening temperature T"),
         "alpha": HParam(0.9, "float", 0.0, 1.0, help="weight of the soft-target term"),

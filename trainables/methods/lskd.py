@@ -25,6 +25,8 @@ from .base import FrozenTeacherMethod, HParam, Step, register
 
 @register("lskd")
 class LogitStandardizedKD(FrozenTeacherMethod):
+    label = "logit-standardised KD (Sun et al. 2024)"
+    kind = "remedy"
     hparams = {
         "temperature": HParam(2.0, "float", 1.0, 8.0, log=True, help="base temperature T (after the z-score)"),
         "kd_weight": HParam(9.0, "float", 0.1, 20.0, log=True,

@@ -56,6 +56,7 @@ from .base import HParam, Method, Step, register
 @register("multiexit_ce")
 class MultiExitCE(Method):
     """Baseline: loss = Σ_k CE(z_k, y) over the exits of a multi-exit student."""
+    label = "exit-wise CE (multiexit_ce)"
 
     hparams = {}
     multi_exit = True
@@ -88,6 +89,7 @@ DISTILL_WEIGHT = HParam(0.5, "float", 0.1, 0.9, help="C: weight of the distillat
 @register("multiexit")
 class MultiExitDistillation(MultiExitCE):
     """Distillation-based multi-exit training with the adaptive temperature (module docstring)."""
+    label = "multi-exit distillation, adaptive T (Phuong & Lampert 2019)"
 
     hparams = {
         "distill_weight": DISTILL_WEIGHT,
@@ -116,6 +118,7 @@ class MultiExitDistillation(MultiExitCE):
 @register("multiexit_const")
 class MultiExitDistillationConstT(MultiExitCE):
     """Distillation-based multi-exit training at a constant temperature (module docstring)."""
+    label = "multi-exit distillation, constant T (multiexit_const)"
 
     hparams = {
         "distill_weight": DISTILL_WEIGHT,

@@ -27,6 +27,7 @@ from .base import HParam, Step, register
 
 @register("pkt")
 class ProbabilisticKT(FeatureMethod):
+    label = "PKT (Passalis & Tefas 2018)"
     hparams = {
         "pkt_weight": HParam(PKT_WEIGHT, "float", 3000.0, 300000.0, log=True, help="weight λ of the PKT loss"),
     }

@@ -54,6 +54,7 @@ TEACHER_STAGES = {"preact": "stages:preact", "post": "stages"}
 
 @register("reviewkd")
 class ReviewKD(FeatureMethod):
+    label = "ReviewKD (Chen et al. 2021)"
     hparams = {
         "reviewkd_weight": HParam(REVIEWKD_WEIGHT, "float", 0.1, 16.0, log=True, help="weight λ of the review loss"),
         "kd_warmup_epochs": HParam(REVIEWKD_WARMUP_EPOCHS, "int", 0, 1000, searched=False,

@@ -31,6 +31,7 @@ from .base import FrozenTeacherMethod, HParam, Step, register
 
 @register("rkd")
 class RelationalKD(FrozenTeacherMethod):
+    label = "RKD (Park et al. 2019)"
     hparams = {
         "rkd_distance_weight": HParam(25.0, "float", 1.0, 100.0, log=True, help="weight λ_D of the distance loss"),
         "rkd_angle_weight": HParam(50.0, "float", 2.0, 200.0, log=True, help="weight λ_A of the angle loss"),

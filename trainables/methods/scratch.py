@@ -13,6 +13,7 @@ from .base import Method, Step, register
 @register("scratch")
 class Scratch(Method):
     """loss = CE(model(x), y). The model trained is `ctx.student`."""
+    label = "no-KD student (scratch)"
 
     hparams = {}
 

@@ -28,6 +28,7 @@ LAST_STAGE = "stage:-1"
 
 @register("sp")
 class SimilarityPreserving(FeatureMethod):
+    label = "SP (Tung & Mori 2019)"
     hparams = {
         "sp_weight": HParam(SP_WEIGHT, "float", 300.0, 30000.0, log=True, help="weight γ of the similarity loss"),
     }

@@ -37,6 +37,8 @@ from .base import HParam, Method, Step, freeze, register
 
 @register("takd")
 class TeacherAssistantKD(Method):
+    label = "TAKD (Mirzadeh et al. 2020)"
+    kind = "remedy"
     hparams = {
         "temperature": HParam(4.0, "float", 1.0, 20.0, log=True, help="softening temperature T (both links)"),
         "alpha": HParam(0.9, "float", 0.0, 1.0, help="weight of the soft-target term (both links)"),

@@ -43,6 +43,7 @@ from .base import HParam, Method, Step, freeze, register
 
 @register("trikd")
 class TripletKD(Method):
+    label = "TriKD (Wang et al. 2023)"
     hparams = {
         "anchor_weight": HParam(1.0, "float", 0.1, 10.0, log=True, help="weight w_a of the KL toward the anchor"),
         "mutual_weight": HParam(1.0, "float", 0.1, 10.0, log=True, help="weight w_m of the teacher↔student KL"),

@@ -25,6 +25,7 @@ def ttm_loss(student_logits, teacher_logits, gamma: float):
 
 @register("ttm")
 class TransformedTeacherMatching(FrozenTeacherMethod):
+    label = "TTM (Zheng & Yang 2024)"  # how the report names it (default: its registered name)
     hparams = {
         "gamma": HParam(0.1, "float", 0.05, 1.0, log=True, help="power γ of the teacher's probabilities (1/T)"),
         "beta": HParam(45.0, "float", 1.0, 100.0, log=True, help="weight β of the matching term"),
