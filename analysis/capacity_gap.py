@@ -32,31 +32,13 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from . import search as search_mod
+from .labels import KIND_LINES, method_kind, method_label
 from .select import choose, choose_baseline, config_ids, finished, hparams_text, reported_rows
 from .stats import (CANNOT_TELL, EQUIVALENT, INCONCLUSIVE, OUTCOMES, SHOWN, PairedVerdict, compare,
                     mean_ci, paired_family, summarize)
 
 #: capacity-gap statuses
 GAP, NO_GAP, LARGEST_BETTER = "capacity gap", "no capacity gap", "largest teacher better"
-#: the modern remedies for the capacity gap, with the label the comparison chart gives them
-REMEDIES = {
-    "dist": "DIST (Huang et al. 2022)",
-    "lskd": "logit-standardised KD (Sun et al. 2024)",
-    "dkd": "DKD (Zhao et al. 2022)",
-    "takd": "TAKD (Mirzadeh et al. 2020)",
-    "eskd": "ESKD (Cho & Hariharan 2019)",
-}
-#: the feature-distillation methods, with the label the comparison chart gives them (dash-dot lines)
-FEATURE_METHODS = {
-    "fitnet": "FitNets (Romero et al. 2015)",
-    "at": "AT (Zagoruyko & Komodakis 2017)",
-    "sp": "SP (Tung & Mori 2019)",
-    "pkt": "PKT (Passalis & Tefas 2018)",
-    "crd": "CRD (Tian et al. 2020)",
-    "reviewkd": "ReviewKD (Chen et al. 2021)",
-}
-
-
 @dataclass
 class CapacityData:
     """Everything the chart and the verdict of one method need.
@@ -817,7 +799,7 @@ def figure(data: CapacityData, result: Verdict | None = None) -> go.Figure:
                   legend_rows=2)
 
 
-def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
+def comparison_figure(datas: list[CapacityData], methods: dict | None = None) -> go.Figure | None:
     """Every distillation method's student accuracy vs teacher size on one chart (None for fewer than 2).
 
     The capacity-gap question for the remedies: does DIST / logit standardisation /
@@ -826,7 +808,9 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
     CRD, ReviewKD; dash-dot) suffer from the gap as logit methods do? One line per
     method (mean ± 95% CI over seeds from its own source, confirm or search), the
     teachers' own accuracy and the no-KD baseline band once (from the first
-    method's data, which all share).
+    method's data, which all share). `methods` are the facts the study recorded of
+    its methods (``methods.json``): each line is named by its method's label and
+    drawn by its kind (`KIND_LINES`), a plug-in's as a built-in's.
     """
     from .figstyle import finish, y_range_with_bars
 
@@ -860,8 +844,8 @@ def comparison_figure(datas: list[CapacityData]) -> go.Figure | None:
                                  name="teacher's own accuracy", line=dict(dash="dash", color="#7f7f7f")))
     for d, st in per_method:
         st = st.sort_values(xcol)
-        name = REMEDIES.get(d.method, FEATURE_METHODS.get(d.method, d.method)) + f" ({d.source})"
-        line = dict(width=3 if d.method in REMEDIES else 2, dash="dashdot" if d.method in FEATURE_METHODS else None)
+        name = method_label(methods, d.method) + f" ({d.source})"
+        line = dict(KIND_LINES[method_kind(methods, d.method)])
         fig.add_trace(go.Scatter(x=st[xcol], y=100 * st["mean"], error_y=err(st), mode="lines+markers",
                                  name=name, line=line,
                                  customdata=st[["teacher_size", "n"]],

@@ -1,9 +1,13 @@
-"""TriKD curriculum: student and online-teacher test accuracy per generation, per anchor weight.
+"""Curriculum generations (TriKD's, or any method's): student and online-teacher test accuracy per
+generation, per anchor weight.
 
-Each (trial, generation, role) is taken at its best-val epoch. Runs come from
-stage ``confirm`` when it has TriKD rows, else from every stage holding them;
-within each anchor weight the configuration with the best mean student val_acc
-at the last generation is kept, and its seeds give mean and 95% CI.
+A method gets this chart when its rows show a curriculum: an online teacher reported beside the
+student (rows of role ``teacher``) over more than one generation (`generation_methods`, read from
+the rows, so a plug-in method that trains such a curriculum is charted as TriKD is). Each (trial,
+generation, role) is taken at its best-val epoch. Runs come from stage ``confirm`` when it has the
+method's rows, else from every stage holding them; within each anchor weight the configuration
+with the best mean student val_acc at the last generation is kept, and its seeds give mean and
+95% CI.
 """
 
 from __future__ import annotations
@@ -15,12 +19,23 @@ from .select import best_config, reported_stage
 from .figstyle import finish, y_range_with_bars
 from .stats import summarize
 
-METHODS = ("trikd",)
+
+def generation_methods(summary: pd.DataFrame) -> list[str]:
+    """The methods whose rows show a curriculum: an online teacher (role ``teacher``) and a
+    generation after the first, sorted by name."""
+    if summary.empty or not {"method", "role", "generation"} <= set(summary.columns):
+        return []
+    rows = summary[summary["role"].isin(["student", "teacher"]) & summary["generation"].notna()]
+    out = []
+    for method, grp in rows.groupby("method", sort=True):
+        if (grp["role"] == "teacher").any() and (grp["generation"] >= 1).any():
+            out.append(str(method))
+    return out
 
 
-def generation_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """Per (anchor_weight, generation, role): mean, low, high, n of test_acc; plus the stage used."""
-    rows, stage = reported_stage(summary, METHODS)
+def generation_data(summary: pd.DataFrame, method: str) -> tuple[pd.DataFrame, str]:
+    """Per (anchor_weight, generation, role) of `method`: mean, low, high, n of test_acc; plus the stage used."""
+    rows, stage = reported_stage(summary, [method])
     rows = rows[rows["role"].isin(["student", "teacher"])]
     if rows.empty:
         return pd.DataFrame(columns=["anchor_weight", "generation", "role", "mean", "low", "high", "n"]), stage
@@ -31,9 +46,10 @@ def generation_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return out, stage
 
 
-def figure(summary: pd.DataFrame) -> go.Figure | None:
-    """Test accuracy vs generation: one line per anchor weight and role; None without TriKD rows."""
-    data, stage = generation_data(summary)
+def figure(summary: pd.DataFrame, method: str, label: str | None = None) -> go.Figure | None:
+    """`method`'s test accuracy vs generation: one line per anchor weight and role; None without its
+    rows. `label`: how the title names the method (default: its name)."""
+    data, stage = generation_data(summary, method)
     if data.empty:
         return None
     fig = go.Figure()
@@ -52,13 +68,13 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
     fig.update_yaxes(range=y_range_with_bars(fig))  # whole error bars, even past 0 or 100
     fig.update_layout(xaxis_title="generation (0 = no anchor)", yaxis_title="test accuracy (%) at best-val epoch")
     fig.update_xaxes(dtick=1)
-    return finish(fig, "TriKD generations: student and online-teacher test accuracy",
+    return finish(fig, f"{label or method} generations: student and online-teacher test accuracy",
                   f"stage: {stage}; mean ± 95% CI over seeds; solid: student, dashed: online teacher",
                   legend_rows=1 + len(fig.data) // 4)
 
 
-def trikd_runs(summary: pd.DataFrame) -> pd.DataFrame:
-    """TriKD student rows (every generation) of the configuration chosen on validation per teacher size.
+def generation_runs(summary: pd.DataFrame, method: str) -> pd.DataFrame:
+    """`method`'s student rows (every generation) of the configuration chosen on validation per teacher size.
 
     Stage ``confirm`` only, finished trials; the configuration with the best
     mean val_acc of the student at its last generation; the online teacher's
@@ -66,7 +82,7 @@ def trikd_runs(summary: pd.DataFrame) -> pd.DataFrame:
     """
     from .select import config_ids
 
-    rows = summary[(summary["stage"] == "confirm") & summary["method"].isin(METHODS) & (summary["role"] == "student")]
+    rows = summary[(summary["stage"] == "confirm") & (summary["method"] == method) & (summary["role"] == "student")]
     if rows.empty:
         return rows
     rows = rows.assign(teacher_size=rows["teacher_size"].fillna(-1.0), config_id=config_ids(rows))
@@ -75,31 +91,35 @@ def trikd_runs(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def generation_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
-    """TriKD student at every generation minus the no-KD student, paired by seed.
+    """The student of every curriculum method (`generation_methods`) at every generation minus the
+    no-KD student, paired by seed.
 
-    One Holm family per teacher size over the generations. Generation g is
+    One Holm family per method and teacher size over the generations. Generation g is
     compared with the baseline configuration (chosen on validation) whose
-    epochs equal (g + 1) x the TriKD epochs when one exists, else with the
-    TriKD epochs. Returns a list of (teacher_size, generation, PairedVerdict, baseline info).
+    epochs equal (g + 1) x the method's epochs when one exists, else with the
+    method's epochs. Returns a list of (method, teacher_size, generation, PairedVerdict, baseline info).
     """
     from .select import choose_baseline
     from .stats import compare
 
-    runs = trikd_runs(summary)
     out = []
-    for size, grp in runs.groupby("teacher_size", sort=True):
-        epochs = grp["epochs"].dropna()
-        ep = float(epochs.iloc[0]) if len(epochs) else None
-        pairs, infos, gens = [], [], sorted(grp["generation"].dropna().astype(int).unique())
-        for g in gens:
-            base, info = choose_baseline(summary, None if ep is None else (g + 1) * ep, ep)
-            a = grp[grp["generation"] == g].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
-            b = base.drop_duplicates("seed").set_index("seed")["test_acc"] * 100
-            size_txt = "" if size < 0 else f" (teacher size {size:g})"
-            b_ep = "" if info.get("epochs") is None else f" ({info['epochs']:g} epochs)"
-            pairs.append((f"trikd{size_txt} student at generation {g}", f"no-KD student{b_ep}", a, b))
-            infos.append({**info, "test_acc": float(b.mean()) if len(b) else float("nan")})
-        family = "trikd generations vs no-KD student" + ("" if size < 0 else f", teacher size {size:g}")
-        verdicts = compare(pairs, family=family, delta=delta, level=level)
-        out += [(float(size), g, v, info) for g, v, info in zip(gens, verdicts, infos)]
+    for method in generation_methods(summary):
+        runs = generation_runs(summary, method)
+        if runs.empty:
+            continue
+        for size, grp in runs.groupby("teacher_size", sort=True):
+            epochs = grp["epochs"].dropna()
+            ep = float(epochs.iloc[0]) if len(epochs) else None
+            pairs, infos, gens = [], [], sorted(grp["generation"].dropna().astype(int).unique())
+            for g in gens:
+                base, info = choose_baseline(summary, None if ep is None else (g + 1) * ep, ep)
+                a = grp[grp["generation"] == g].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+                b = base.drop_duplicates("seed").set_index("seed")["test_acc"] * 100
+                size_txt = "" if size < 0 else f" (teacher size {size:g})"
+                b_ep = "" if info.get("epochs") is None else f" ({info['epochs']:g} epochs)"
+                pairs.append((f"{method}{size_txt} student at generation {g}", f"no-KD student{b_ep}", a, b))
+                infos.append({**info, "test_acc": float(b.mean()) if len(b) else float("nan")})
+            family = f"{method} generations vs no-KD student" + ("" if size < 0 else f", teacher size {size:g}")
+            verdicts = compare(pairs, family=family, delta=delta, level=level)
+            out += [(method, float(size), g, v, info) for g, v, info in zip(gens, verdicts, infos)]
     return out

@@ -1,8 +1,12 @@
 """Multi-exit networks: test accuracy per exit against cumulative FLOPs, distillation vs exit-wise CE.
 
-Three methods: multi-exit distillation with the authors' adaptive
-temperature (`multiexit`), with a constant temperature (`multiexit_const`),
-and the exit-wise cross-entropy baseline (`multiexit_ce`).
+The methods are those whose rows have an exit index (`exit_methods`, read from the rows, so a
+plug-in multi-exit method is charted and compared as the built-ins are): multi-exit
+distillation with the authors' adaptive temperature (`multiexit`), with a constant temperature
+(`multiexit_const`), and the exit-wise cross-entropy baseline (`multiexit_ce`) every other one
+is compared with. A method's temperature rule is read from its rows too (`temperature_rule`): a
+``temperature`` hyperparameter is a constant T, a recorded ``temperature_now`` without one an
+adaptive T.
 
 Each (trial, exit) is taken at its best-val epoch for that exit. Runs come from
 ``confirm`` when it has these methods, else from every stage holding them; per
@@ -19,22 +23,45 @@ import json
 import pandas as pd
 import plotly.graph_objects as go
 
+from .labels import method_label
 from .select import best_config, finished, reported_stage
 from .figstyle import finish, y_range_with_bars
 from .stats import summarize
 
+#: the exit-wise cross-entropy baseline every multi-exit distillation method is compared with
 BASELINE = "multiexit_ce"
-#: the distillation methods, one per temperature rule of the authors' code
-DISTILLATION = ("multiexit", "multiexit_const")
-METHODS = DISTILLATION + (BASELINE,)
-NAMES = {"multiexit": "distillation, adaptive T (multiexit)",
-         "multiexit_const": "distillation, constant T (multiexit_const)",
-         "multiexit_ce": "exit-wise CE (multiexit_ce)"}
+
+
+def exit_methods(summary: pd.DataFrame) -> list[str]:
+    """The methods whose student rows have an exit index (multi-exit students), sorted by name."""
+    if summary.empty or not {"method", "role", "exit"} <= set(summary.columns):
+        return []
+    rows = summary[(summary["role"] == "student") & summary["exit"].notna()]
+    return sorted(str(m) for m in rows["method"].dropna().unique())
+
+
+def distillation_methods(summary: pd.DataFrame) -> list[str]:
+    """The multi-exit methods but the exit-wise CE baseline."""
+    return [m for m in exit_methods(summary) if m != BASELINE]
+
+
+def temperature_rule(summary: pd.DataFrame, method: str) -> str | None:
+    """"constant" (the method's rows have a ``temperature`` hyperparameter), "adaptive" (they
+    record the temperature in force, ``temperature_now``, and have no such hyperparameter) or
+    None (no temperature: the CE baseline)."""
+    rows = summary[summary["method"] == method]
+    if rows.empty:
+        return None
+    if any(_hparam(r, "temperature") is not None for _, r in rows.head(1).iterrows()):
+        return "constant"
+    if "temperature_now" in rows and rows["temperature_now"].notna().any():
+        return "adaptive"
+    return None
 
 
 def exit_data(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Per (method, exit): exit_flops, mean, low, high, n of test_acc; plus the stage used."""
-    rows, stage = reported_stage(summary, METHODS)
+    rows, stage = reported_stage(summary, exit_methods(summary))
     rows = rows[(rows["role"] == "student") & rows["exit"].notna()]
     if rows.empty:
         return pd.DataFrame(columns=["method", "exit", "mean", "low", "high", "n", "exit_flops"]), stage
@@ -52,8 +79,9 @@ def _flops(v: float) -> str:
     return f"{v:.3g}"
 
 
-def figure(summary: pd.DataFrame) -> go.Figure | None:
-    """Accuracy vs cumulative FLOPs per exit; None without multi-exit rows."""
+def figure(summary: pd.DataFrame, methods: dict | None = None) -> go.Figure | None:
+    """Accuracy vs cumulative FLOPs per exit; None without multi-exit rows. `methods`: the facts the
+    study recorded of its methods (``methods.json``), whose labels name the lines."""
     data, stage = exit_data(summary)
     if data.empty:
         return None
@@ -63,7 +91,7 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
     for method, grp in data.groupby("method", sort=True):
         grp = grp.sort_values("exit")
         fig.add_trace(go.Scatter(
-            x=grp[xcol], y=100 * grp["mean"], mode="lines+markers", name=NAMES.get(method, method),
+            x=grp[xcol], y=100 * grp["mean"], mode="lines+markers", name=method_label(methods, method),
             error_y=dict(type="data", symmetric=False, array=100 * (grp["high"] - grp["mean"]).fillna(0),
                          arrayminus=100 * (grp["mean"] - grp["low"]).fillna(0)),
             customdata=grp[["exit", "n"]],
@@ -82,13 +110,13 @@ def figure(summary: pd.DataFrame) -> go.Figure | None:
 
 
 def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per method (multiexit, multiexit_const, multiexit_ce): the runs of its configuration chosen on validation.
+    """Per multi-exit method (`exit_methods`): the runs of its configuration chosen on validation.
 
     Stage ``confirm`` only, finished student trials; the configuration with
     the best mean final-exit val_acc over seeds; one row per (trial, exit) at
     that exit's best-val epoch.
     """
-    rows = summary[(summary["stage"] == "confirm") & summary["method"].isin(METHODS)
+    rows = summary[(summary["stage"] == "confirm") & summary["method"].isin(exit_methods(summary))
                    & (summary["role"] == "student") & summary["exit"].notna()]
     if rows.empty:
         return {}
@@ -97,10 +125,10 @@ def exit_runs(summary: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {m: grp for m, grp in chosen.groupby("method", sort=True)}
 
 
-def comparison_label(method: str, exit_: int) -> str:
-    """The label of the comparison of `method` with exit-wise CE at one exit (ends with the exit index)."""
-    rule = {"multiexit": "adaptive T", "multiexit_const": "constant T"}.get(method, "distillation")
-    return f"{method} (distillation, {rule}) at exit {exit_}"
+def comparison_label(method: str, exit_: int, rule: str | None = None) -> str:
+    """The label of the comparison of `method` with exit-wise CE at one exit (starts with the method,
+    ends with the exit index); `rule`: its temperature rule (`temperature_rule`)."""
+    return f"{method} (distillation{f', {rule} T' if rule else ''}) at exit {exit_}"
 
 
 def exit_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list:
@@ -117,15 +145,15 @@ def exit_comparisons(summary: pd.DataFrame, delta: float = 0.5, level: float = 0
         return []
     ce = runs[BASELINE]
     pairs = []
-    for method in DISTILLATION:
+    for method in distillation_methods(summary):
         if method not in runs:
             continue
-        kd = runs[method]
+        kd, rule = runs[method], temperature_rule(summary, method)
         exits = sorted(set(kd["exit"].dropna().astype(int)) & set(ce["exit"].dropna().astype(int)))
         for x in exits:
             a = kd[kd["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
             b = ce[ce["exit"] == x].drop_duplicates("seed").set_index("seed")["test_acc"] * 100
-            pairs.append((comparison_label(method, x), f"exit-wise CE (multiexit_ce) at exit {x}", a, b))
+            pairs.append((comparison_label(method, x, rule), f"exit-wise CE (multiexit_ce) at exit {x}", a, b))
     return compare(pairs, family="multi-exit distillation vs exit-wise CE, per exit", delta=delta, level=level)
 
 
@@ -152,30 +180,27 @@ def final_exit_runs(summary: pd.DataFrame) -> pd.DataFrame:
     cols = ["stage", "method", "trial_id", "seed", "T", "val_acc", "test_acc"]
     if summary.empty or "method" not in summary:
         return pd.DataFrame(columns=cols)
-    rows = finished(summary[summary["method"].isin(METHODS) & (summary["role"] == "student")
+    rows = finished(summary[summary["method"].isin(exit_methods(summary)) & (summary["role"] == "student")
                             & summary["exit"].notna()])
     if rows.empty:
         return pd.DataFrame(columns=cols)
     rows = rows[rows["exit"] == rows.groupby("trial_id")["exit"].transform("max")]
     out = []
     for _, r in rows.iterrows():
-        if r["method"] == "multiexit":
+        t = _hparam(r, "temperature")  # a constant T; else the T in force (an adaptive rule); else none
+        if t is None:
             t = r.get("temperature_now")
             t = float(t) if t is not None and t == t else None
-        elif r["method"] == "multiexit_const":
-            t = _hparam(r, "temperature")
-        else:
-            t = None
         out.append({"stage": r["stage"], "method": r["method"], "trial_id": r["trial_id"], "seed": r.get("seed"),
                     "T": t, "val_acc": r["val_acc"], "test_acc": r["test_acc"]})
     return pd.DataFrame(out, columns=cols)
 
 
-def adaptive_temperature(summary: pd.DataFrame) -> dict | None:
-    """The temperature the adaptive rule reached: median, min, max and n over its reported runs
+def adaptive_temperature(summary: pd.DataFrame, method: str) -> dict | None:
+    """The temperature `method`'s adaptive rule reached: median, min, max and n over its reported runs
     (confirm if it has any, else every run), at the final exit's best-val epoch; None without them."""
     runs = final_exit_runs(summary)
-    runs = runs[(runs["method"] == "multiexit") & runs["T"].notna()]
+    runs = runs[(runs["method"] == method) & runs["T"].notna()]
     if runs.empty:
         return None
     if (runs["stage"] == "confirm").any():
@@ -196,7 +221,7 @@ def temperature_effect(summary: pd.DataFrame) -> pd.DataFrame:
     """
     runs = final_exit_runs(summary)
     ce = runs[runs["method"] == BASELINE]["val_acc"].dropna()
-    dist = runs[runs["method"].isin(DISTILLATION) & runs["T"].notna() & runs["val_acc"].notna()]
+    dist = runs[runs["method"].isin(distillation_methods(summary)) & runs["T"].notna() & runs["val_acc"].notna()]
     if ce.empty or dist.empty:
         return pd.DataFrame(columns=["method", "stage", "T", "val_acc", "vs_ce"])
     ref = 100 * float(ce.mean())
@@ -218,27 +243,34 @@ def costly_from(effect: pd.DataFrame, delta: float) -> float | None:
 
 
 def section_text(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> list[str]:
-    """The lines above the multi-exit figure: the adaptive rule's temperature, each rule against
-    exit-wise CE at the final exit (paired, from `exit_comparisons`), and from which temperature on
-    distillation cost the final exit in this study's runs."""
+    """The lines above the multi-exit figure: the temperature each adaptive rule reached, each
+    distillation method against exit-wise CE at the final exit (paired, from `exit_comparisons`),
+    and from which temperature on distillation cost the final exit in this study's runs."""
     lines = []
-    reached = adaptive_temperature(summary)
-    if reached is not None:
-        spread = "" if reached["n"] < 2 else f" (from {reached['min']:.2f} to {reached['max']:.2f})"
-        lines.append(f"The adaptive rule (multiexit) raised the temperature from 1 to {reached['median']:.2f}{spread} "
-                     f"by the final exit's best-validation epoch (median of {reached['n']} {reached['stage']} run(s)).")
+    methods = distillation_methods(summary)
+    rules = {m: temperature_rule(summary, m) for m in methods}
+    reached = {m: adaptive_temperature(summary, m) for m in methods if rules[m] == "adaptive"}
+    for method, r in reached.items():
+        if r is None:
+            continue
+        spread = "" if r["n"] < 2 else f" (from {r['min']:.2f} to {r['max']:.2f})"
+        lines.append(f"The adaptive rule ({method}) raised the temperature from 1 to {r['median']:.2f}{spread} "
+                     f"by the final exit's best-validation epoch (median of {r['n']} {r['stage']} run(s)).")
     verdicts = exit_comparisons(summary, delta, level)
     runs = exit_runs(summary)
-    for method in DISTILLATION:
+    for method in methods:
         mine = [v for v in verdicts if v.a.startswith(method + " ")]
         if not mine:
             continue
         final = max(mine, key=lambda v: int(v.a.rsplit(" ", 1)[1]))
-        if method == "multiexit_const":
+        if rules[method] == "constant":
             t = _hparam(runs[method].iloc[0], "temperature") if method in runs else None
             how = f"at constant T = {t:.3g} (chosen on validation)" if t is not None else "at constant T"
+        elif rules[method] == "adaptive":
+            r = reached.get(method)
+            how = f"with the adaptive T (reached {r['median']:.2f})" if r else "with the adaptive T"
         else:
-            how = f"with the adaptive T (reached {reached['median']:.2f})" if reached else "with the adaptive T"
+            how = f"({method})"
         est, (lo, hi) = final.estimate, final.ci
         outcome = final.outcome.upper() + ((" worse" if est < 0 else " better") if final.outcome == "shown" else "")
         lines.append(f"Final exit, distillation {how} minus exit-wise CE: {est:+.2f} points "
@@ -247,16 +279,20 @@ def section_text(summary: pd.DataFrame, delta: float = 0.5, level: float = 0.95)
     effect = temperature_effect(summary)
     if not effect.empty:
         parts = []
-        const = effect[effect["method"] == "multiexit_const"]
-        for t, grp in const.groupby("T", sort=True):
-            n = f" ({len(grp)} runs)" if len(grp) > 1 else ""
-            parts.append(f"T {t:.2f}: {grp['vs_ce'].mean():+.1f}{n}")
-        adaptive = effect[effect["method"] == "multiexit"]
-        if not adaptive.empty:
-            t0, t1 = adaptive["T"].min(), adaptive["T"].max()
-            span = f"{t0:.2f}" if t0 == t1 else f"{t0:.2f}-{t1:.2f}"
-            n = f", {len(adaptive)} runs" if len(adaptive) > 1 else ""
-            parts.append(f"adaptive (T {span}{n}): {adaptive['vs_ce'].mean():+.1f}")
+        for method in sorted(methods, key=lambda m: rules[m] == "adaptive"):  # the constant Ts first, by T
+            mine = effect[effect["method"] == method]
+            if mine.empty:
+                continue
+            prefix = "" if sum(rules[m] == rules[method] for m in methods) < 2 else f"{method} "
+            if rules[method] == "adaptive":
+                t0, t1 = mine["T"].min(), mine["T"].max()
+                span = f"{t0:.2f}" if t0 == t1 else f"{t0:.2f}-{t1:.2f}"
+                n = f", {len(mine)} runs" if len(mine) > 1 else ""
+                parts.append(f"{prefix}adaptive (T {span}{n}): {mine['vs_ce'].mean():+.1f}")
+            else:
+                for t, grp in mine.groupby("T", sort=True):
+                    n = f" ({len(grp)} runs)" if len(grp) > 1 else ""
+                    parts.append(f"{prefix}T {t:.2f}: {grp['vs_ce'].mean():+.1f}{n}")
         shown = "; ".join(parts)
         cut = costly_from(effect, delta)
         if cut is None:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from . import capacity_gap, curves, generations, landscape, multiexit, results_table
 from .figstyle import HEIGHT, PNG_WIDTH
+from .labels import method_label
 from .load import final_models, load, locate, trial_outcomes, trial_summary
 from .schema import SCHEMA, numeric_hparams
 from .status import WALL_TIME_MEANS, duration_text, failures, status_frame, wall_time
@@ -66,24 +67,28 @@ class ResultTable:
 
 
 # ------------------------------------------------------------------ figures
-def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95) -> tuple[list[Section], list]:
+def build_sections(df: pd.DataFrame, delta: float = 0.5, level: float = 0.95,
+                   methods: dict | None = None) -> tuple[list[Section], list]:
     """Every figure the data support, in report order, and the capacity-gap verdicts (one Holm
-    family of every method x teacher size against the no-KD student)."""
+    family of every method x teacher size against the no-KD student). `methods`: the facts the
+    study recorded of its methods (`read_method_facts`), which name and group them."""
     summary = trial_summary(df)
     sections = []
     datas = [capacity_gap.capacity_data(summary, m) for m in capacity_gap.capacity_methods(summary)]
     datas = [d for d in datas if not d.students.empty]
     verdicts = capacity_gap.verdicts_of(datas, delta, level) if datas else []
     for data, result in zip(datas, verdicts):  # each verdict is printed once, at the top (`render_verdicts`)
-        sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {data.method}",
+        sections.append(Section(f"capacity_gap_{data.method}", f"Capacity gap: {method_label(methods, data.method)}",
                                 capacity_gap.figure(data, result), []))
-    fig = capacity_gap.comparison_figure(datas)
+    fig = capacity_gap.comparison_figure(datas, methods)
     if fig is not None:  # KD and the remedies side by side
         sections.insert(0, Section("capacity_gap_methods", "Capacity gap: every method", fig, []))
-    fig = generations.figure(summary)
-    if fig is not None:
-        sections.append(Section("trikd_generations", "TriKD generations", fig, []))
-    fig = multiexit.figure(summary)
+    for method in generations.generation_methods(summary):  # TriKD's curriculum, or a plug-in's
+        label = method_label(methods, method)
+        fig = generations.figure(summary, method, label)
+        if fig is not None:
+            sections.append(Section(f"{method}_generations", f"Generations: {label}", fig, []))
+    fig = multiexit.figure(summary, methods)
     if fig is not None:
         sections.append(Section("multiexit_flops", "Multi-exit: accuracy vs FLOPs", fig,
                                 multiexit.section_text(summary, delta, level)))
@@ -125,7 +130,20 @@ def read_spec(loc) -> dict | None:
 def read_dataset_facts(loc) -> dict | None:
     """The dataset facts the study recorded (``<study>/dataset.json``, written by the runner
     from the dataset's registry entry), or None for a study that predates them."""
-    path = posixpath.join(loc.study_dir, "dataset.json")
+    return _read_description(loc, "dataset.json")
+
+
+def read_method_facts(loc) -> dict | None:
+    """The facts the study recorded of its methods (``<study>/methods.json``, written by the
+    runner from each method's registry entry: {method: {label, kind, ...}}), or None for a
+    study that predates them (its methods are then named by their registered names)."""
+    facts = _read_description(loc, "methods.json")
+    return {k: v for k, v in facts.items() if isinstance(v, dict)} if facts is not None else None
+
+
+def _read_description(loc, name: str) -> dict | None:
+    """A JSON object the study recorded beside its spec (read as data, never executed)."""
+    path = posixpath.join(loc.study_dir, name)
     try:
         if loc.fs.get_file_info(path).type != pafs.FileType.File:
             return None
@@ -536,7 +554,7 @@ def write_report(path, out_dir=None, png: bool = True, df: pd.DataFrame | None =
         if not loc.is_local:
             raise ValueError(f"give --out for the report of the single remote file {loc.file}")
     delta, level = results_table.verdict_settings(path)
-    sections, verdicts = build_sections(df, delta, level)
+    sections, verdicts = build_sections(df, delta, level, methods=read_method_facts(loc))
     studies = sorted(df["study"].dropna().unique())
     title = f"kdstudy report: {', '.join(studies) or posixpath.basename(loc.study_dir)}"
     page = render_html(title, df, sections, verdicts, spec=read_spec(loc),

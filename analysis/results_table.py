@@ -9,7 +9,7 @@ Holm-adjusted within their family (see README, "How to read a verdict").
 
 * `method_table`: per method x teacher size (the capacity-gap ladder)
 * `multiexit_table`: multi-exit distillation vs exit-wise CE per exit
-* `trikd_table`: TriKD per generation vs the no-KD student
+* `generations_table`: each curriculum method (TriKD's) per generation vs the no-KD student
 * `verdict_frame`: any list of PairedVerdict as rows
 * `verdict_settings`: delta and level from ``<study>/spec.json``
 """
@@ -159,8 +159,8 @@ def method_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: flo
 def multiexit_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
     """Per exit: multi-exit distillation and exit-wise CE (configs chosen on final-exit val), paired difference.
 
-    One row per distillation method (`method`: multiexit, the adaptive
-    temperature, or multiexit_const, a constant one) and exit. Columns: method,
+    One row per multi-exit distillation method (`method`, from the rows: `multiexit.exit_methods`;
+    multiexit with the adaptive temperature, multiexit_const with a constant one) and exit. Columns: method,
     exit, exit_flops, the distillation method's (`multiexit_acc`) and exit-wise
     CE's test accuracy (mean over seeds, %), their hyperparameters, k, diff
     (points) with its Holm-adjusted interval over methods and exits, outcome,
@@ -189,36 +189,40 @@ def multiexit_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: 
     return pd.DataFrame(rows, columns=cols)
 
 
-def trikd_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAULT_LEVEL) -> pd.DataFrame:
-    """Per TriKD teacher size x generation: the student's test accuracy and its paired difference to the no-KD student.
+def generations_table(summary: pd.DataFrame, delta: float = DEFAULT_DELTA,
+                      level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+    """Per curriculum method (TriKD, or a plug-in's; `generations.generation_methods`) x teacher
+    size x generation: the student's test accuracy and its paired difference to the no-KD student.
 
     The configuration is chosen on the last generation's student val_acc; the
     baseline of generation g is the one trained (g + 1) x epochs when it
-    exists (else the TriKD epochs). Columns: teacher_size, generation,
+    exists (else the method's epochs). Columns: method, teacher_size, generation,
     hyperparameters, student_acc (%), online_teacher_acc (% of the chosen
     trials' online teacher, for information only), no_kd_acc, no_kd_epochs,
     k, diff, diff_low, diff_high, diff_level, outcome, sd, seeds_needed.
     """
-    cols = ["teacher_size", "generation", "hyperparameters", "student_acc", "online_teacher_acc", "no_kd_acc",
-            "no_kd_epochs", "k", "diff", "diff_low", "diff_high", "diff_level", "outcome", "sd", "seeds_needed"]
+    cols = ["method", "teacher_size", "generation", "hyperparameters", "student_acc", "online_teacher_acc",
+            "no_kd_acc", "no_kd_epochs", "k", "diff", "diff_low", "diff_high", "diff_level", "outcome", "sd",
+            "seeds_needed"]
     comps = generations.generation_comparisons(summary, delta, level)
     if not comps:
         return pd.DataFrame(columns=cols)
-    runs = generations.trikd_runs(summary)
-    teachers = finished(summary[(summary["stage"] == "confirm") & (summary["method"].isin(generations.METHODS))
-                                & (summary["role"] == "teacher") & summary["trial_id"].isin(runs["trial_id"])])
     rows = []
-    for size, g, v, info in comps:
-        mine = runs[(runs["teacher_size"] == size) & (runs["generation"] == g)]
-        online = teachers[(teachers["generation"] == g) & teachers["trial_id"].isin(mine["trial_id"])]
-        rows.append({"teacher_size": None if size < 0 else size, "generation": g,
-                     "hyperparameters": hparams_text(mine.iloc[0]) if len(mine) else "",
-                     "student_acc": 100 * mine["test_acc"].mean(),
-                     "online_teacher_acc": 100 * online["test_acc"].mean() if len(online) else math.nan,
-                     "no_kd_acc": info.get("test_acc", math.nan), "no_kd_epochs": info.get("epochs"), "k": v.k,
-                     "diff": v.estimate,
-                     "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
-                     "sd": v.sd, "seeds_needed": v.seeds_needed})
+    for method in dict.fromkeys(c[0] for c in comps):
+        runs = generations.generation_runs(summary, method)
+        teachers = finished(summary[(summary["stage"] == "confirm") & (summary["method"] == method)
+                                    & (summary["role"] == "teacher") & summary["trial_id"].isin(runs["trial_id"])])
+        for _, size, g, v, info in (c for c in comps if c[0] == method):
+            mine = runs[(runs["teacher_size"] == size) & (runs["generation"] == g)]
+            online = teachers[(teachers["generation"] == g) & teachers["trial_id"].isin(mine["trial_id"])]
+            rows.append({"method": method, "teacher_size": None if size < 0 else size, "generation": g,
+                         "hyperparameters": hparams_text(mine.iloc[0]) if len(mine) else "",
+                         "student_acc": 100 * mine["test_acc"].mean(),
+                         "online_teacher_acc": 100 * online["test_acc"].mean() if len(online) else math.nan,
+                         "no_kd_acc": info.get("test_acc", math.nan), "no_kd_epochs": info.get("epochs"), "k": v.k,
+                         "diff": v.estimate,
+                         "diff_low": v.ci[0], "diff_high": v.ci[1], "diff_level": v.level, "outcome": v.outcome,
+                         "sd": v.sd, "seeds_needed": v.seeds_needed})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -245,6 +249,9 @@ def _size_text(v) -> str:
         return "—"
     return f"{v:g}"
 
+
+#: how the multi-exit table's caption names each temperature rule (`multiexit.temperature_rule`)
+_RULES = {"adaptive": "an adaptive temperature", "constant": "a constant temperature"}
 
 #: what the confidence printed with each interval is
 _HOLM = ("each interval is printed with its own confidence, Holm's step-down level (the comparison ranked r-th "
@@ -355,22 +362,23 @@ def tables(df: pd.DataFrame, delta: float = DEFAULT_DELTA, level: float = DEFAUL
                                               for r in me.itertuples(index=False)],
             "distillation hyperparameters": me["multiexit_hyperparameters"]})
         out.append(("Multi-exit distillation vs exit-wise cross-entropy, per exit", frame,
-                    "multiexit: the authors' adaptive temperature; multiexit_const: a constant temperature. Each "
-                    "method's configuration chosen on the final exit's validation accuracy; paired by seed, "
+                    "".join(f"{m}: {_RULES.get(multiexit.temperature_rule(summary, m), 'no temperature')}; "
+                            for m in dict.fromkeys(me["method"]))
+                    + "each method's configuration chosen on the final exit's validation accuracy; paired by seed, "
                     f"Holm-adjusted over the methods and exits: {_HOLM}.", "results_multiexit"))
-    tk = trikd_table(summary, delta, level)
-    if not tk.empty:
+    tk = generations_table(summary, delta, level)
+    for method, tm in tk.groupby("method", sort=True):
         frame = pd.DataFrame({
-            "teacher size": tk["teacher_size"].map(_size_text), "generation": tk["generation"],
-            "student test %": tk["student_acc"].map(_num), "online teacher test %": tk["online_teacher_acc"].map(_num),
-            "no-KD test %": tk["no_kd_acc"].map(_num), "no-KD epochs": tk["no_kd_epochs"].map(lambda v: _num(v, "{:g}")),
+            "teacher size": tm["teacher_size"].map(_size_text), "generation": tm["generation"],
+            "student test %": tm["student_acc"].map(_num), "online teacher test %": tm["online_teacher_acc"].map(_num),
+            "no-KD test %": tm["no_kd_acc"].map(_num), "no-KD epochs": tm["no_kd_epochs"].map(lambda v: _num(v, "{:g}")),
             "student minus no-KD, paired": [_diff_text(r.diff, r.diff_low, r.diff_high, r.outcome, r.k, r.seeds_needed,
                                                        r.diff_level)
-                                            for r in tk.itertuples(index=False)],
-            "hyperparameters": tk["hyperparameters"]})
-        out.append(("TriKD per generation", frame,
+                                            for r in tm.itertuples(index=False)],
+            "hyperparameters": tm["hyperparameters"]})
+        out.append((f"{method} per generation", frame,
                     "The student of each generation (generation 0 has no anchor); each compared with the no-KD "
-                    "student trained as many epochs as the TriKD student's curriculum so far, when the study has it; "
+                    "student trained as many epochs as the student's curriculum so far, when the study has it; "
                     f"Holm-adjusted over the generations: {_HOLM}.",
-                    "results_trikd"))
+                    f"results_{method}"))
     return out

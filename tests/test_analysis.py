@@ -203,7 +203,7 @@ def _choices(df):
         data = cg.capacity_data(summary, m)
         out[m] = (data.chosen, data.peak_size, data.baseline_info["config_id"], cg.verdict(data).peak_teacher)
     out["multiexit"] = {m: sorted(r["trial_id"].unique()) for m, r in multiexit.exit_runs(summary).items()}
-    out["trikd"] = sorted(generations.trikd_runs(summary)["trial_id"].unique())
+    out["trikd"] = sorted(generations.generation_runs(summary, "trikd")["trial_id"].unique())
     out["trikd_baselines"] = [info["config_id"] for *_, info in generations.generation_comparisons(summary)]
     table = results_table.method_table(summary)
     out["table"] = table[["method", "teacher_size", "config_id", "peak", "no_kd_config"]].to_dict("records")
@@ -286,9 +286,48 @@ def test_results_tables(tmp_path):
     assert exits["exit"].tolist() == [0, 1, 2] and exits.loc[0, "outcome"] == "shown"
     assert exits.loc[0, "diff"] == pytest.approx(2.0, abs=0.8) and (exits["k"] == 5).all()
 
-    gens = results_table.trikd_table(summary)
+    gens = results_table.generations_table(summary)
     assert gens["generation"].tolist() == [0, 1, 2] and gens["no_kd_epochs"].tolist() == [6.0, 6.0, 18.0]
     assert gens["student_acc"].is_monotonic_increasing and (gens["outcome"] == "shown").all()
+
+
+def test_curriculum_and_multi_exit_methods_are_told_from_rows_not_names(tmp_path):
+    """A plug-in's curriculum method (an online teacher over generations) and multi-exit method get
+    TriKD's and multiexit's charts, tables and comparisons: the analysis reads what the rows show
+    (role, generation, exit, temperature), and the labels the study recorded, not built-in names."""
+    from analysis import generations, multiexit, results_table
+    from analysis import report as report_mod
+
+    study = write_study(tmp_path, student_means=GAP, seeds=5, trikd=True, multiexit=True)
+    summary = trial_summary(load(study))
+    summary = summary.assign(temperature_now=np.where(summary["method"] == "multiexit", 3.0, np.nan))
+    lab = summary.replace({"method": {"trikd": "lab_curriculum", "multiexit": "lab_exits"}})
+    assert generations.generation_methods(summary) == ["trikd"]
+    assert generations.generation_methods(lab) == ["lab_curriculum"]
+    assert multiexit.distillation_methods(lab) == ["lab_exits"]
+    assert multiexit.temperature_rule(lab, "lab_exits") == "adaptive"
+    assert multiexit.temperature_rule(lab, "multiexit_ce") is None
+
+    def same(a, b):  # the same numbers, the method renamed
+        return a.drop(columns="method").reset_index(drop=True).equals(b.drop(columns="method").reset_index(drop=True))
+
+    gens, lab_gens = results_table.generations_table(summary), results_table.generations_table(lab)
+    assert len(gens) == 3 and set(lab_gens["method"]) == {"lab_curriculum"} and same(gens, lab_gens)
+    exits, lab_exits = results_table.multiexit_table(summary), results_table.multiexit_table(lab)
+    assert len(exits) == 3 and set(lab_exits["method"]) == {"lab_exits"} and same(exits, lab_exits)
+    text = multiexit.section_text(lab, delta=1.0)
+    assert text[0].startswith("The adaptive rule (lab_exits) raised the temperature from 1 to 3.00")
+
+    facts = {"lab_curriculum": {"label": "Lab curriculum (us 2026)", "kind": "kd"},
+             "lab_exits": {"label": "Lab exits (us 2026)", "kind": "kd"}}
+    import unittest.mock as mock
+
+    with mock.patch.object(report_mod, "trial_summary", return_value=lab):
+        sections, _ = report_mod.build_sections(load(study), methods=facts)
+    by_name = {s.name: s for s in sections}
+    assert "trikd_generations" not in by_name and by_name["lab_curriculum_generations"].title == (
+        "Generations: Lab curriculum (us 2026)")
+    assert "Lab exits (us 2026)" in {t.name for t in by_name["multiexit_flops"].figure.data}
 
 
 def test_all_comparisons_frame(tmp_path):
@@ -344,11 +383,18 @@ def test_remedies_share_one_capacity_gap_chart(tmp_path):
     both = pd.concat([summary, dkd], ignore_index=True)
     assert cg.capacity_methods(both) == ["dkd", "kd"]
     datas = [cg.capacity_data(both, m) for m in ("kd", "dkd")]
-    fig = cg.comparison_figure(datas)
+    from trainables.methods import get_method
+
+    facts = {m: get_method(m).facts() for m in ("kd", "dkd")}  # what the runner records (methods.json)
+    fig = cg.comparison_figure(datas, facts)
     names = [t.name for t in fig.data]
-    assert any(n.startswith("DKD (Zhao et al. 2022)") for n in names) and any(n.startswith("kd") for n in names)
+    assert any(n.startswith("DKD (Zhao et al. 2022)") for n in names)
+    assert any(n.startswith("Hinton KD (Hinton et al. 2015)") for n in names)
     assert "teacher's own accuracy" in names
     dkd_trace = next(t for t in fig.data if t.name.startswith("DKD"))
+    assert dkd_trace.line.width == 3  # a remedy, drawn bold
+    # without recorded facts (a study from before they were recorded) each line goes by its name
+    assert {t.name for t in cg.comparison_figure(datas).data} >= {"kd (confirm)", "dkd (confirm)"}
     assert list(dkd_trace.y) == sorted(dkd_trace.y)  # rises with the teacher, as planted
     assert cg.comparison_figure(datas[:1]) is None
     v = {m: cg.verdict(cg.capacity_data(both, m)) for m in ("kd", "dkd")}

@@ -330,6 +330,11 @@ def test_plugin_method_searched_and_confirmed_with_its_hyperparameters(example):
     assert note is None and set(imp) == {"gamma", "beta"}
     html = (study / "report" / "report.html").read_text()
     assert "ttm" in html and "gamma" in html and "beta" in html
+    # the plug-in's label, recorded with the study from its registry entry as a built-in's, names it
+    facts = json.loads((study / "methods.json").read_text())
+    assert facts["ttm"]["label"] == "TTM (Zheng & Yang 2024)" and facts["ttm"]["kind"] == "kd"
+    assert facts["scratch"]["label"] == "no-KD student (scratch)"
+    assert "Capacity gap: TTM (Zheng &amp; Yang 2024)" in html
 
 
 def test_status_and_report_import_no_plugin(example):

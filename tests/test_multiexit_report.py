@@ -42,7 +42,7 @@ def _summary(seeds: int = 5) -> pd.DataFrame:
 
 def test_the_adaptive_temperature_reached_and_the_final_exit_verdicts():
     summary = _summary()
-    reached = multiexit.adaptive_temperature(summary)
+    reached = multiexit.adaptive_temperature(summary, "multiexit")
     assert reached == {"median": 6.5, "min": 6.0, "max": 7.0, "n": 5, "stage": "confirm"}
     text = multiexit.section_text(summary, delta=1.0)
     assert text[0].startswith("The adaptive rule (multiexit) raised the temperature from 1 to 6.50 (from 6.00 to 7.00)")
