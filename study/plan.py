@@ -40,7 +40,10 @@ seconds per batch (the per-step cost that dominates tiny models on a CPU).
 FLOPs per sample: 3 x forward for every model that trains (forward + backward),
 1 x forward for a frozen one (a KD teacher, TriKD's anchor, TAKD's frozen
 links), over the training split, plus a forward of the evaluated models over
-validation and test. So a larger teacher's chain costs what its FLOPs cost.
+validation and test: each method says what its models cost (`Method.sample_flops`,
+the default read from its flags), so a plug-in is planned as a built-in is. An
+imported teacher is one evaluation over validation and test, never a training
+epoch. So a larger teacher's chain costs what its FLOPs cost.
 
 Seconds per FLOP and per batch are, uncalibrated, rough defaults
 (`ASSUMED_GPU_FLOPS` x resources.gpu, or `ASSUMED_CPU_FLOPS` x resources.cpu;
@@ -441,29 +444,21 @@ class DurationModel:
     def epoch_work(self, method: str, student: dict, teacher_size=None, generations: int = 1) -> tuple[float, float]:
         """(FLOPs, batches) of one epoch of a trial: training and evaluation, from its models' FLOPs
         (see the module docstring)."""
-        from trainables.methods import available_methods
+        from trainables.methods import Method, available_methods
 
         cls = available_methods().get(method)
-        S = self.flops(student)
-        T = self.flops(self.spec.teacher_model(teacher_size)) if teacher_size is not None else 0.0
-        if method == "takd":
+        teacher = self.spec.teacher_model(teacher_size) if teacher_size is not None else None
+        if method == graph.IMPORT:  # an imported teacher is evaluated, not trained
+            train, evaluated = 0.0, self.flops(student)
+        else:  # what the method says its models cost (`Method.sample_flops`), a plug-in's as a built-in's
             m = self.spec.methods.get(method)
-            sizes = (m.assistant_sizes if m else None) or [student.get("size")]
-            A = statistics.fmean(self.flops({**student, "size": z}) for z in sizes)
-            train = (3 * A + T + 3 * S + A) / 2        # generation 0: assistant from teacher; 1: student from it
-            evaluated = (A + S) / 2
-        elif cls is not None and cls.online_teacher:
-            anchor = S * (generations - 1) / generations if method == "trikd" else 0.0
-            train = 3 * S + 3 * T + anchor             # teacher and student both train
-            evaluated = S + T
-        elif cls is not None and cls.needs_teacher:
-            train, evaluated = 3 * S + T, S            # frozen teacher: forward only
-        else:
-            train, evaluated = 3 * S, S
+            cost = (cls or Method).sample_flops
+            train, evaluated = cost(self.flops, student, teacher, generations, m.options if m else {})
         n_train, n_eval = self.samples()
         bs = int(self.spec.train.get("batch_size", 128))
         if cls is not None:  # a loss that is not linear in the batch (RKD's angle: N³)
             train += cls.loss_flops(bs) / bs
+        n_train = 0 if method == graph.IMPORT else n_train
         return n_train * train + n_eval * evaluated, math.ceil(n_train / bs) + math.ceil(n_eval / bs)
 
     def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1,
@@ -493,7 +488,10 @@ class DurationModel:
         ov = self.trial_overhead_s
         epochs = int(spec.train["epochs"])
         if e.stage == "teachers":
-            trials = [TrialWork(e.max_t, self.epoch_s("teachers", "scratch", j["student"]), ov) for j in e.jobs]
+            if e.method == graph.IMPORT:  # loaded and evaluated once (its accuracies), never trained
+                trials = [TrialWork(1, self.import_s(j["student"]), ov) for j in e.jobs]
+            else:
+                trials = [TrialWork(e.max_t, self.epoch_s("teachers", "scratch", j["student"]), ov) for j in e.jobs]
             return Work(trials, self.exp_start_s, self.exp_end_s)
         m = spec.methods.get(e.method)
         gens = graph.method_generations(m) if m is not None else 1
@@ -525,6 +523,13 @@ class DurationModel:
                                                    c.get("teacher_size", sizes[0] if sizes else None), gens), ov)
                    for c in e.extra_jobs for _ in e.seeds]  # a method confirmed without a search
         return Work(trials, self.exp_start_s, self.exp_end_s)
+
+    def import_s(self, teacher: dict) -> float:
+        """Seconds to import a teacher: one evaluation of it on validation and test (measured as
+        ``teachers:import`` when given, else from its FLOPs), not an epoch of training it."""
+        if f"teachers:{graph.IMPORT}" in self.given:
+            return self.given[f"teachers:{graph.IMPORT}"]
+        return self.estimate_epoch_s(graph.IMPORT, teacher, stage="teachers")
 
     def teacher_sizes(self, e) -> list:
         if "teacher_size" in e.constants:

@@ -291,3 +291,59 @@ def test_critical_path_of_a_ladder_is_the_largest_teachers_chain(capsys):
     P.report(spec, [2], P.DurationModel(spec), out=print)
     out = capsys.readouterr().out
     assert "teachers-t128 -> search-kd-t128 -> confirm-kd-t128" in out
+
+
+def test_each_method_says_what_its_models_cost_and_an_import_is_one_evaluation(tmp_path):
+    """The planner charges a method what its registry entry says its models cost
+    (`Method.sample_flops`: the default read from the flags, or the method's own), a plug-in's as
+    a built-in's; an imported teacher is one evaluation over validation and test, not an epoch of
+    training (it is loaded and evaluated, never trained)."""
+    import yaml
+
+    from study import graph
+    from study.spec import parse_spec
+    from trainables.methods import Method, register
+    from trainables.methods.base import _REGISTRY
+
+    spec = _ladder_spec()
+    model = P.DurationModel(spec)
+    n_train, n_eval = model.samples()
+    S, T = model.flops(spec.student), model.flops(spec.teacher_model(32))
+    assert model.epoch_work("scratch", spec.teacher_model(32))[0] == n_train * 3 * T + n_eval * T
+    assert model.epoch_work("kd", spec.student, 32)[0] == n_train * (3 * S + T) + n_eval * S
+    assert model.epoch_work(graph.IMPORT, spec.teacher_model(32))[0] == n_eval * T
+
+    class Anchored(Method):  # a frozen teacher and a frozen student-sized anchor
+        needs_teacher = True
+
+        @classmethod
+        def sample_flops(cls, model_flops, student, teacher, generations=1, options=None):
+            train, evaluated = super().sample_flops(model_flops, student, teacher, generations, options)
+            return train + model_flops(student), evaluated
+
+    try:
+        register("test_online_pair")(type("OnlinePair", (Method,), {"online_teacher": True}))
+        register("test_anchored")(Anchored)
+        assert model.epoch_work("test_online_pair", spec.student, 32)[0] == (
+            n_train * (3 * S + 3 * T) + n_eval * (S + T))
+        assert model.epoch_work("test_anchored", spec.student, 32)[0] == n_train * (4 * S + T) + n_eval * S
+    finally:
+        _REGISTRY.pop("test_online_pair", None)
+        _REGISTRY.pop("test_anchored", None)
+
+    # the teachers stage of a ladder with size 32 imported: its one trial is an evaluation
+    raw = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
+    raw["teachers"]["sizes"] = [8, 32]
+    (tmp_path / "t32.pt").write_bytes(b"weights")  # named by its content's hash; not read to plan
+    raw["teachers"]["weights"] = {32: str(tmp_path / "t32.pt")}
+    raw["methods"] = {"kd": raw["methods"]["kd"]}
+    spec = parse_spec(raw)
+    model = P.DurationModel(spec)
+    exps = {e.label: e for e in graph.plan(spec) if e.stage == "teachers"}
+    imported, trained = model.work(exps["t32"]), model.work(exps["t8"])
+    assert exps["t32"].method == graph.IMPORT and len(imported.trials) == 1
+    assert imported.trials[0].epochs == 1
+    assert imported.trials[0].epoch_s == pytest.approx(model.estimate_epoch_s(graph.IMPORT, spec.teacher_model(32)))
+    trained_t32 = model.epoch_s("teachers", "scratch", spec.teacher_model(32))
+    assert imported.trials[0].epoch_s < trained_t32 / 2  # a forward over 2 splits, not an epoch of training
+    assert trained.trials[0].epochs == spec.teachers["epochs"]

@@ -167,6 +167,26 @@ class Method(nn.Module):
         return 1
 
     @classmethod
+    def sample_flops(cls, model_flops: Callable[[dict], float], student: dict, teacher: dict | None,
+                     generations: int = 1, options: dict | None = None) -> tuple[float, float]:
+        """(training, evaluation) FLOP-equivalents per sample of one epoch of a trial, averaged over
+        its `generations`: what the planner charges for the models' passes (a forward counts its
+        FLOPs, a backward twice them; `loss_flops` adds the loss). `model_flops(cfg)` gives a model
+        config's forward FLOPs per sample; `student` and `teacher` are the trial's model configs
+        (teacher None without one); `options` the method's spec options (`spec_options`).
+        Default, from the flags: the student trains (3 forwards' worth) and is evaluated (one);
+        a frozen teacher (`needs_teacher`) adds a forward in training; an online teacher
+        (`online_teacher`) trains and is evaluated as the student is. A method with other models
+        (an anchor, an assistant) says what they cost by overriding this."""
+        S = model_flops(student)
+        T = model_flops(teacher) if teacher is not None else 0.0
+        if cls.online_teacher:
+            return 3 * S + 3 * T, S + T
+        if cls.needs_teacher:
+            return 3 * S + T, S
+        return 3 * S, S
+
+    @classmethod
     def loss_flops(cls, batch_size: int) -> float:
         """Work of the method's loss per training batch beyond the models' passes, in
         FLOP-equivalents (forward and backward): what the planner adds to its estimate of

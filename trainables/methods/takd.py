@@ -28,6 +28,8 @@ term with `nn.KLDivLoss()` (mean over batch × classes); set
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from ..losses import KD_REDUCTIONS, hinton_kd
@@ -64,6 +66,17 @@ class TeacherAssistantKD(Method):
     @classmethod
     def planned_generations(cls, hp=None) -> int:
         return 2
+
+    @classmethod
+    def sample_flops(cls, model_flops, student, teacher, generations=2, options=None):
+        """The mean of the two generations' epochs: the assistant A trained from the frozen teacher,
+        then the student from the frozen A; A is the mean over the `assistant_sizes` searched
+        (the student's family)."""
+        sizes = (options or {}).get("assistant_sizes") or [student.get("size")]
+        A = statistics.fmean(model_flops({**student, "size": z}) for z in sizes)
+        S = model_flops(student)
+        T = model_flops(teacher) if teacher is not None else 0.0
+        return (3 * A + T + 3 * S + A) / 2, (A + S) / 2
 
     def start_generation(self, generation: int) -> None:
         self._generation = generation

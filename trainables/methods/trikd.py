@@ -53,6 +53,13 @@ class TripletKD(Method):
     }
     online_teacher = True
 
+    @classmethod
+    def sample_flops(cls, model_flops, student, teacher, generations=1, options=None):
+        """The online pair's passes, plus the frozen anchor's forward (the student's architecture)
+        in every generation after the first."""
+        train, evaluated = super().sample_flops(model_flops, student, teacher, generations, options)
+        return train + model_flops(student) * (generations - 1) / generations, evaluated
+
     def __init__(self, ctx, hp):
         super().__init__(ctx, hp)
         if not ctx.teacher:
