@@ -52,7 +52,7 @@ def temperature_rule(summary: pd.DataFrame, method: str) -> str | None:
     rows = summary[summary["method"] == method]
     if rows.empty:
         return None
-    if any(_hparam(r, "temperature") is not None for _, r in rows.head(1).iterrows()):
+    if _hparam(rows.iloc[0], "temperature") is not None:
         return "constant"
     if "temperature_now" in rows and rows["temperature_now"].notna().any():
         return "adaptive"

@@ -446,19 +446,17 @@ class DurationModel:
         (see the module docstring)."""
         from trainables.methods import Method, available_methods
 
-        cls = available_methods().get(method)
-        teacher = self.spec.teacher_model(teacher_size) if teacher_size is not None else None
-        if method == graph.IMPORT:  # an imported teacher is evaluated, not trained
-            train, evaluated = 0.0, self.flops(student)
-        else:  # what the method says its models cost (`Method.sample_flops`), a plug-in's as a built-in's
-            m = self.spec.methods.get(method)
-            cost = (cls or Method).sample_flops
-            train, evaluated = cost(self.flops, student, teacher, generations, m.options if m else {})
         n_train, n_eval = self.samples()
         bs = int(self.spec.train.get("batch_size", 128))
+        if method == graph.IMPORT:  # an imported teacher is evaluated, not trained
+            return n_eval * self.flops(student), math.ceil(n_eval / bs)
+        cls = available_methods().get(method)
+        teacher = self.spec.teacher_model(teacher_size) if teacher_size is not None else None
+        m = self.spec.methods.get(method)  # what the method says its models cost, a plug-in's as a built-in's
+        train, evaluated = (cls or Method).sample_flops(self.flops, student, teacher, generations,
+                                                        m.options if m else {})
         if cls is not None:  # a loss that is not linear in the batch (RKD's angle: N³)
             train += cls.loss_flops(bs) / bs
-        n_train = 0 if method == graph.IMPORT else n_train
         return n_train * train + n_eval * evaluated, math.ceil(n_train / bs) + math.ceil(n_eval / bs)
 
     def estimate_epoch_s(self, method: str, student: dict, teacher_size=None, generations: int = 1,
